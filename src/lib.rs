@@ -1,0 +1,3 @@
+pub mod money;
+pub mod providers;
+pub mod sandbox;

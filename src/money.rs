@@ -1,0 +1,167 @@
+//! Money at the boundary: ISO 4217 currencies (from `iso_currency`, not a hand
+//! table) and amounts parsed from decimal strings into integer minor units.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// An ISO 4217 currency that has minor units (so amounts make sense for refunds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Currency(iso_currency::Currency);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MoneyError {
+    #[error("unknown ISO 4217 currency code")]
+    UnknownCurrency,
+    #[error("amount must be a decimal string such as \"10.50\"")]
+    NotDecimal,
+    #[error("amount must be greater than zero")]
+    NotPositive,
+    #[error("amount has more decimal places than the currency allows ({0})")]
+    TooPrecise(u32),
+    #[error("amount is too large")]
+    TooLarge,
+}
+
+impl Currency {
+    /// Parses an alpha code such as `USD` (upper case only, as ISO writes it).
+    pub fn from_code(code: &str) -> Result<Self, MoneyError> {
+        iso_currency::Currency::from_code(code)
+            .filter(|c| c.exponent().is_some())
+            .map(Currency)
+            .ok_or(MoneyError::UnknownCurrency)
+    }
+
+    pub fn from_numeric(numeric: &str) -> Result<Self, MoneyError> {
+        let n: u16 = numeric.parse().map_err(|_| MoneyError::UnknownCurrency)?;
+        iso_currency::Currency::from_numeric(n)
+            .filter(|c| c.exponent().is_some())
+            .map(Currency)
+            .ok_or(MoneyError::UnknownCurrency)
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.0.code()
+    }
+
+    /// The three-digit ISO numeric code, zero padded (`"048"`), as Pay10 sends it.
+    pub fn numeric(&self) -> String {
+        format!("{:03}", self.0.numeric())
+    }
+
+    pub fn minor_digits(&self) -> u32 {
+        u32::from(self.0.exponent().unwrap_or(0))
+    }
+
+    /// Parses a major-unit decimal string into minor units.
+    pub fn parse_amount(&self, s: &str) -> Result<Minor, MoneyError> {
+        let valid = !s.is_empty()
+            && s.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-')
+            && !s.starts_with('.')
+            && !s.ends_with('.');
+        if !valid {
+            return Err(MoneyError::NotDecimal);
+        }
+        let d = Decimal::from_str(s).map_err(|_| MoneyError::NotDecimal)?;
+        if d <= Decimal::ZERO {
+            return Err(MoneyError::NotPositive);
+        }
+        let digits = self.minor_digits();
+        if d.normalize().scale() > digits {
+            return Err(MoneyError::TooPrecise(digits));
+        }
+        let scaled = d
+            .checked_mul(Decimal::from(10i64.pow(digits)))
+            .ok_or(MoneyError::TooLarge)?;
+        let minor: i64 = scaled
+            .trunc()
+            .to_string()
+            .parse()
+            .map_err(|_| MoneyError::TooLarge)?;
+        // Keep far below i64::MAX so sums of many refunds cannot overflow.
+        if minor > 1_000_000_000_000_000 {
+            return Err(MoneyError::TooLarge);
+        }
+        Ok(Minor(minor))
+    }
+
+    /// Formats minor units as a major-unit string with exactly the currency's digits.
+    pub fn format(&self, amount: Minor) -> String {
+        let mut d = Decimal::from(amount.0);
+        d.set_scale(self.minor_digits()).expect("exponent is at most 4");
+        d.to_string()
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+impl Serialize for Currency {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.code())
+    }
+}
+
+impl<'de> Deserialize<'de> for Currency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Currency::from_code(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An amount in the currency's minor units (cents). Always non-negative in practice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
+#[serde(transparent)]
+pub struct Minor(pub i64);
+
+impl Minor {
+    /// The last two minor digits, which drive the sandbox's magic amounts.
+    pub fn last_two_digits(&self) -> i64 {
+        self.0 % 100
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_within_minor_digits() {
+        let usd = Currency::from_code("USD").unwrap();
+        assert_eq!(usd.parse_amount("10.50"), Ok(Minor(1050)));
+        assert_eq!(usd.parse_amount("10.5"), Ok(Minor(1050)));
+        assert_eq!(usd.parse_amount("10"), Ok(Minor(1000)));
+        assert_eq!(usd.parse_amount("0.010"), Ok(Minor(1)));
+        assert_eq!(usd.parse_amount("1.001"), Err(MoneyError::TooPrecise(2)));
+        assert_eq!(usd.parse_amount("0"), Err(MoneyError::NotPositive));
+        assert_eq!(usd.parse_amount("-1"), Err(MoneyError::NotPositive));
+        assert_eq!(usd.parse_amount("1e3"), Err(MoneyError::NotDecimal));
+        assert_eq!(usd.parse_amount(" 1"), Err(MoneyError::NotDecimal));
+        assert_eq!(usd.parse_amount("1."), Err(MoneyError::NotDecimal));
+        assert_eq!(usd.parse_amount("99999999999999999999999"), Err(MoneyError::TooLarge));
+        let jpy = Currency::from_code("JPY").unwrap();
+        assert_eq!(jpy.parse_amount("100"), Ok(Minor(100)));
+        assert_eq!(jpy.parse_amount("1.5"), Err(MoneyError::TooPrecise(0)));
+        let bhd = Currency::from_code("BHD").unwrap();
+        assert_eq!(bhd.parse_amount("1.234"), Ok(Minor(1234)));
+        assert_eq!(bhd.format(Minor(1234)), "1.234");
+        assert_eq!(bhd.numeric(), "048");
+    }
+
+    #[test]
+    fn formats_and_rejects_unknown() {
+        let usd = Currency::from_code("USD").unwrap();
+        assert_eq!(usd.format(Minor(1)), "0.01");
+        assert_eq!(usd.format(Minor(1000)), "10.00");
+        assert_eq!(Currency::from_code("AED").unwrap().numeric(), "784");
+        assert_eq!(Currency::from_numeric("784").unwrap().code(), "AED");
+        assert!(Currency::from_code("XXX").is_err());
+        assert!(Currency::from_code("XAU").is_err());
+        assert!(Currency::from_code("usd").is_err());
+    }
+}

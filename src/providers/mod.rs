@@ -1,0 +1,238 @@
+//! The provider layer: one interface ([`ProviderClient`]) over the Pockyt and
+//! Pay10 adapters. Providers know nothing of HTTP handlers or the store.
+
+pub mod pay10;
+pub mod pockyt;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::money::{Currency, Minor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Pockyt,
+    Pay10,
+}
+
+impl ProviderKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ProviderKind::Pockyt => "pockyt",
+            ProviderKind::Pay10 => "pay10",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pockyt" => Some(ProviderKind::Pockyt),
+            "pay10" => Some(ProviderKind::Pay10),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Timeouts for every provider call; the client is built once per process.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpSettings {
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(3),
+            timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+pub fn http_client(settings: HttpSettings) -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(settings.connect_timeout)
+        .timeout(settings.timeout)
+        .pool_max_idle_per_host(64)
+        .user_agent(concat!("refund-gateway/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("the TLS backend initialises")
+}
+
+/// What the gateway asks a provider to refund.
+#[derive(Debug, Clone)]
+pub struct RefundCall {
+    pub refund_id: String,
+    /// Our unique id for this refund at the provider (Pockyt `refundReference`,
+    /// Pay10 `REFUND_ORDER_ID`): how the refund is found again.
+    pub provider_reference: String,
+    pub transaction_no: Option<String>,
+    pub reference: Option<String>,
+    pub amount: Minor,
+    pub currency: Currency,
+    pub settle_currency: Option<Currency>,
+}
+
+/// What identifies a refund when asking a provider for its status.
+#[derive(Debug, Clone)]
+pub struct StatusQuery {
+    pub refund_id: String,
+    pub provider_reference: String,
+    pub provider_refund_id: Option<String>,
+    pub transaction_no: Option<String>,
+    pub reference: Option<String>,
+}
+
+/// The gateway's reading of a provider answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    Pending,
+    Failed,
+    /// Timeout, connection error, 5xx or unreadable body: the refund may or may not have happened.
+    Unknown,
+    /// A status query says the provider has no such refund.
+    NotFound,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderAnswer {
+    pub outcome: Outcome,
+    pub provider_refund_id: Option<String>,
+    pub provider_status: Option<String>,
+    pub provider_code: Option<String>,
+    pub message: Option<String>,
+}
+
+impl ProviderAnswer {
+    pub fn unknown(message: impl Into<String>) -> Self {
+        Self {
+            outcome: Outcome::Unknown,
+            provider_refund_id: None,
+            provider_status: None,
+            provider_code: None,
+            message: Some(message.into()),
+        }
+    }
+}
+
+/// The original sale as a provider reports it (Pockyt tran-query).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaleInfo {
+    pub transaction_no: String,
+    pub reference: Option<String>,
+    pub amount: String,
+    pub currency: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SaleLookup {
+    Found(SaleInfo),
+    NotFound,
+    /// The provider cannot be asked right now, or refused the query.
+    Unavailable(String),
+}
+
+/// A verified provider webhook, reduced to what matching a refund needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookEvent {
+    pub provider: ProviderKind,
+    pub transaction_no: Option<String>,
+    pub reference: Option<String>,
+    pub provider_refund_id: Option<String>,
+    pub provider_reference: Option<String>,
+    pub amount: Option<String>,
+    pub outcome: Outcome,
+    pub provider_status: Option<String>,
+    pub is_refund: bool,
+    pub fields: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookError {
+    #[error("the webhook body could not be parsed")]
+    Malformed,
+    #[error("the webhook signature is missing or invalid")]
+    BadSignature,
+}
+
+/// One configured provider account, ready to call.
+#[derive(Debug, Clone)]
+pub enum ProviderClient {
+    Pockyt(pockyt::PockytClient),
+    Pay10(pay10::Pay10Client),
+}
+
+impl ProviderClient {
+    pub fn kind(&self) -> ProviderKind {
+        match self {
+            ProviderClient::Pockyt(_) => ProviderKind::Pockyt,
+            ProviderClient::Pay10(_) => ProviderKind::Pay10,
+        }
+    }
+
+    /// Looks the original sale up where the provider can (Pockyt); `None` for Pay10,
+    /// which has no sale query in its refund API.
+    pub async fn lookup_sale(
+        &self,
+        transaction_no: Option<&str>,
+        reference: Option<&str>,
+    ) -> Option<SaleLookup> {
+        match self {
+            ProviderClient::Pockyt(c) => Some(c.lookup_sale(transaction_no, reference).await),
+            ProviderClient::Pay10(_) => None,
+        }
+    }
+
+    pub async fn refund(&self, call: &RefundCall) -> ProviderAnswer {
+        match self {
+            ProviderClient::Pockyt(c) => c.refund(call).await,
+            ProviderClient::Pay10(c) => c.refund(call).await,
+        }
+    }
+
+    pub async fn refund_status(&self, query: &StatusQuery) -> ProviderAnswer {
+        match self {
+            ProviderClient::Pockyt(c) => c.refund_status(query).await,
+            ProviderClient::Pay10(c) => c.refund_status(query).await,
+        }
+    }
+
+    pub fn verify_webhook(&self, body: &[u8]) -> Result<WebhookEvent, WebhookError> {
+        match self {
+            ProviderClient::Pockyt(c) => c.verify_ipn(body),
+            ProviderClient::Pay10(c) => c.verify_webhook(body),
+        }
+    }
+}
+
+/// Reads a JSON value that providers send either as a string or as a number.
+pub(crate) fn de_opt_stringish<'de, D>(d: D) -> Result<Option<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let v = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(match v {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        Some(serde_json::Value::Bool(b)) => Some(b.to_string()),
+        Some(other) => Some(other.to_string()),
+    })
+}
+
+/// The base URL with a redacted form for logs (no credentials, no query).
+pub(crate) fn join_url(base: &str, path: &str) -> String {
+    format!("{}{}", base.trim_end_matches('/'), path)
+}

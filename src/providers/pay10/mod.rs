@@ -1,0 +1,325 @@
+//! Pay10 adapter: AES-256-CBC encrypted refunds, SHA-256 hashed status queries.
+
+pub mod crypto;
+pub mod wire;
+
+use std::collections::BTreeMap;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{
+    join_url, Outcome, ProviderAnswer, ProviderKind, RefundCall, StatusQuery, WebhookError,
+    WebhookEvent,
+};
+use crypto::EncryptionKey;
+use wire::{EncEnvelope, RequeryRequest};
+
+pub const REFUND_PATH: &str = "/pgws/merchant/refund";
+pub const REQUERY_PATH: &str = "/pgws/refund/requery";
+
+/// A Pay10 merchant account: `PAY_ID`, the hash salt and the encryption key.
+#[derive(Clone)]
+pub struct Pay10Account {
+    pub base_url: String,
+    pub pay_id: String,
+    pub salt: SecretString,
+    pub key: EncryptionKey,
+}
+
+impl std::fmt::Debug for Pay10Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pay10Account")
+            .field("base_url", &self.base_url)
+            .field("pay_id", &self.pay_id)
+            .field("salt", &"[redacted]")
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Pay10Client {
+    http: reqwest::Client,
+    account: Pay10Account,
+}
+
+/// Which call an answer belongs to: a status query's 300 means "no such refund",
+/// and its hash/PAY_ID errors say nothing about the refund itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    Refund,
+    Status,
+}
+
+impl Pay10Client {
+    pub fn new(http: reqwest::Client, account: Pay10Account) -> Self {
+        Self { http, account }
+    }
+
+    pub fn account(&self) -> &Pay10Account {
+        &self.account
+    }
+
+    async fn post(&self, path: &str, body: &impl serde::Serialize) -> Result<Vec<u8>, String> {
+        let url = join_url(&self.account.base_url, path);
+        let resp = self.http.post(&url).json(body).send().await.map_err(|e| {
+            let kind = if e.is_timeout() { "timeout" } else { "transport error" };
+            tracing::warn!(error = %e, kind, "pay10 call failed");
+            format!("pay10 {kind}")
+        })?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| {
+            tracing::warn!(error = %e, status, "pay10 body could not be read");
+            "pay10 response body was cut off".to_string()
+        })?;
+        if status >= 500 {
+            tracing::warn!(status, "pay10 answered with a server error");
+            return Err(format!("pay10 answered HTTP {status}"));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    #[tracing::instrument(skip_all, fields(provider = "pay10", op = "refund", refund_id = %call.refund_id))]
+    pub async fn refund(&self, call: &RefundCall) -> ProviderAnswer {
+        let (Some(pg_ref), Some(order_id)) = (&call.transaction_no, &call.reference) else {
+            return ProviderAnswer::unknown("pay10 needs PG_REF_NUM and ORDER_ID");
+        };
+        let amount = call.amount.0.to_string();
+        let currency = call.currency.numeric();
+        let plaintext = crypto::encode_pairs([
+            ("PAY_ID", self.account.pay_id.as_str()),
+            ("ORDER_ID", order_id.as_str()),
+            ("AMOUNT", amount.as_str()),
+            ("CURRENCY_CODE", currency.as_str()),
+            ("TXNTYPE", "REFUND"),
+            ("PG_REF_NUM", pg_ref.as_str()),
+            ("REFUND_FLAG", "R"),
+            ("REFUND_ORDER_ID", call.provider_reference.as_str()),
+        ]);
+        let body = EncEnvelope {
+            pay_id: self.account.pay_id.clone(),
+            encdata: self.account.key.encrypt(&plaintext),
+        };
+        let answer = match self.post(REFUND_PATH, &body).await {
+            Ok(bytes) => self.read_refund_reply(&bytes),
+            Err(m) => ProviderAnswer::unknown(m),
+        };
+        tracing::info!(outcome = ?answer.outcome, code = answer.provider_code.as_deref().unwrap_or(""), "pay10 refund answered");
+        answer
+    }
+
+    fn read_refund_reply(&self, bytes: &[u8]) -> ProviderAnswer {
+        // Errors before decryption (unknown PAY_ID, say) come back as plain fields.
+        if let Ok(env) = serde_json::from_slice::<EncEnvelope>(bytes) {
+            return match self.account.key.decrypt(&env.encdata) {
+                Ok(text) if text.trim() == crypto::PROVIDER_ERROR_TEXT => ProviderAnswer {
+                    outcome: Outcome::Unknown,
+                    provider_refund_id: None,
+                    provider_status: None,
+                    provider_code: None,
+                    message: Some(crypto::PROVIDER_ERROR_TEXT.into()),
+                },
+                Ok(text) => match crypto::decode_pairs(&text) {
+                    Some(fields) => map_fields(&fields, Call::Refund),
+                    None => ProviderAnswer::unknown("pay10 ENCDATA holds no KEY=VALUE pairs"),
+                },
+                Err(e) => ProviderAnswer::unknown(format!("pay10 response: {e}")),
+            };
+        }
+        match wire::parse_fields(bytes) {
+            Some(fields) if fields.contains_key("RESPONSE_CODE") => map_fields(&fields, Call::Refund),
+            _ => ProviderAnswer::unknown("pay10 answered with an unreadable body"),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(provider = "pay10", op = "refund_status", refund_id = %q.refund_id))]
+    pub async fn refund_status(&self, q: &StatusQuery) -> ProviderAnswer {
+        let Some(order_id) = &q.reference else {
+            return ProviderAnswer::unknown("pay10 requery needs ORDER_ID");
+        };
+        let salt = self.account.salt.expose_secret();
+        let hash = crypto::hash(
+            [
+                ("PAY_ID", self.account.pay_id.as_str()),
+                ("ORDER_ID", order_id.as_str()),
+                ("REFUND_ORDER_ID", q.provider_reference.as_str()),
+            ],
+            salt,
+        );
+        let body = RequeryRequest {
+            pay_id: self.account.pay_id.clone(),
+            order_id: order_id.clone(),
+            refund_order_id: q.provider_reference.clone(),
+            hash,
+        };
+        let bytes = match self.post(REQUERY_PATH, &body).await {
+            Ok(b) => b,
+            Err(m) => return ProviderAnswer::unknown(m),
+        };
+        let Some(fields) = wire::parse_fields(&bytes).filter(|f| f.contains_key("RESPONSE_CODE")) else {
+            return ProviderAnswer::unknown("pay10 requery answer is unreadable");
+        };
+        // A HASH on the answer must be ours; an answer that fails it is not trusted.
+        if fields.contains_key(crypto::HASH_FIELD)
+            && !crypto::verify(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())), salt)
+        {
+            tracing::warn!("pay10 requery answer has a HASH that does not verify");
+            return ProviderAnswer::unknown("pay10 requery answer failed its HASH check");
+        }
+        map_fields(&fields, Call::Status)
+    }
+
+    pub fn verify_webhook(&self, body: &[u8]) -> Result<WebhookEvent, WebhookError> {
+        parse_webhook(body, self.account.salt.expose_secret())
+    }
+}
+
+/// Parses a Pay10 webhook (JSON with HASH) and verifies it with `salt`.
+pub fn parse_webhook(body: &[u8], salt: &str) -> Result<WebhookEvent, WebhookError> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| WebhookError::Malformed)?;
+    if !value.is_object() {
+        return Err(WebhookError::Malformed);
+    }
+    let fields = wire::parse_fields(body).ok_or(WebhookError::Malformed)?;
+    if !crypto::verify(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())), salt) {
+        return Err(WebhookError::BadSignature);
+    }
+    let answer = map_fields(&fields, Call::Refund);
+    let get = |k: &str| fields.get(k).filter(|v| !v.is_empty()).cloned();
+    Ok(WebhookEvent {
+        provider: ProviderKind::Pay10,
+        transaction_no: get("PG_REF_NUM"),
+        reference: get("ORDER_ID"),
+        provider_refund_id: get("REFUND_ORDER_ID"),
+        provider_reference: get("REFUND_ORDER_ID"),
+        amount: get("AMOUNT"),
+        outcome: answer.outcome,
+        provider_status: get("STATUS"),
+        is_refund: get("TXNTYPE").as_deref() == Some("REFUND") || get("REFUND_ORDER_ID").is_some(),
+        fields,
+    })
+}
+
+/// The response-code table of providers.md.
+pub fn map_fields(fields: &BTreeMap<String, String>, call: Call) -> ProviderAnswer {
+    let code = fields.get("RESPONSE_CODE").map(|c| c.trim().to_string()).unwrap_or_default();
+    let status = fields.get("STATUS").cloned();
+    let message = fields
+        .get("RESPONSE_MESSAGE")
+        .or_else(|| fields.get("PG_TXN_MESSAGE"))
+        .cloned();
+    let outcome = match code.as_str() {
+        "000" => match status.as_deref().map(|s| s.trim().to_ascii_uppercase()).as_deref() {
+            Some("CAPTURED") => Outcome::Succeeded,
+            Some("FAILED") | Some("DECLINED") | Some("REJECTED") => Outcome::Failed,
+            _ => Outcome::Pending,
+        },
+        "006" | "026" | "028" | "031" => Outcome::Pending,
+        "004" | "007" | "002" | "001" | "021" | "022" | "013" | "014" | "016" | "015" | "302" => {
+            Outcome::Failed
+        }
+        "300" if call == Call::Status => {
+            let msg = message.as_deref().unwrap_or("").to_ascii_uppercase();
+            if msg.contains("NO DATA") {
+                Outcome::NotFound
+            } else {
+                Outcome::Unknown
+            }
+        }
+        // On a status query these say our query was refused, not the refund.
+        "323" | "324" if call == Call::Status => Outcome::Unknown,
+        "300" | "323" | "324" => Outcome::Failed,
+        // 003 timeout, 008/018/019 duplicates, 900-902 internal: settle by status query.
+        _ => Outcome::Unknown,
+    };
+    ProviderAnswer {
+        outcome,
+        provider_refund_id: fields.get("REFUND_ORDER_ID").cloned(),
+        provider_status: status,
+        provider_code: (!code.is_empty()).then_some(code),
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn code_table() {
+        let cases: &[(&str, Option<&str>, Call, Outcome)] = &[
+            ("000", Some("Captured"), Call::Refund, Outcome::Succeeded),
+            ("000", Some("REFUND_INITIATED"), Call::Refund, Outcome::Pending),
+            ("000", Some("Sent to Bank"), Call::Refund, Outcome::Pending),
+            ("000", Some("REQUEST ACCEPTED"), Call::Refund, Outcome::Pending),
+            ("006", None, Call::Refund, Outcome::Pending),
+            ("026", None, Call::Refund, Outcome::Pending),
+            ("028", None, Call::Refund, Outcome::Pending),
+            ("031", None, Call::Refund, Outcome::Pending),
+            ("003", None, Call::Refund, Outcome::Unknown),
+            ("004", None, Call::Refund, Outcome::Failed),
+            ("007", None, Call::Refund, Outcome::Failed),
+            ("002", None, Call::Refund, Outcome::Failed),
+            ("001", None, Call::Refund, Outcome::Failed),
+            ("021", None, Call::Refund, Outcome::Failed),
+            ("022", None, Call::Refund, Outcome::Failed),
+            ("013", None, Call::Refund, Outcome::Failed),
+            ("014", None, Call::Refund, Outcome::Failed),
+            ("016", None, Call::Refund, Outcome::Failed),
+            ("008", None, Call::Refund, Outcome::Unknown),
+            ("018", None, Call::Refund, Outcome::Unknown),
+            ("019", None, Call::Refund, Outcome::Unknown),
+            ("015", None, Call::Refund, Outcome::Failed),
+            ("302", None, Call::Refund, Outcome::Failed),
+            ("300", None, Call::Refund, Outcome::Failed),
+            ("323", None, Call::Refund, Outcome::Failed),
+            ("324", None, Call::Refund, Outcome::Failed),
+            ("323", None, Call::Status, Outcome::Unknown),
+            ("900", None, Call::Refund, Outcome::Unknown),
+            ("901", None, Call::Refund, Outcome::Unknown),
+            ("902", None, Call::Refund, Outcome::Unknown),
+            ("999", None, Call::Refund, Outcome::Unknown),
+        ];
+        for (code, status, call, want) in cases {
+            let mut fields = f(&[("RESPONSE_CODE", code)]);
+            if let Some(s) = status {
+                fields.insert("STATUS".into(), s.to_string());
+            }
+            assert_eq!(map_fields(&fields, *call).outcome, *want, "code {code} {status:?}");
+        }
+        let nodata = f(&[("RESPONSE_CODE", "300"), ("RESPONSE_MESSAGE", "NO DATA FOUND")]);
+        assert_eq!(map_fields(&nodata, Call::Status).outcome, Outcome::NotFound);
+        let badhash = f(&[("RESPONSE_CODE", "300"), ("RESPONSE_MESSAGE", "Invalid hash")]);
+        assert_eq!(map_fields(&badhash, Call::Status).outcome, Outcome::Unknown);
+    }
+
+    #[test]
+    fn webhook_verification() {
+        let salt = "s4lt";
+        let fields = [("PG_REF_NUM", "1879120328175249"), ("STATUS", "Captured"), ("RESPONSE_CODE", "000"), ("TXNTYPE", "REFUND"), ("REFUND_ORDER_ID", "R1234567")];
+        let hash = crypto::hash(fields, salt);
+        let mut obj: serde_json::Map<String, serde_json::Value> =
+            fields.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string()))).collect();
+        obj.insert("HASH".into(), hash.into());
+        let body = serde_json::to_vec(&obj).unwrap();
+        let ev = parse_webhook(&body, salt).unwrap();
+        assert_eq!(ev.outcome, Outcome::Succeeded);
+        assert!(ev.is_refund);
+        assert_eq!(parse_webhook(&body, "wrong"), Err(WebhookError::BadSignature));
+        obj.remove("HASH");
+        assert_eq!(parse_webhook(&serde_json::to_vec(&obj).unwrap(), salt), Err(WebhookError::BadSignature));
+        assert_eq!(parse_webhook(b"nope", salt), Err(WebhookError::Malformed));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsers_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = wire::parse_fields(&bytes);
+            let _ = parse_webhook(&bytes, "s");
+        }
+    }
+}

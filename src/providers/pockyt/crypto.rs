@@ -1,0 +1,107 @@
+//! Pockyt `verifySign`: MD5 over the byte-sorted `key=value&` pairs (every sent
+//! field except `verifySign`, empty ones left out) followed by `md5(token)`.
+
+use std::collections::BTreeMap;
+
+use md5::{Digest, Md5};
+use subtle::ConstantTimeEq;
+
+pub const SIGN_FIELD: &str = "verifySign";
+
+/// Computes the signature of `params`, skipping `verifySign` and empty values.
+pub fn sign<'a, I>(params: I, token: &str) -> String
+where
+    I: IntoIterator<Item = (&'a str, &'a str)>,
+{
+    let sorted: BTreeMap<&str, &str> = params
+        .into_iter()
+        .filter(|(k, v)| *k != SIGN_FIELD && !v.is_empty())
+        .collect();
+    let mut hasher = Md5::new();
+    for (k, v) in sorted {
+        hasher.update(k.as_bytes());
+        hasher.update(b"=");
+        hasher.update(v.as_bytes());
+        hasher.update(b"&");
+    }
+    hasher.update(hex::encode(Md5::digest(token.as_bytes())).as_bytes());
+    hex::encode(hasher.finalize())
+}
+
+/// Checks the `verifySign` among `params` in constant time. A missing signature fails.
+pub fn verify<'a, I>(params: I, token: &str) -> bool
+where
+    I: IntoIterator<Item = (&'a str, &'a str)> + Clone,
+{
+    let Some(received) = params
+        .clone()
+        .into_iter()
+        .find(|(k, _)| *k == SIGN_FIELD)
+        .map(|(_, v)| v.to_ascii_lowercase())
+    else {
+        return false;
+    };
+    let expected = sign(params, token);
+    expected.as_bytes().ct_eq(received.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "5cbfb079f15b150122261c8537086d77a";
+
+    #[test]
+    fn token_digest_matches_published_value() {
+        assert_eq!(
+            hex::encode(Md5::digest(TOKEN.as_bytes())),
+            "186abea4b8610d7ff03768255588597a"
+        );
+    }
+
+    #[test]
+    fn tran_query_vector() {
+        let p = [
+            ("merchantNo", "200043"),
+            ("storeNo", "300014"),
+            ("transactionNo", "297553638300708562"),
+        ];
+        assert_eq!(sign(p, TOKEN), "0df745088d7202a6d186596acdc82c6a");
+    }
+
+    #[test]
+    fn ipn_vector_and_verification() {
+        let mut p = vec![
+            ("transactionNo", "305680500880311923"),
+            ("amount", "0.01"),
+            ("currency", "USD"),
+            ("reference", "test1666247277861"),
+            ("settleCurrency", "USD"),
+            ("status", "success"),
+            ("time", "20221020142817"),
+        ];
+        assert_eq!(sign(p.clone(), TOKEN), "435d01c5d5fa88cfe8168fbfbf732519");
+        p.push(("verifySign", "435d01c5d5fa88cfe8168fbfbf732519"));
+        assert!(verify(p.clone(), TOKEN));
+        assert!(!verify(p.clone(), "another-token"));
+        p[1] = ("amount", "0.02");
+        assert!(!verify(p, TOKEN));
+    }
+
+    #[test]
+    fn empty_values_are_not_signed_and_missing_signature_fails() {
+        let a = [("merchantNo", "200043"), ("note", "")];
+        assert_eq!(sign(a, TOKEN), sign([("merchantNo", "200043")], TOKEN));
+        assert!(!verify([("merchantNo", "200043")], TOKEN));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn signing_is_independent_of_insertion_order(pairs in proptest::collection::btree_map("[a-zA-Z]{1,12}", "[ -~]{0,20}", 0..12)) {
+            let forward: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let mut backward = forward.clone();
+            backward.reverse();
+            proptest::prop_assert_eq!(sign(forward, "t"), sign(backward, "t"));
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! Pockyt (formerly Yuansfer) adapter: MD5-signed JSON over HTTPS.
+
+pub mod crypto;
+pub mod wire;
+
+use std::collections::BTreeMap;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use super::{
+    join_url, Outcome, ProviderAnswer, ProviderKind, RefundCall, SaleInfo, SaleLookup,
+    StatusQuery, WebhookError, WebhookEvent,
+};
+use wire::{Envelope, RefundResult, TranQueryResult, RET_SUCCESS};
+
+pub const TRAN_QUERY_PATH: &str = "/app-data-search/v3/tran-query";
+pub const REFUND_PATH: &str = "/app-data-search/v3/refund";
+
+/// A Pockyt merchant account: `merchantNo`, `storeNo` and the API token.
+#[derive(Clone)]
+pub struct PockytAccount {
+    pub base_url: String,
+    pub merchant_no: String,
+    pub store_no: String,
+    pub token: SecretString,
+}
+
+impl std::fmt::Debug for PockytAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PockytAccount")
+            .field("base_url", &self.base_url)
+            .field("merchant_no", &self.merchant_no)
+            .field("store_no", &self.store_no)
+            .field("token", &"[redacted]")
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PockytClient {
+    http: reqwest::Client,
+    account: PockytAccount,
+}
+
+/// A transport-level reading of one call, before Pockyt's codes are looked at.
+enum Reply<T> {
+    /// Parsed envelope with the HTTP status.
+    Parsed(u16, Envelope<T>),
+    /// No trustworthy answer: the call may or may not have taken effect.
+    Unknown(String),
+}
+
+impl PockytClient {
+    pub fn new(http: reqwest::Client, account: PockytAccount) -> Self {
+        Self { http, account }
+    }
+
+    pub fn account(&self) -> &PockytAccount {
+        &self.account
+    }
+
+    /// Adds `merchantNo`, `storeNo` and `verifySign` to `fields`.
+    fn signed(&self, fields: Vec<(&'static str, String)>) -> Map<String, Value> {
+        let mut all: Vec<(&str, String)> = vec![
+            ("merchantNo", self.account.merchant_no.clone()),
+            ("storeNo", self.account.store_no.clone()),
+        ];
+        all.extend(fields.into_iter().filter(|(_, v)| !v.is_empty()));
+        let sign = crypto::sign(
+            all.iter().map(|(k, v)| (*k, v.as_str())),
+            self.account.token.expose_secret(),
+        );
+        let mut map: Map<String, Value> = all
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v)))
+            .collect();
+        map.insert(crypto::SIGN_FIELD.into(), Value::String(sign));
+        map
+    }
+
+    async fn post<T: DeserializeOwned>(&self, path: &str, body: Map<String, Value>) -> Reply<T> {
+        let url = join_url(&self.account.base_url, path);
+        let resp = match self.http.post(&url).json(&body).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let kind = if e.is_timeout() { "timeout" } else { "transport error" };
+                tracing::warn!(error = %e, kind, "pockyt call failed");
+                return Reply::Unknown(format!("pockyt {kind}"));
+            }
+        };
+        let status = resp.status().as_u16();
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, status, "pockyt body could not be read");
+                return Reply::Unknown("pockyt response body was cut off".into());
+            }
+        };
+        if status >= 500 {
+            tracing::warn!(status, "pockyt answered with a server error");
+            return Reply::Unknown(format!("pockyt answered HTTP {status}"));
+        }
+        match serde_json::from_slice::<Envelope<T>>(&bytes) {
+            Ok(env) if env.ret_code.is_some() => Reply::Parsed(status, env),
+            _ => {
+                tracing::warn!(status, len = bytes.len(), "pockyt response is not a Pockyt envelope");
+                Reply::Unknown(format!("pockyt answered HTTP {status} with an unreadable body"))
+            }
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(provider = "pockyt", op = "tran_query"))]
+    pub async fn tran_query(
+        &self,
+        transaction_no: Option<&str>,
+        reference: Option<&str>,
+    ) -> Result<Envelope<TranQueryResult>, String> {
+        // Exactly one of the two identifiers is sent; transactionNo wins.
+        let field = match (transaction_no, reference) {
+            (Some(t), _) => ("transactionNo", t.to_string()),
+            (None, Some(r)) => ("reference", r.to_string()),
+            (None, None) => return Err("no transactionNo or reference to query".into()),
+        };
+        match self.post::<TranQueryResult>(TRAN_QUERY_PATH, self.signed(vec![field])).await {
+            Reply::Parsed(_, env) => Ok(env),
+            Reply::Unknown(m) => Err(m),
+        }
+    }
+
+    pub async fn lookup_sale(&self, transaction_no: Option<&str>, reference: Option<&str>) -> SaleLookup {
+        let env = match self.tran_query(transaction_no, reference).await {
+            Ok(env) => env,
+            Err(m) => return SaleLookup::Unavailable(m),
+        };
+        match (env.ret_code.as_deref(), env.result) {
+            (Some(RET_SUCCESS), Some(r)) => match (r.transaction_no, r.amount, r.currency, r.status) {
+                (Some(transaction_no), Some(amount), Some(currency), Some(status)) => {
+                    SaleLookup::Found(SaleInfo {
+                        transaction_no,
+                        reference: r.reference,
+                        amount,
+                        currency,
+                        status,
+                    })
+                }
+                _ => SaleLookup::Unavailable("pockyt tran-query result lacks fields".into()),
+            },
+            (Some("000021"), _) | (Some(RET_SUCCESS), None) => SaleLookup::NotFound,
+            (code, _) => SaleLookup::Unavailable(format!(
+                "pockyt tran-query refused: {} {}",
+                code.unwrap_or(""),
+                env.ret_msg.unwrap_or_default().trim()
+            )),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(provider = "pockyt", op = "refund", refund_id = %call.refund_id))]
+    pub async fn refund(&self, call: &RefundCall) -> ProviderAnswer {
+        let mut fields = vec![
+            ("refundAmount", call.currency.format(call.amount)),
+            ("currency", call.currency.code().to_string()),
+            (
+                "settleCurrency",
+                call.settle_currency.map(|c| c.code()).unwrap_or("USD").to_string(),
+            ),
+            ("refundReference", call.provider_reference.clone()),
+        ];
+        match (&call.transaction_no, &call.reference) {
+            (Some(t), _) => fields.push(("transactionNo", t.clone())),
+            (None, Some(r)) => fields.push(("reference", r.clone())),
+            (None, None) => return ProviderAnswer::unknown("no original transaction to refund"),
+        }
+        let answer = match self.post::<RefundResult>(REFUND_PATH, self.signed(fields)).await {
+            Reply::Parsed(http, env) => map_refund_reply(http, env),
+            Reply::Unknown(m) => ProviderAnswer::unknown(m),
+        };
+        tracing::info!(outcome = ?answer.outcome, code = answer.provider_code.as_deref().unwrap_or(""), "pockyt refund answered");
+        answer
+    }
+
+    /// Finds the refund among the original sale's `refundInfo`.
+    #[tracing::instrument(skip_all, fields(provider = "pockyt", op = "refund_status", refund_id = %q.refund_id))]
+    pub async fn refund_status(&self, q: &StatusQuery) -> ProviderAnswer {
+        let env = match self.tran_query(q.transaction_no.as_deref(), q.reference.as_deref()).await {
+            Ok(env) => env,
+            Err(m) => return ProviderAnswer::unknown(m),
+        };
+        let code = env.ret_code.clone();
+        let Some(result) = env.result.filter(|_| code.as_deref() == Some(RET_SUCCESS)) else {
+            return ProviderAnswer {
+                outcome: Outcome::Unknown,
+                provider_refund_id: None,
+                provider_status: None,
+                provider_code: code,
+                message: env.ret_msg.map(|m| m.trim().to_string()),
+            };
+        };
+        let found = result.refund_info.into_vec().into_iter().find(|r| {
+            r.refund_reference.as_deref() == Some(q.provider_reference.as_str())
+                || (q.provider_refund_id.is_some() && r.refund_transaction_id == q.provider_refund_id)
+        });
+        match found {
+            Some(info) => {
+                let status = info.status.unwrap_or_else(|| "success".into());
+                ProviderAnswer {
+                    outcome: status_outcome(&status),
+                    provider_refund_id: info.refund_transaction_id,
+                    provider_status: Some(status),
+                    provider_code: code,
+                    message: None,
+                }
+            }
+            None => ProviderAnswer {
+                outcome: Outcome::NotFound,
+                provider_refund_id: None,
+                provider_status: None,
+                provider_code: code,
+                message: Some("the sale lists no refund with this reference".into()),
+            },
+        }
+    }
+
+    /// Parses a form-encoded IPN and checks its `verifySign`.
+    pub fn verify_ipn(&self, body: &[u8]) -> Result<WebhookEvent, WebhookError> {
+        parse_ipn(body, self.account.token.expose_secret())
+    }
+}
+
+/// Parses and verifies a Pockyt IPN body with `token`.
+pub fn parse_ipn(body: &[u8], token: &str) -> Result<WebhookEvent, WebhookError> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_bytes(body).map_err(|_| WebhookError::Malformed)?;
+    if pairs.is_empty() {
+        return Err(WebhookError::Malformed);
+    }
+    if !crypto::verify(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), token) {
+        return Err(WebhookError::BadSignature);
+    }
+    let fields: BTreeMap<String, String> = pairs.into_iter().collect();
+    let get = |k: &str| fields.get(k).filter(|v| !v.is_empty()).cloned();
+    let is_refund = get("refundTransactionNo").is_some()
+        || get("refundReference").is_some()
+        || get("refundAmount").is_some();
+    let status = get("status");
+    Ok(WebhookEvent {
+        provider: ProviderKind::Pockyt,
+        transaction_no: get("transactionNo"),
+        reference: get("reference"),
+        provider_refund_id: get("refundTransactionNo"),
+        provider_reference: get("refundReference"),
+        amount: get("refundAmount").or_else(|| get("amount")),
+        outcome: status.as_deref().map(status_outcome).unwrap_or(Outcome::Unknown),
+        provider_status: status,
+        is_refund,
+        fields,
+    })
+}
+
+/// Maps a Pockyt transaction/refund status word to an outcome.
+pub fn status_outcome(status: &str) -> Outcome {
+    match status.trim().to_ascii_lowercase().as_str() {
+        "success" | "succeeded" => Outcome::Succeeded,
+        "init" | "dealing" | "pending" | "processing" => Outcome::Pending,
+        "failed" | "fail" | "closed" | "reversed" => Outcome::Failed,
+        _ => Outcome::Unknown,
+    }
+}
+
+fn map_refund_reply(http: u16, env: Envelope<RefundResult>) -> ProviderAnswer {
+    let code = env.ret_code.unwrap_or_default();
+    let message = env.ret_msg.map(|m| m.trim().to_string());
+    let result = env.result.unwrap_or_default();
+    let outcome = match code.as_str() {
+        RET_SUCCESS => match result.status.as_deref() {
+            Some(s) => match status_outcome(s) {
+                // A success envelope with an unfamiliar status is settled by query.
+                Outcome::Unknown => Outcome::Pending,
+                o => o,
+            },
+            None => Outcome::Pending,
+        },
+        // A system error on HTTP 200 may hide an applied refund; on 4xx it was refused.
+        "000000" if http < 400 => Outcome::Unknown,
+        "000080" => Outcome::Unknown,
+        _ => Outcome::Failed,
+    };
+    ProviderAnswer {
+        outcome,
+        provider_refund_id: result.refund_transaction_no,
+        provider_status: result.status,
+        provider_code: Some(code),
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(s: &str) -> Envelope<RefundResult> {
+        serde_json::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn refund_replies_map_to_outcomes() {
+        let ok = map_refund_reply(
+            200,
+            env(r#"{"result":{"status":"success","refundTransactionNo":"297553638302358781"},"ret_msg":"refund success ","ret_code":"000100"}"#),
+        );
+        assert_eq!(ok.outcome, Outcome::Succeeded);
+        assert_eq!(ok.provider_refund_id.as_deref(), Some("297553638302358781"));
+        assert_eq!(ok.message.as_deref(), Some("refund success"));
+        let pending = map_refund_reply(200, env(r#"{"result":{"status":"pending"},"ret_code":"000100"}"#));
+        assert_eq!(pending.outcome, Outcome::Pending);
+        let declined = map_refund_reply(200, env(r#"{"ret_code":"000040","ret_msg":"transaction status error"}"#));
+        assert_eq!(declined.outcome, Outcome::Failed);
+        assert_eq!(declined.provider_code.as_deref(), Some("000040"));
+        let bad_sign = map_refund_reply(400, env(r#"{"ret_code":"000000","retMsg":"data error : verifySign"}"#));
+        assert_eq!(bad_sign.outcome, Outcome::Failed);
+        let sys = map_refund_reply(200, env(r#"{"ret_code":"000000","ret_msg":"system error"}"#));
+        assert_eq!(sys.outcome, Outcome::Unknown);
+    }
+
+    #[test]
+    fn ipn_is_verified_and_read() {
+        let token = "5cbfb079f15b150122261c8537086d77a";
+        let body = "amount=0.01&currency=USD&reference=test1666247277861&settleCurrency=USD&status=success&time=20221020142817&transactionNo=305680500880311923&verifySign=435d01c5d5fa88cfe8168fbfbf732519";
+        let ev = parse_ipn(body.as_bytes(), token).unwrap();
+        assert_eq!(ev.outcome, Outcome::Succeeded);
+        assert!(!ev.is_refund);
+        assert_eq!(ev.transaction_no.as_deref(), Some("305680500880311923"));
+        let forged = body.replace("amount=0.01", "amount=9.99");
+        assert_eq!(parse_ipn(forged.as_bytes(), token), Err(WebhookError::BadSignature));
+        let unsigned = "amount=0.01&status=success";
+        assert_eq!(parse_ipn(unsigned.as_bytes(), token), Err(WebhookError::BadSignature));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsers_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = parse_ipn(&bytes, "t");
+            let _ = serde_json::from_slice::<Envelope<TranQueryResult>>(&bytes);
+            let _ = serde_json::from_slice::<Envelope<RefundResult>>(&bytes);
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Pockyt's JSON shapes, as the provider sends them (strings or numbers accepted).
+
+use serde::{Deserialize, Serialize};
+
+use crate::providers::de_opt_stringish;
+
+pub const RET_SUCCESS: &str = "000100";
+
+/// Every Pockyt answer: `ret_code`, `ret_msg` (or `retMsg` on some errors), `result`.
+#[derive(Debug, Deserialize)]
+pub struct Envelope<T> {
+    #[serde(default, alias = "retCode", deserialize_with = "de_opt_stringish")]
+    pub ret_code: Option<String>,
+    #[serde(default, alias = "retMsg", deserialize_with = "de_opt_stringish")]
+    pub ret_msg: Option<String>,
+    pub result: Option<T>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefundResult {
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub transaction_no: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub reference: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub amount: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub currency: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub refund_amount: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub refund_reference: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub refund_transaction_no: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub settle_currency: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TranQueryResult {
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub transaction_no: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub reference: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub amount: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub currency: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub settle_currency: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub status: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub transaction_type: Option<String>,
+    #[serde(default)]
+    pub refund_info: OneOrMany<RefundInfo>,
+}
+
+/// One refund of a sale in `refundInfo`. `status` is not in Pockyt's published
+/// shape; when absent the refund is taken as done (it is listed).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RefundInfo {
+    #[serde(default, alias = "refundTransactionNo", deserialize_with = "de_opt_stringish")]
+    pub refund_transaction_id: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub refund_reference: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub refund_amount: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub currency: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub settle_currency: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "de_opt_stringish")]
+    pub status: Option<String>,
+}
+
+/// `refundInfo` is a list in current responses and a single object in older ones.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    Many(Vec<T>),
+    One(T),
+    Nothing,
+}
+
+impl<T> Default for OneOrMany<T> {
+    fn default() -> Self {
+        OneOrMany::Nothing
+    }
+}
+
+impl<T> OneOrMany<T> {
+    pub fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::Many(v) => v,
+            OneOrMany::One(t) => vec![t],
+            OneOrMany::Nothing => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refund_info_list_single_or_null() {
+        let list: TranQueryResult =
+            serde_json::from_str(r#"{"refundInfo":[{"refundTransactionId":"1","refundAmount":1.5}]}"#).unwrap();
+        let v = list.refund_info.into_vec();
+        assert_eq!(v[0].refund_amount.as_deref(), Some("1.5"));
+        let one: TranQueryResult =
+            serde_json::from_str(r#"{"refundInfo":{"refundTransactionId":"2","refundReference":"r"}}"#).unwrap();
+        assert_eq!(one.refund_info.into_vec()[0].refund_reference.as_deref(), Some("r"));
+        let none: TranQueryResult = serde_json::from_str(r#"{"refundInfo":null}"#).unwrap();
+        assert!(none.refund_info.into_vec().is_empty());
+    }
+
+    #[test]
+    fn error_envelope_accepts_ret_msg_spelling() {
+        let e: Envelope<RefundResult> =
+            serde_json::from_str(r#"{"ret_code":"000000","retMsg":"data error : verifySign"}"#).unwrap();
+        assert_eq!(e.ret_msg.as_deref(), Some("data error : verifySign"));
+        let e: Envelope<RefundResult> = serde_json::from_str(r#"{"ret_code":"000100","ret_msg":"ok"}"#).unwrap();
+        assert_eq!(e.ret_code.as_deref(), Some(RET_SUCCESS));
+    }
+}

@@ -1,0 +1,336 @@
+//! Faithful simulators of Pockyt and Pay10 (api.md "Sandbox"): the same wire
+//! formats, signature/hash/encryption checks and refund rules as the real
+//! providers, plus magic amounts for the cases that are hard to meet.
+
+mod pay10;
+mod pockyt;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use rand::Rng;
+use serde::Serialize;
+
+use crate::money::{Currency, Minor};
+use crate::providers::pay10::crypto::EncryptionKey;
+
+/// The sandbox's published test credentials (like a provider's public test keys):
+/// demo mode and a standalone sandbox fit together with no configuration.
+pub mod demo_credentials {
+    pub const POCKYT_MERCHANT_NO: &str = "200043";
+    pub const POCKYT_STORE_NO: &str = "300014";
+    pub const POCKYT_TOKEN: &str = "5cbfb079f15b150122261c8537086d77a";
+    pub const PAY10_PAY_ID: &str = "1009120125180122";
+    pub const PAY10_SALT: &str = "1518b6433cc24337";
+    pub const PAY10_KEY: &str = "Tq5Lm8Rw2Yz4Bx7Nc1Vd3Hf6Jk9Gp0Sa";
+}
+
+/// Fixed sales that exist at start (listed in the README).
+pub mod demo_sales {
+    pub const POCKYT_TRANSACTION_NO: &str = "297553638301777927";
+    pub const POCKYT_REFERENCE: &str = "test20200101306";
+    pub const POCKYT_PENDING_TRANSACTION_NO: &str = "297553638300708562";
+    pub const PAY10_PG_REF_NUM: &str = "1879120328175249";
+    pub const PAY10_ORDER_ID: &str = "PAY10_144644225";
+}
+
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    pub pockyt_merchant_no: String,
+    pub pockyt_store_no: String,
+    pub pockyt_token: String,
+    pub pay10_pay_id: String,
+    pub pay10_salt: String,
+    pub pay10_key: EncryptionKey,
+    /// The gateway's base URL; IPNs go to `{ipn_url}/ipn/pockyt` and `/ipn/pay10`.
+    pub ipn_url: Option<String>,
+    /// How long magic amount `91` keeps the caller waiting (longer than its timeout).
+    pub slow_response: Duration,
+    /// How long a `94` refund stays pending before it succeeds.
+    pub pending_delay: Duration,
+}
+
+impl SandboxConfig {
+    pub fn demo() -> Self {
+        use demo_credentials::*;
+        Self {
+            pockyt_merchant_no: POCKYT_MERCHANT_NO.into(),
+            pockyt_store_no: POCKYT_STORE_NO.into(),
+            pockyt_token: POCKYT_TOKEN.into(),
+            pay10_pay_id: PAY10_PAY_ID.into(),
+            pay10_salt: PAY10_SALT.into(),
+            pay10_key: EncryptionKey::new(PAY10_KEY).expect("demo key is 32 bytes"),
+            ipn_url: None,
+            slow_response: Duration::from_secs(20),
+            pending_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum RefundState {
+    Pending,
+    Success,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct SbRefund {
+    provider_refund_id: String,
+    refund_reference: Option<String>,
+    amount: Minor,
+    state: RefundState,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct SbSale {
+    transaction_no: String,
+    reference: String,
+    amount: Minor,
+    currency: Currency,
+    settle_currency: Currency,
+    status: String,
+    refunds: Vec<SbRefund>,
+}
+
+impl SbSale {
+    fn refunded(&self) -> Minor {
+        Minor(self.refunds.iter().map(|r| r.amount.0).sum())
+    }
+}
+
+#[derive(Default)]
+struct Book {
+    sales: HashMap<String, SbSale>,
+    by_reference: HashMap<String, String>,
+    refunds_applied: u64,
+}
+
+impl Book {
+    fn insert(&mut self, sale: SbSale) {
+        self.by_reference.insert(sale.reference.clone(), sale.transaction_no.clone());
+        self.sales.insert(sale.transaction_no.clone(), sale);
+    }
+
+    fn find(&self, transaction_no: Option<&str>, reference: Option<&str>) -> Option<&SbSale> {
+        match (transaction_no, reference) {
+            (Some(t), _) => self.sales.get(t),
+            (None, Some(r)) => self.by_reference.get(r).and_then(|t| self.sales.get(t)),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Books {
+    pockyt: Book,
+    pay10: Book,
+}
+
+/// A running sandbox: its configuration, its books, and the client it sends IPNs with.
+#[derive(Clone)]
+pub struct Sandbox {
+    config: Arc<SandboxConfig>,
+    books: Arc<Mutex<Books>>,
+    http: reqwest::Client,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SandboxStats {
+    pub pockyt_refunds_applied: u64,
+    pub pay10_refunds_applied: u64,
+}
+
+impl Sandbox {
+    pub fn new(config: SandboxConfig) -> Self {
+        let sb = Self {
+            config: Arc::new(config),
+            books: Arc::default(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("client builds"),
+        };
+        sb.seed();
+        sb
+    }
+
+    fn seed(&self) {
+        let usd = Currency::from_code("USD").expect("USD");
+        let aed = Currency::from_code("AED").expect("AED");
+        let mut b = self.lock();
+        b.pockyt.insert(SbSale {
+            transaction_no: demo_sales::POCKYT_TRANSACTION_NO.into(),
+            reference: demo_sales::POCKYT_REFERENCE.into(),
+            amount: Minor(10_000),
+            currency: usd,
+            settle_currency: usd,
+            status: "success".into(),
+            refunds: vec![],
+        });
+        b.pockyt.insert(SbSale {
+            transaction_no: demo_sales::POCKYT_PENDING_TRANSACTION_NO.into(),
+            reference: "test20200101300".into(),
+            amount: Minor(500),
+            currency: usd,
+            settle_currency: usd,
+            status: "pending".into(),
+            refunds: vec![],
+        });
+        b.pay10.insert(SbSale {
+            transaction_no: demo_sales::PAY10_PG_REF_NUM.into(),
+            reference: demo_sales::PAY10_ORDER_ID.into(),
+            amount: Minor(10_000),
+            currency: aed,
+            settle_currency: aed,
+            status: "Captured".into(),
+            refunds: vec![],
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Books> {
+        // A panic while holding the lock cannot leave the books half-written:
+        // every mutation is a single push or field store.
+        self.books.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn stats(&self) -> SandboxStats {
+        let b = self.lock();
+        SandboxStats {
+            pockyt_refunds_applied: b.pockyt.refunds_applied,
+            pay10_refunds_applied: b.pay10.refunds_applied,
+        }
+    }
+
+    /// Minor units refunded so far on a sale (pending and successful refunds).
+    pub fn refunded_total(&self, provider: &str, transaction_no: &str) -> Option<i64> {
+        let b = self.lock();
+        let book = if provider == "pay10" { &b.pay10 } else { &b.pockyt };
+        book.sales.get(transaction_no).map(|s| s.refunded().0)
+    }
+
+    /// Routes under `/sandbox/pockyt` and `/sandbox/pay10`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/sandbox/stats", get(stats))
+            .route("/sandbox/{provider}/payments/{id}", get(show_payment))
+            .merge(pockyt::routes())
+            .merge(pay10::routes())
+            .with_state(self.clone())
+    }
+
+    /// Sends an IPN body to the gateway, retrying a few times like the providers do.
+    fn send_ipn(&self, path: &'static str, body: IpnBody) {
+        let Some(base) = self.config.ipn_url.clone() else { return };
+        let http = self.http.clone();
+        tokio::spawn(async move {
+            let url = format!("{}{}", base.trim_end_matches('/'), path);
+            for attempt in 0..4u32 {
+                let req = match &body {
+                    IpnBody::Form(s) => http
+                        .post(&url)
+                        .header("content-type", "application/x-www-form-urlencoded")
+                        .body(s.clone()),
+                    IpnBody::Json(v) => http.post(&url).header("user-agent", "BPGate").json(v),
+                };
+                match req.send().await {
+                    Ok(r) if r.status().is_success() => return,
+                    Ok(r) => tracing::debug!(status = %r.status(), attempt, "sandbox IPN not accepted"),
+                    Err(e) => tracing::debug!(error = %e, attempt, "sandbox IPN not delivered"),
+                }
+                tokio::time::sleep(Duration::from_millis(500 * 2u64.pow(attempt))).await;
+            }
+        });
+    }
+}
+
+impl Book {
+    /// Marks a pending refund successful; returns the sale and refund for the IPN.
+    fn settle(&mut self, transaction_no: &str, provider_refund_id: &str) -> Option<(SbSale, SbRefund)> {
+        let sale = self.sales.get_mut(transaction_no)?;
+        let idx = sale.refunds.iter().position(|r| r.provider_refund_id == provider_refund_id)?;
+        sale.refunds[idx].state = RefundState::Success;
+        Some((sale.clone(), sale.refunds[idx].clone()))
+    }
+}
+
+enum IpnBody {
+    Form(String),
+    Json(serde_json::Value),
+}
+
+fn random_digits(n: usize) -> String {
+    let mut rng = rand::thread_rng();
+    let mut s = String::with_capacity(n);
+    s.push(char::from(b'1' + rng.gen_range(0..9u8)));
+    for _ in 1..n {
+        s.push(char::from(b'0' + rng.gen_range(0..10u8)));
+    }
+    s
+}
+
+/// The sandbox's magic cases, by the last two minor digits of a refund amount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Magic {
+    Normal,
+    SlowAnswer,
+    Unavailable,
+    Decline,
+    PendingThenSuccess,
+}
+
+fn magic(amount: Minor) -> Magic {
+    match amount.last_two_digits() {
+        91 => Magic::SlowAnswer,
+        92 => Magic::Unavailable,
+        93 => Magic::Decline,
+        94 => Magic::PendingThenSuccess,
+        _ => Magic::Normal,
+    }
+}
+
+fn unavailable() -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, "<html><body><h1>503 Service Unavailable</h1></body></html>")
+        .into_response()
+}
+
+fn bad_request(message: &str) -> Response {
+    (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+async fn stats(State(sb): State<Sandbox>) -> Json<SandboxStats> {
+    Json(sb.stats())
+}
+
+async fn show_payment(State(sb): State<Sandbox>, Path((provider, id)): Path<(String, String)>) -> Response {
+    let b = sb.lock();
+    let book = match provider.as_str() {
+        "pockyt" => &b.pockyt,
+        "pay10" => &b.pay10,
+        _ => return (StatusCode::NOT_FOUND, "unknown provider").into_response(),
+    };
+    match book.sales.get(&id) {
+        Some(sale) => Json(serde_json::json!({
+            "transactionNo": sale.transaction_no,
+            "reference": sale.reference,
+            "amount": sale.currency.format(sale.amount),
+            "currency": sale.currency,
+            "status": sale.status,
+            "refunded": sale.currency.format(sale.refunded()),
+            "refunds": sale.refunds,
+        }))
+        .into_response(),
+        None => (StatusCode::NOT_FOUND, "no such payment").into_response(),
+    }
+}
+
+/// Serves the sandbox alone (`refund-gateway sandbox`), with `/healthz`.
+pub fn standalone_router(sb: &Sandbox) -> Router {
+    sb.router().route("/healthz", get(|| async { "ok" }))
+}

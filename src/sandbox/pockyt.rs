@@ -1,0 +1,273 @@
+//! The Pockyt simulator: `/sandbox/pockyt/...`.
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{bad_request, magic, random_digits, unavailable, IpnBody, Magic, RefundState, Sandbox, SbRefund, SbSale};
+use crate::money::Currency;
+use crate::providers::pockyt::crypto;
+
+pub(super) fn routes() -> Router<Sandbox> {
+    Router::new()
+        .route("/sandbox/pockyt/payments", post(create_payment))
+        .route("/sandbox/pockyt/app-data-search/v3/tran-query", post(tran_query))
+        .route("/sandbox/pockyt/app-data-search/v3/refund", post(refund))
+}
+
+#[derive(Deserialize)]
+struct NewPayment {
+    amount: String,
+    currency: String,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    settle_currency: Option<String>,
+    #[serde(default)]
+    reference: Option<String>,
+}
+
+async fn create_payment(State(sb): State<Sandbox>, body: Bytes) -> Response {
+    let Ok(p) = serde_json::from_slice::<NewPayment>(&body) else {
+        return bad_request("body must be {\"amount\":\"10.00\",\"currency\":\"USD\",\"status\":\"success\"}");
+    };
+    let Ok(currency) = Currency::from_code(&p.currency) else {
+        return bad_request("unknown currency");
+    };
+    let settle_currency = match p.settle_currency.as_deref().map(Currency::from_code) {
+        None => Currency::from_code("USD").expect("USD"),
+        Some(Ok(c)) => c,
+        Some(Err(_)) => return bad_request("unknown settle_currency"),
+    };
+    let Ok(amount) = currency.parse_amount(&p.amount) else {
+        return bad_request("amount must be a positive decimal string in the currency's minor digits");
+    };
+    let transaction_no = random_digits(18);
+    let sale = SbSale {
+        transaction_no: transaction_no.clone(),
+        reference: p.reference.unwrap_or_else(|| format!("sb{}", random_digits(14))),
+        amount,
+        currency,
+        settle_currency,
+        status: p.status.unwrap_or_else(|| "success".into()),
+        refunds: vec![],
+    };
+    let out = json!({
+        "transactionNo": sale.transaction_no,
+        "reference": sale.reference,
+        "amount": currency.format(amount),
+        "currency": currency,
+        "status": sale.status,
+    });
+    let mut b = sb.lock();
+    if b.pockyt.by_reference.contains_key(&sale.reference) {
+        return bad_request("reference already used");
+    }
+    b.pockyt.insert(sale);
+    (StatusCode::CREATED, Json(out)).into_response()
+}
+
+fn envelope(code: &str, msg: &str) -> Response {
+    Json(json!({ "ret_code": code, "ret_msg": msg })).into_response()
+}
+
+/// Reads a signed request the way Pockyt does: JSON fields as strings, the
+/// signature and the merchant/store checked before anything else.
+fn authenticate(sb: &Sandbox, body: &[u8]) -> Result<BTreeMap<String, String>, Response> {
+    let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
+        return Err((StatusCode::BAD_REQUEST, Json(json!({"ret_code": "000023", "retMsg": "data error : body"}))).into_response());
+    };
+    let fields: BTreeMap<String, String> = obj
+        .into_iter()
+        .filter_map(|(k, v)| match v {
+            Value::String(s) => Some((k, s)),
+            Value::Number(n) => Some((k, n.to_string())),
+            _ => None,
+        })
+        .collect();
+    if !fields.contains_key(crypto::SIGN_FIELD) {
+        return Err((StatusCode::BAD_REQUEST, Json(json!({"ret_code": "000020", "retMsg": "data error : verifySign is required"}))).into_response());
+    }
+    let c = &sb.config;
+    if fields.get("merchantNo") != Some(&c.pockyt_merchant_no) || fields.get("storeNo") != Some(&c.pockyt_store_no) {
+        return Err(envelope("000030", "no rights: unknown merchantNo or storeNo"));
+    }
+    if !crypto::verify(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())), &c.pockyt_token) {
+        return Err((StatusCode::BAD_REQUEST, Json(json!({"ret_code": "000000", "retMsg": "data error : verifySign"}))).into_response());
+    }
+    Ok(fields)
+}
+
+fn refund_info(sale: &SbSale) -> Vec<Value> {
+    sale.refunds
+        .iter()
+        .map(|r| {
+            json!({
+                "refundTransactionId": r.provider_refund_id,
+                "refundReference": r.refund_reference,
+                "refundAmount": sale.currency.format(r.amount),
+                "currency": sale.currency,
+                "settleCurrency": sale.settle_currency,
+                "status": r.state,
+            })
+        })
+        .collect()
+}
+
+async fn tran_query(State(sb): State<Sandbox>, body: Bytes) -> Response {
+    let fields = match authenticate(&sb, &body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let (t, r) = (fields.get("transactionNo"), fields.get("reference"));
+    if t.is_none() && r.is_none() {
+        return envelope("000020", "required parameter missing: transactionNo or reference");
+    }
+    let b = sb.lock();
+    let Some(sale) = b.pockyt.find(t.map(String::as_str), r.map(String::as_str)) else {
+        return envelope("000021", "parameter matches no record");
+    };
+    Json(json!({
+        "ret_code": "000100",
+        "ret_msg": "query success ",
+        "result": {
+            "transactionNo": sale.transaction_no,
+            "reference": sale.reference,
+            "amount": sale.currency.format(sale.amount),
+            "currency": sale.currency,
+            "settleCurrency": sale.settle_currency,
+            "status": sale.status,
+            "transactionType": "payment",
+            "refundInfo": refund_info(sale),
+        }
+    }))
+    .into_response()
+}
+
+async fn refund(State(sb): State<Sandbox>, body: Bytes) -> Response {
+    let fields = match authenticate(&sb, &body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let get = |k: &str| fields.get(k).map(String::as_str);
+    let (Some(amount), Some(currency)) = (get("refundAmount"), get("currency")) else {
+        return envelope("000020", "required parameter missing: refundAmount, currency");
+    };
+    if get("transactionNo").is_none() && get("reference").is_none() {
+        return envelope("000020", "required parameter missing: transactionNo or reference");
+    }
+    let (sale, refund, state, case) = {
+    let mut guard = sb.lock();
+    let books = &mut *guard;
+    let Some(key) = books
+        .pockyt
+        .find(get("transactionNo"), get("reference"))
+        .map(|s| s.transaction_no.clone())
+    else {
+        return envelope("000021", "parameter matches no record");
+    };
+    let sale = books.pockyt.sales.get_mut(&key).expect("found above");
+    if sale.status != "success" {
+        return envelope("000040", "transaction status error: only successful transactions can be refunded");
+    }
+    if currency != sale.currency.code() || get("settleCurrency").is_some_and(|s| s != sale.settle_currency.code()) {
+        return envelope("000022", "parameters do not match: currency");
+    }
+    let Ok(amount) = sale.currency.parse_amount(amount) else {
+        return envelope("000023", "invalid parameter value: refundAmount");
+    };
+    let reference = get("refundReference").map(str::to_string);
+    if reference.is_some() && sale.refunds.iter().any(|r| r.refund_reference == reference) {
+        return envelope("000023", "invalid parameter value: duplicate refundReference");
+    }
+    let case = magic(amount);
+    match case {
+        Magic::Unavailable => return unavailable(),
+        Magic::Decline => return envelope("000040", "transaction status error: refund declined"),
+        _ => {}
+    }
+    if sale.refunded().0 + amount.0 > sale.amount.0 {
+        return envelope("000022", "parameters do not match: refundAmount exceeds the refundable amount");
+    }
+    let state = if case == Magic::PendingThenSuccess { RefundState::Pending } else { RefundState::Success };
+    let refund = SbRefund {
+        provider_refund_id: random_digits(18),
+        refund_reference: reference,
+        amount,
+        state,
+    };
+    sale.refunds.push(refund.clone());
+    books.pockyt.refunds_applied += 1;
+    (sale.clone(), refund, state, case)
+    };
+
+    if state == RefundState::Success {
+        sb.send_ipn("/ipn/pockyt", ipn(&sb, &sale, &refund));
+    } else {
+        let sb2 = sb.clone();
+        let (transaction_no, id) = (sale.transaction_no.clone(), refund.provider_refund_id.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(sb2.config.pending_delay).await;
+            let settled = sb2.lock().pockyt.settle(&transaction_no, &id);
+            if let Some((sale, refund)) = settled {
+                sb2.send_ipn("/ipn/pockyt", ipn(&sb2, &sale, &refund));
+            }
+        });
+    }
+    if case == Magic::SlowAnswer {
+        tokio::time::sleep(sb.config.slow_response).await;
+    }
+    Json(json!({
+        "result": {
+            "amount": sale.currency.format(sale.amount),
+            "currency": sale.currency,
+            "reference": sale.reference,
+            "refundAmount": sale.currency.format(refund.amount),
+            "refundReference": refund.refund_reference,
+            "refundTransactionNo": refund.provider_refund_id,
+            "settleCurrency": sale.settle_currency,
+            "status": refund.state,
+            "transactionNo": sale.transaction_no,
+        },
+        "ret_msg": "refund success ",
+        "ret_code": "000100",
+    }))
+    .into_response()
+}
+
+/// A signed, form-encoded refund IPN.
+fn ipn(sb: &Sandbox, sale: &SbSale, refund: &SbRefund) -> IpnBody {
+    // Pockyt stamps IPNs in UTC+8.
+    let now = time::OffsetDateTime::now_utc().to_offset(time::macros::offset!(+8));
+    let stamp = now
+        .format(time::macros::format_description!("[year][month][day][hour][minute][second]"))
+        .unwrap_or_default();
+    let status = match refund.state {
+        RefundState::Success => "success",
+        RefundState::Pending => "pending",
+    };
+    let mut fields: Vec<(&str, String)> = vec![
+        ("transactionNo", sale.transaction_no.clone()),
+        ("reference", sale.reference.clone()),
+        ("amount", sale.currency.format(sale.amount)),
+        ("currency", sale.currency.code().into()),
+        ("settleCurrency", sale.settle_currency.code().into()),
+        ("refundTransactionNo", refund.provider_refund_id.clone()),
+        ("refundAmount", sale.currency.format(refund.amount)),
+        ("status", status.into()),
+        ("time", stamp),
+    ];
+    if let Some(r) = &refund.refund_reference {
+        fields.push(("refundReference", r.clone()));
+    }
+    let sign = crypto::sign(fields.iter().map(|(k, v)| (*k, v.as_str())), &sb.config.pockyt_token);
+    fields.push((crypto::SIGN_FIELD, sign));
+    IpnBody::Form(serde_urlencoded::to_string(&fields).expect("strings encode"))
+}
