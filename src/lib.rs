@@ -1,3 +1,193 @@
+//! refund-gateway: one refund API for in-store POS systems over Pockyt and Pay10.
+//!
+//! `app(state)` builds the router; [`Application`] binds, wires demo mode, and
+//! serves until shutdown with the reconciliation worker beside it.
+
+pub mod api;
+pub mod config;
 pub mod money;
 pub mod providers;
+pub mod refunds;
 pub mod sandbox;
+pub mod store;
+pub mod telemetry;
+pub mod tools;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::MatchedPath;
+use axum::http::Request;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use api::AppState;
+use config::Config;
+use refunds::Gateway;
+use sandbox::Sandbox;
+use store::Store;
+
+/// The gateway's routes (and the sandbox's, in demo mode) with the middleware stack.
+pub fn app(state: AppState, sandbox: Option<&Sandbox>, request_timeout: Duration) -> Router {
+    let mut router = Router::new()
+        .route(
+            "/v1/refunds",
+            post(api::refunds::create).get(api::refunds::list),
+        )
+        .route("/v1/refunds/{id}", get(api::refunds::get_one))
+        .route("/healthz", get(api::health::healthz))
+        .route("/readyz", get(api::health::readyz))
+        .with_state(state);
+    if let Some(sb) = sandbox {
+        router = router.merge(sb.router());
+    }
+    router
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                        let route = req
+                            .extensions()
+                            .get::<MatchedPath>()
+                            .map(MatchedPath::as_str)
+                            .unwrap_or("unmatched");
+                        let request_id = req
+                            .headers()
+                            .get("x-request-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("");
+                        tracing::info_span!("http", method = %req.method(), route, request_id)
+                    }),
+                )
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(axum::middleware::map_response(api::problem_for_bare_errors))
+                .layer(TimeoutLayer::with_status_code(
+                    axum::http::StatusCode::REQUEST_TIMEOUT,
+                    request_timeout,
+                )),
+        )
+}
+
+/// A bound, configured gateway, ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    router: Router,
+    gateway: Arc<Gateway>,
+    sandbox: Option<Sandbox>,
+    config: Config,
+}
+
+impl Application {
+    pub async fn build(mut config: Config) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.listen_addr()?).await?;
+        let addr = listener.local_addr()?;
+        let mut sandbox = None;
+        if let Some(demo) = config.demo.clone() {
+            let base = demo
+                .external_sandbox
+                .clone()
+                .unwrap_or_else(|| format!("http://{addr}"));
+            config.demo_accounts(&base);
+            if demo.external_sandbox.is_none() {
+                let mut sc = demo.sandbox.clone();
+                sc.ipn_url = Some(format!("http://{addr}"));
+                sandbox = Some(Sandbox::new(sc));
+            }
+        }
+        let store = Store::connect(&config.database_url, config.db_max_connections).await?;
+        let gateway = Arc::new(Gateway::new(&config, store));
+        let router = app(
+            AppState {
+                gateway: gateway.clone(),
+            },
+            sandbox.as_ref(),
+            config.request_timeout,
+        );
+        Ok(Self {
+            listener,
+            addr,
+            router,
+            gateway,
+            sandbox,
+            config,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.gateway.clone()
+    }
+
+    pub fn sandbox(&self) -> Option<Sandbox> {
+        self.sandbox.clone()
+    }
+
+    /// The demo-mode banner: demo API key and a ready-to-paste curl.
+    pub fn banner(&self) -> Option<String> {
+        let demo = self.config.demo.as_ref()?;
+        let base = format!("http://{}", self.addr);
+        Some(format!(
+            "\n  refund-gateway DEMO MODE (sandbox providers, livemode=false)\n  \
+             listening on {base}  database {db}\n  demo API key: {key}\n\n  \
+             try it:\n  curl -s -X POST {base}/v1/refunds \\\n    -H 'Authorization: Bearer {key}' \\\n    \
+             -H 'Content-Type: application/json' -H 'Idempotency-Key: demo-1' \\\n    \
+             -d '{{\"provider\":\"pockyt\",\"transaction_no\":\"{tx}\",\"amount\":\"1.00\",\"currency\":\"USD\"}}'\n",
+            db = store::redact_url(&self.config.database_url),
+            key = demo.api_key,
+            tx = sandbox::demo_sales::POCKYT_TRANSACTION_NO,
+        ))
+    }
+
+    /// Serves until `shutdown` resolves, then drains requests and stops the worker.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let worker = tokio::spawn(refunds::reconcile::run(self.gateway.clone(), stop_rx));
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        let _ = stop_tx.send(true);
+        let _ = worker.await;
+        self.gateway.store.close().await;
+        served
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received; draining");
+}

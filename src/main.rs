@@ -1,1 +1,228 @@
-fn main(){}
+//! The `refund-gateway` binary: parse the command line, load config, call the library.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use refund_gateway::config::{Config, Overrides};
+use refund_gateway::sandbox::{Sandbox, SandboxConfig};
+use refund_gateway::telemetry::{self, LogFormat};
+use refund_gateway::{tools, Application};
+
+#[derive(Parser)]
+#[command(
+    name = "refund-gateway",
+    version,
+    about = "One refund API for in-store POS systems, over Pockyt and Pay10.\n\nWith no configuration, `refund-gateway` serves demo mode on 127.0.0.1:8080."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Address to listen on.
+    #[arg(long, global = true, env = "REFUND_GATEWAY_LISTEN")]
+    listen: Option<String>,
+    /// sqlite://FILE or postgres://... (default sqlite://refund-gateway.db).
+    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// TOML file with provider accounts and API clients; without it, demo mode.
+    #[arg(long, global = true, env = "REFUND_GATEWAY_CONFIG")]
+    config: Option<String>,
+    /// Log line format; levels come from RUST_LOG.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "pretty",
+        env = "REFUND_GATEWAY_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Run database migrations and exit.
+    Migrate,
+    /// Run the Pockyt/Pay10 sandbox alone, sending IPNs to a gateway.
+    Sandbox {
+        /// Gateway base URL; IPNs go to {URL}/ipn/pockyt and {URL}/ipn/pay10.
+        #[arg(long, env = "REFUND_GATEWAY_IPN_URL")]
+        ipn_url: Option<String>,
+        /// How long magic amount 91 delays its answer, in milliseconds.
+        #[arg(long, default_value_t = 20_000)]
+        slow_ms: u64,
+        /// How long a magic-94 refund stays pending, in milliseconds.
+        #[arg(long, default_value_t = 1_000)]
+        pending_delay_ms: u64,
+    },
+    /// Compute a Pockyt verifySign.
+    Sign {
+        #[command(subcommand)]
+        provider: SignProvider,
+    },
+    /// Compute a Pay10 HASH.
+    Hash {
+        #[command(subcommand)]
+        provider: HashProvider,
+    },
+    /// Encrypt a Pay10 ENCDATA plaintext.
+    Encrypt {
+        #[command(subcommand)]
+        provider: CryptProvider,
+    },
+    /// Decrypt a Pay10 ENCDATA.
+    Decrypt {
+        #[command(subcommand)]
+        provider: CryptProvider,
+    },
+}
+
+#[derive(Subcommand)]
+enum SignProvider {
+    /// verifySign = md5(sorted key=value& ... + md5(token)); prints the signature.
+    Pockyt {
+        /// API token (or POCKYT_TOKEN).
+        #[arg(long, env = "POCKYT_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Parameters as key=value (verifySign and empty values are ignored).
+        #[arg(required = true)]
+        params: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum HashProvider {
+    /// HASH = SHA-256(sorted KEY=VALUE~... + salt), upper-case hex.
+    Pay10 {
+        /// Hash salt (or PAY10_SALT).
+        #[arg(long, env = "PAY10_SALT", hide_env_values = true)]
+        salt: String,
+        /// Fields as KEY=VALUE (HASH itself is ignored).
+        #[arg(required = true)]
+        fields: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CryptProvider {
+    /// AES-256-CBC, key = the 32-byte key, IV = its first 16 bytes, base64.
+    Pay10 {
+        /// 32-character encryption key (or PAY10_ENCRYPTION_KEY).
+        #[arg(long, env = "PAY10_ENCRYPTION_KEY", hide_env_values = true)]
+        key: String,
+        /// The plaintext (encrypt) or ENCDATA (decrypt).
+        text: String,
+    },
+}
+
+fn print_tool(result: Result<String, String>) -> ExitCode {
+    match result {
+        Ok(v) => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Sign {
+            provider: SignProvider::Pockyt { token, params },
+        }) => return print_tool(tools::sign_pockyt(&token, &params)),
+        Some(Command::Hash {
+            provider: HashProvider::Pay10 { salt, fields },
+        }) => return print_tool(tools::hash_pay10(&salt, &fields)),
+        Some(Command::Encrypt {
+            provider: CryptProvider::Pay10 { key, text },
+        }) => return print_tool(tools::encrypt_pay10(&key, &text)),
+        Some(Command::Decrypt {
+            provider: CryptProvider::Pay10 { key, text },
+        }) => return print_tool(tools::decrypt_pay10(&key, &text)),
+        _ => {}
+    }
+    telemetry::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let overrides = Overrides {
+        config_file: cli.config,
+        listen: cli.listen,
+        database_url: cli.database_url,
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Some(Command::Sandbox {
+                ipn_url,
+                slow_ms,
+                pending_delay_ms,
+            }) => run_sandbox(overrides.listen, ipn_url, slow_ms, pending_delay_ms).await,
+            Some(Command::Migrate) => {
+                let config = Config::load(&overrides)?;
+                let store = refund_gateway::store::Store::connect(&config.database_url, 2).await?;
+                store.close().await;
+                println!(
+                    "migrations applied to {}",
+                    refund_gateway::store::redact_url(&config.database_url)
+                );
+                Ok(())
+            }
+            _ => serve(overrides).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(overrides: Overrides) -> anyhow::Result<()> {
+    let config = Config::load(&overrides)?;
+    let app = Application::build(config).await?;
+    if let Some(banner) = app.banner() {
+        println!("{banner}");
+    }
+    tracing::info!(addr = %app.addr(), "refund-gateway listening");
+    app.run_until(refund_gateway::shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn run_sandbox(
+    listen: Option<String>,
+    ipn_url: Option<String>,
+    slow_ms: u64,
+    pending_delay_ms: u64,
+) -> anyhow::Result<()> {
+    let mut config = SandboxConfig::demo();
+    config.ipn_url = ipn_url;
+    config.slow_response = Duration::from_millis(slow_ms);
+    config.pending_delay = Duration::from_millis(pending_delay_ms);
+    let sandbox = Sandbox::new(config);
+    let listener =
+        tokio::net::TcpListener::bind(listen.as_deref().unwrap_or("127.0.0.1:8081")).await?;
+    tracing::info!(addr = %listener.local_addr()?, "sandbox listening");
+    println!("sandbox listening on http://{}", listener.local_addr()?);
+    axum::serve(
+        listener,
+        refund_gateway::sandbox::standalone_router(&sandbox),
+    )
+    .with_graceful_shutdown(refund_gateway::shutdown_signal())
+    .await?;
+    Ok(())
+}

@@ -58,7 +58,8 @@ impl Currency {
     /// Parses a major-unit decimal string into minor units.
     pub fn parse_amount(&self, s: &str) -> Result<Minor, MoneyError> {
         let valid = !s.is_empty()
-            && s.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-')
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-')
             && !s.starts_with('.')
             && !s.ends_with('.');
         if !valid {
@@ -90,7 +91,8 @@ impl Currency {
     /// Formats minor units as a major-unit string with exactly the currency's digits.
     pub fn format(&self, amount: Minor) -> String {
         let mut d = Decimal::from(amount.0);
-        d.set_scale(self.minor_digits()).expect("exponent is at most 4");
+        d.set_scale(self.minor_digits())
+            .expect("exponent is at most 4");
         d.to_string()
     }
 }
@@ -143,7 +145,10 @@ mod tests {
         assert_eq!(usd.parse_amount("1e3"), Err(MoneyError::NotDecimal));
         assert_eq!(usd.parse_amount(" 1"), Err(MoneyError::NotDecimal));
         assert_eq!(usd.parse_amount("1."), Err(MoneyError::NotDecimal));
-        assert_eq!(usd.parse_amount("99999999999999999999999"), Err(MoneyError::TooLarge));
+        assert_eq!(
+            usd.parse_amount("99999999999999999999999"),
+            Err(MoneyError::TooLarge)
+        );
         let jpy = Currency::from_code("JPY").unwrap();
         assert_eq!(jpy.parse_amount("100"), Ok(Minor(100)));
         assert_eq!(jpy.parse_amount("1.5"), Err(MoneyError::TooPrecise(0)));

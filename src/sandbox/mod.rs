@@ -114,7 +114,8 @@ struct Book {
 
 impl Book {
     fn insert(&mut self, sale: SbSale) {
-        self.by_reference.insert(sale.reference.clone(), sale.transaction_no.clone());
+        self.by_reference
+            .insert(sale.reference.clone(), sale.transaction_no.clone());
         self.sales.insert(sale.transaction_no.clone(), sale);
     }
 
@@ -211,7 +212,11 @@ impl Sandbox {
     /// Minor units refunded so far on a sale (pending and successful refunds).
     pub fn refunded_total(&self, provider: &str, transaction_no: &str) -> Option<i64> {
         let b = self.lock();
-        let book = if provider == "pay10" { &b.pay10 } else { &b.pockyt };
+        let book = if provider == "pay10" {
+            &b.pay10
+        } else {
+            &b.pockyt
+        };
         book.sales.get(transaction_no).map(|s| s.refunded().0)
     }
 
@@ -227,7 +232,9 @@ impl Sandbox {
 
     /// Sends an IPN body to the gateway, retrying a few times like the providers do.
     fn send_ipn(&self, path: &'static str, body: IpnBody) {
-        let Some(base) = self.config.ipn_url.clone() else { return };
+        let Some(base) = self.config.ipn_url.clone() else {
+            return;
+        };
         let http = self.http.clone();
         tokio::spawn(async move {
             let url = format!("{}{}", base.trim_end_matches('/'), path);
@@ -241,7 +248,9 @@ impl Sandbox {
                 };
                 match req.send().await {
                     Ok(r) if r.status().is_success() => return,
-                    Ok(r) => tracing::debug!(status = %r.status(), attempt, "sandbox IPN not accepted"),
+                    Ok(r) => {
+                        tracing::debug!(status = %r.status(), attempt, "sandbox IPN not accepted")
+                    }
                     Err(e) => tracing::debug!(error = %e, attempt, "sandbox IPN not delivered"),
                 }
                 tokio::time::sleep(Duration::from_millis(500 * 2u64.pow(attempt))).await;
@@ -252,9 +261,16 @@ impl Sandbox {
 
 impl Book {
     /// Marks a pending refund successful; returns the sale and refund for the IPN.
-    fn settle(&mut self, transaction_no: &str, provider_refund_id: &str) -> Option<(SbSale, SbRefund)> {
+    fn settle(
+        &mut self,
+        transaction_no: &str,
+        provider_refund_id: &str,
+    ) -> Option<(SbSale, SbRefund)> {
         let sale = self.sales.get_mut(transaction_no)?;
-        let idx = sale.refunds.iter().position(|r| r.provider_refund_id == provider_refund_id)?;
+        let idx = sale
+            .refunds
+            .iter()
+            .position(|r| r.provider_refund_id == provider_refund_id)?;
         sale.refunds[idx].state = RefundState::Success;
         Some((sale.clone(), sale.refunds[idx].clone()))
     }
@@ -296,19 +312,29 @@ fn magic(amount: Minor) -> Magic {
 }
 
 fn unavailable() -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, "<html><body><h1>503 Service Unavailable</h1></body></html>")
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "<html><body><h1>503 Service Unavailable</h1></body></html>",
+    )
         .into_response()
 }
 
 fn bad_request(message: &str) -> Response {
-    (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": message }))).into_response()
+    (
+        StatusCode::BAD_REQUEST,
+        Json(serde_json::json!({ "error": message })),
+    )
+        .into_response()
 }
 
 async fn stats(State(sb): State<Sandbox>) -> Json<SandboxStats> {
     Json(sb.stats())
 }
 
-async fn show_payment(State(sb): State<Sandbox>, Path((provider, id)): Path<(String, String)>) -> Response {
+async fn show_payment(
+    State(sb): State<Sandbox>,
+    Path((provider, id)): Path<(String, String)>,
+) -> Response {
     let b = sb.lock();
     let book = match provider.as_str() {
         "pockyt" => &b.pockyt,

@@ -11,7 +11,10 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{bad_request, magic, random_digits, unavailable, IpnBody, Magic, RefundState, Sandbox, SbRefund, SbSale};
+use super::{
+    bad_request, magic, random_digits, unavailable, IpnBody, Magic, RefundState, Sandbox, SbRefund,
+    SbSale,
+};
 use crate::money::Currency;
 use crate::providers::pay10::crypto;
 use crate::providers::pay10::wire::{EncEnvelope, RequeryRequest};
@@ -39,11 +42,15 @@ async fn create_payment(State(sb): State<Sandbox>, body: Bytes) -> Response {
         return bad_request("unknown currency");
     };
     let Ok(amount) = currency.parse_amount(&p.amount) else {
-        return bad_request("amount must be a positive decimal string in the currency's minor digits");
+        return bad_request(
+            "amount must be a positive decimal string in the currency's minor digits",
+        );
     };
     let sale = SbSale {
         transaction_no: random_digits(16),
-        reference: p.order_id.unwrap_or_else(|| format!("PAY10_{}", random_digits(12))),
+        reference: p
+            .order_id
+            .unwrap_or_else(|| format!("PAY10_{}", random_digits(12))),
         amount,
         currency,
         settle_currency: currency,
@@ -72,11 +79,19 @@ fn plain(code: &str, message: &str) -> Response {
 
 fn now_stamp() -> String {
     time::OffsetDateTime::now_utc()
-        .format(time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]"))
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day] [hour]:[minute]:[second]"
+        ))
         .unwrap_or_default()
 }
 
-fn refund_fields(sb: &Sandbox, sale: &SbSale, refund: &SbRefund, code: &str, message: &str) -> BTreeMap<String, String> {
+fn refund_fields(
+    sb: &Sandbox,
+    sale: &SbSale,
+    refund: &SbRefund,
+    code: &str,
+    message: &str,
+) -> BTreeMap<String, String> {
     let status = match refund.state {
         RefundState::Success => "Captured",
         RefundState::Pending => "REFUND_INITIATED",
@@ -90,7 +105,10 @@ fn refund_fields(sb: &Sandbox, sale: &SbSale, refund: &SbRefund, code: &str, mes
         ("STATUS", status.to_string()),
         ("PG_REF_NUM", sale.transaction_no.clone()),
         ("ORDER_ID", sale.reference.clone()),
-        ("REFUND_ORDER_ID", refund.refund_reference.clone().unwrap_or_default()),
+        (
+            "REFUND_ORDER_ID",
+            refund.refund_reference.clone().unwrap_or_default(),
+        ),
         ("AMOUNT", refund.amount.0.to_string()),
         ("CURRENCY_CODE", sale.currency.numeric()),
         ("TXNTYPE", "REFUND".to_string()),
@@ -108,7 +126,11 @@ fn encrypted(sb: &Sandbox, fields: &BTreeMap<String, String>) -> Response {
 }
 
 fn encrypted_text(sb: &Sandbox, text: &str) -> Response {
-    Json(EncEnvelope { pay_id: sb.config.pay10_pay_id.clone(), encdata: sb.config.pay10_key.encrypt(text) }).into_response()
+    Json(EncEnvelope {
+        pay_id: sb.config.pay10_pay_id.clone(),
+        encdata: sb.config.pay10_key.encrypt(text),
+    })
+    .into_response()
 }
 
 fn encrypted_error(sb: &Sandbox, code: &str, message: &str, status: &str) -> Response {
@@ -136,58 +158,92 @@ async fn refund(State(sb): State<Sandbox>, body: Bytes) -> Response {
         return encrypted_text(&sb, crypto::PROVIDER_ERROR_TEXT);
     };
     let get = |k: &str| req.get(k).map(String::as_str).filter(|v| !v.is_empty());
-    let required = ["PAY_ID", "ORDER_ID", "AMOUNT", "CURRENCY_CODE", "TXNTYPE", "PG_REF_NUM", "REFUND_FLAG", "REFUND_ORDER_ID"];
-    if required.iter().any(|k| get(k).is_none()) || get("TXNTYPE") != Some("REFUND") || get("REFUND_FLAG") != Some("R") {
+    let required = [
+        "PAY_ID",
+        "ORDER_ID",
+        "AMOUNT",
+        "CURRENCY_CODE",
+        "TXNTYPE",
+        "PG_REF_NUM",
+        "REFUND_FLAG",
+        "REFUND_ORDER_ID",
+    ];
+    if required.iter().any(|k| get(k).is_none())
+        || get("TXNTYPE") != Some("REFUND")
+        || get("REFUND_FLAG") != Some("R")
+    {
         return encrypted_error(&sb, "300", "Invalid request", "Failed");
     }
     if get("PAY_ID") != Some(sb.config.pay10_pay_id.as_str()) {
         return encrypted_error(&sb, "324", "Invalid PAY_ID", "Failed");
     }
     let refund_order_id = get("REFUND_ORDER_ID").unwrap_or_default().to_string();
-    if !(6..=20).contains(&refund_order_id.len()) || !refund_order_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    if !(6..=20).contains(&refund_order_id.len())
+        || !refund_order_id.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
         return encrypted_error(&sb, "300", "Invalid REFUND_ORDER_ID", "Failed");
     }
     let amount_text = get("AMOUNT").unwrap_or_default();
-    let Some(amount) = amount_text.parse::<i64>().ok().filter(|a| *a > 0 && amount_text.len() <= 12 && amount_text.bytes().all(|b| b.is_ascii_digit())) else {
+    let Some(amount) = amount_text.parse::<i64>().ok().filter(|a| {
+        *a > 0 && amount_text.len() <= 12 && amount_text.bytes().all(|b| b.is_ascii_digit())
+    }) else {
         return encrypted_error(&sb, "300", "Invalid AMOUNT", "Failed");
     };
     let amount = crate::money::Minor(amount);
 
     let (sale, refund, state, case) = {
-    let mut guard = sb.lock();
-    let books = &mut *guard;
-    let pg_ref = get("PG_REF_NUM").unwrap_or_default().to_string();
-    let Some(sale) = books.pay10.sales.get_mut(&pg_ref) else {
-        return encrypted_error(&sb, "302", "No such transaction", "Failed");
-    };
-    if get("ORDER_ID") != Some(sale.reference.as_str()) {
-        return encrypted_error(&sb, "015", "No such transaction", "Failed");
-    }
-    if get("CURRENCY_CODE") != Some(sale.currency.numeric().as_str()) {
-        return encrypted_error(&sb, "021", "Invalid currency for this transaction", "Failed");
-    }
-    if sale.refunds.iter().any(|r| r.refund_reference.as_deref() == Some(refund_order_id.as_str())) {
-        return encrypted_error(&sb, "019", "Duplicate refund order id", "Failed");
-    }
-    let case = magic(amount);
-    match case {
-        Magic::Unavailable => return unavailable(),
-        Magic::Decline => return encrypted_error(&sb, "004", "Refund Declined", "Declined"),
-        _ => {}
-    }
-    if sale.refunded().0 + amount.0 > sale.amount.0 {
-        return encrypted_error(&sb, "013", "Total refund amount greater than sale amount", "REFUND_REJECTED");
-    }
-    let state = if case == Magic::PendingThenSuccess { RefundState::Pending } else { RefundState::Success };
-    let refund = SbRefund {
-        provider_refund_id: refund_order_id.clone(),
-        refund_reference: Some(refund_order_id.clone()),
-        amount,
-        state,
-    };
-    sale.refunds.push(refund.clone());
-    books.pay10.refunds_applied += 1;
-    (sale.clone(), refund, state, case)
+        let mut guard = sb.lock();
+        let books = &mut *guard;
+        let pg_ref = get("PG_REF_NUM").unwrap_or_default().to_string();
+        let Some(sale) = books.pay10.sales.get_mut(&pg_ref) else {
+            return encrypted_error(&sb, "302", "No such transaction", "Failed");
+        };
+        if get("ORDER_ID") != Some(sale.reference.as_str()) {
+            return encrypted_error(&sb, "015", "No such transaction", "Failed");
+        }
+        if get("CURRENCY_CODE") != Some(sale.currency.numeric().as_str()) {
+            return encrypted_error(
+                &sb,
+                "021",
+                "Invalid currency for this transaction",
+                "Failed",
+            );
+        }
+        if sale
+            .refunds
+            .iter()
+            .any(|r| r.refund_reference.as_deref() == Some(refund_order_id.as_str()))
+        {
+            return encrypted_error(&sb, "019", "Duplicate refund order id", "Failed");
+        }
+        let case = magic(amount);
+        match case {
+            Magic::Unavailable => return unavailable(),
+            Magic::Decline => return encrypted_error(&sb, "004", "Refund Declined", "Declined"),
+            _ => {}
+        }
+        if sale.refunded().0 + amount.0 > sale.amount.0 {
+            return encrypted_error(
+                &sb,
+                "013",
+                "Total refund amount greater than sale amount",
+                "REFUND_REJECTED",
+            );
+        }
+        let state = if case == Magic::PendingThenSuccess {
+            RefundState::Pending
+        } else {
+            RefundState::Success
+        };
+        let refund = SbRefund {
+            provider_refund_id: refund_order_id.clone(),
+            refund_reference: Some(refund_order_id.clone()),
+            amount,
+            state,
+        };
+        sale.refunds.push(refund.clone());
+        books.pay10.refunds_applied += 1;
+        (sale.clone(), refund, state, case)
     };
 
     if state == RefundState::Success {
@@ -206,12 +262,19 @@ async fn refund(State(sb): State<Sandbox>, body: Bytes) -> Response {
     if case == Magic::SlowAnswer {
         tokio::time::sleep(sb.config.slow_response).await;
     }
-    let message = if state == RefundState::Success { "SUCCESS" } else { "Pending" };
+    let message = if state == RefundState::Success {
+        "SUCCESS"
+    } else {
+        "Pending"
+    };
     encrypted(&sb, &refund_fields(&sb, &sale, &refund, "000", message))
 }
 
 fn with_hash(sb: &Sandbox, mut fields: BTreeMap<String, String>) -> Response {
-    let hash = crypto::hash(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())), &sb.config.pay10_salt);
+    let hash = crypto::hash(
+        fields.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        &sb.config.pay10_salt,
+    );
     fields.insert(crypto::HASH_FIELD.into(), hash);
     Json(fields).into_response()
 }
@@ -233,16 +296,25 @@ async fn requery(State(sb): State<Sandbox>, body: Bytes) -> Response {
         return plain("300", "Invalid hash");
     }
     let b = sb.lock();
-    let found = b.pay10.by_reference.get(&req.order_id).and_then(|t| b.pay10.sales.get(t)).and_then(|sale| {
-        sale.refunds
-            .iter()
-            .find(|r| r.refund_reference.as_deref() == Some(req.refund_order_id.as_str()))
-            .map(|r| (sale.clone(), r.clone()))
-    });
+    let found = b
+        .pay10
+        .by_reference
+        .get(&req.order_id)
+        .and_then(|t| b.pay10.sales.get(t))
+        .and_then(|sale| {
+            sale.refunds
+                .iter()
+                .find(|r| r.refund_reference.as_deref() == Some(req.refund_order_id.as_str()))
+                .map(|r| (sale.clone(), r.clone()))
+        });
     drop(b);
     match found {
         Some((sale, refund)) => {
-            let message = if refund.state == RefundState::Success { "SUCCESS" } else { "Pending" };
+            let message = if refund.state == RefundState::Success {
+                "SUCCESS"
+            } else {
+                "Pending"
+            };
             with_hash(&sb, refund_fields(&sb, &sale, &refund, "000", message))
         }
         None => {
@@ -260,8 +332,14 @@ async fn requery(State(sb): State<Sandbox>, body: Bytes) -> Response {
 /// A Pay10 webhook: the transaction's fields plus HASH, as plain JSON.
 fn webhook(sb: &Sandbox, sale: &SbSale, refund: &SbRefund) -> IpnBody {
     let mut fields = refund_fields(sb, sale, refund, "000", "SUCCESS");
-    let hash = crypto::hash(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())), &sb.config.pay10_salt);
+    let hash = crypto::hash(
+        fields.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        &sb.config.pay10_salt,
+    );
     fields.insert(crypto::HASH_FIELD.into(), hash);
-    let obj: serde_json::Map<String, Value> = fields.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+    let obj: serde_json::Map<String, Value> = fields
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
     IpnBody::Json(Value::Object(obj))
 }

@@ -11,14 +11,20 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{bad_request, magic, random_digits, unavailable, IpnBody, Magic, RefundState, Sandbox, SbRefund, SbSale};
+use super::{
+    bad_request, magic, random_digits, unavailable, IpnBody, Magic, RefundState, Sandbox, SbRefund,
+    SbSale,
+};
 use crate::money::Currency;
 use crate::providers::pockyt::crypto;
 
 pub(super) fn routes() -> Router<Sandbox> {
     Router::new()
         .route("/sandbox/pockyt/payments", post(create_payment))
-        .route("/sandbox/pockyt/app-data-search/v3/tran-query", post(tran_query))
+        .route(
+            "/sandbox/pockyt/app-data-search/v3/tran-query",
+            post(tran_query),
+        )
         .route("/sandbox/pockyt/app-data-search/v3/refund", post(refund))
 }
 
@@ -36,7 +42,9 @@ struct NewPayment {
 
 async fn create_payment(State(sb): State<Sandbox>, body: Bytes) -> Response {
     let Ok(p) = serde_json::from_slice::<NewPayment>(&body) else {
-        return bad_request("body must be {\"amount\":\"10.00\",\"currency\":\"USD\",\"status\":\"success\"}");
+        return bad_request(
+            "body must be {\"amount\":\"10.00\",\"currency\":\"USD\",\"status\":\"success\"}",
+        );
     };
     let Ok(currency) = Currency::from_code(&p.currency) else {
         return bad_request("unknown currency");
@@ -47,12 +55,16 @@ async fn create_payment(State(sb): State<Sandbox>, body: Bytes) -> Response {
         Some(Err(_)) => return bad_request("unknown settle_currency"),
     };
     let Ok(amount) = currency.parse_amount(&p.amount) else {
-        return bad_request("amount must be a positive decimal string in the currency's minor digits");
+        return bad_request(
+            "amount must be a positive decimal string in the currency's minor digits",
+        );
     };
     let transaction_no = random_digits(18);
     let sale = SbSale {
         transaction_no: transaction_no.clone(),
-        reference: p.reference.unwrap_or_else(|| format!("sb{}", random_digits(14))),
+        reference: p
+            .reference
+            .unwrap_or_else(|| format!("sb{}", random_digits(14))),
         amount,
         currency,
         settle_currency,
@@ -82,7 +94,11 @@ fn envelope(code: &str, msg: &str) -> Response {
 /// signature and the merchant/store checked before anything else.
 fn authenticate(sb: &Sandbox, body: &[u8]) -> Result<BTreeMap<String, String>, Response> {
     let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
-        return Err((StatusCode::BAD_REQUEST, Json(json!({"ret_code": "000023", "retMsg": "data error : body"}))).into_response());
+        return Err((
+            StatusCode::BAD_REQUEST,
+            Json(json!({"ret_code": "000023", "retMsg": "data error : body"})),
+        )
+            .into_response());
     };
     let fields: BTreeMap<String, String> = obj
         .into_iter()
@@ -93,14 +109,30 @@ fn authenticate(sb: &Sandbox, body: &[u8]) -> Result<BTreeMap<String, String>, R
         })
         .collect();
     if !fields.contains_key(crypto::SIGN_FIELD) {
-        return Err((StatusCode::BAD_REQUEST, Json(json!({"ret_code": "000020", "retMsg": "data error : verifySign is required"}))).into_response());
+        return Err((
+            StatusCode::BAD_REQUEST,
+            Json(json!({"ret_code": "000020", "retMsg": "data error : verifySign is required"})),
+        )
+            .into_response());
     }
     let c = &sb.config;
-    if fields.get("merchantNo") != Some(&c.pockyt_merchant_no) || fields.get("storeNo") != Some(&c.pockyt_store_no) {
-        return Err(envelope("000030", "no rights: unknown merchantNo or storeNo"));
+    if fields.get("merchantNo") != Some(&c.pockyt_merchant_no)
+        || fields.get("storeNo") != Some(&c.pockyt_store_no)
+    {
+        return Err(envelope(
+            "000030",
+            "no rights: unknown merchantNo or storeNo",
+        ));
     }
-    if !crypto::verify(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())), &c.pockyt_token) {
-        return Err((StatusCode::BAD_REQUEST, Json(json!({"ret_code": "000000", "retMsg": "data error : verifySign"}))).into_response());
+    if !crypto::verify(
+        fields.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        &c.pockyt_token,
+    ) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            Json(json!({"ret_code": "000000", "retMsg": "data error : verifySign"})),
+        )
+            .into_response());
     }
     Ok(fields)
 }
@@ -128,7 +160,10 @@ async fn tran_query(State(sb): State<Sandbox>, body: Bytes) -> Response {
     };
     let (t, r) = (fields.get("transactionNo"), fields.get("reference"));
     if t.is_none() && r.is_none() {
-        return envelope("000020", "required parameter missing: transactionNo or reference");
+        return envelope(
+            "000020",
+            "required parameter missing: transactionNo or reference",
+        );
     }
     let b = sb.lock();
     let Some(sale) = b.pockyt.find(t.map(String::as_str), r.map(String::as_str)) else {
@@ -158,61 +193,87 @@ async fn refund(State(sb): State<Sandbox>, body: Bytes) -> Response {
     };
     let get = |k: &str| fields.get(k).map(String::as_str);
     let (Some(amount), Some(currency)) = (get("refundAmount"), get("currency")) else {
-        return envelope("000020", "required parameter missing: refundAmount, currency");
+        return envelope(
+            "000020",
+            "required parameter missing: refundAmount, currency",
+        );
     };
     if get("transactionNo").is_none() && get("reference").is_none() {
-        return envelope("000020", "required parameter missing: transactionNo or reference");
+        return envelope(
+            "000020",
+            "required parameter missing: transactionNo or reference",
+        );
     }
     let (sale, refund, state, case) = {
-    let mut guard = sb.lock();
-    let books = &mut *guard;
-    let Some(key) = books
-        .pockyt
-        .find(get("transactionNo"), get("reference"))
-        .map(|s| s.transaction_no.clone())
-    else {
-        return envelope("000021", "parameter matches no record");
-    };
-    let sale = books.pockyt.sales.get_mut(&key).expect("found above");
-    if sale.status != "success" {
-        return envelope("000040", "transaction status error: only successful transactions can be refunded");
-    }
-    if currency != sale.currency.code() || get("settleCurrency").is_some_and(|s| s != sale.settle_currency.code()) {
-        return envelope("000022", "parameters do not match: currency");
-    }
-    let Ok(amount) = sale.currency.parse_amount(amount) else {
-        return envelope("000023", "invalid parameter value: refundAmount");
-    };
-    let reference = get("refundReference").map(str::to_string);
-    if reference.is_some() && sale.refunds.iter().any(|r| r.refund_reference == reference) {
-        return envelope("000023", "invalid parameter value: duplicate refundReference");
-    }
-    let case = magic(amount);
-    match case {
-        Magic::Unavailable => return unavailable(),
-        Magic::Decline => return envelope("000040", "transaction status error: refund declined"),
-        _ => {}
-    }
-    if sale.refunded().0 + amount.0 > sale.amount.0 {
-        return envelope("000022", "parameters do not match: refundAmount exceeds the refundable amount");
-    }
-    let state = if case == Magic::PendingThenSuccess { RefundState::Pending } else { RefundState::Success };
-    let refund = SbRefund {
-        provider_refund_id: random_digits(18),
-        refund_reference: reference,
-        amount,
-        state,
-    };
-    sale.refunds.push(refund.clone());
-    books.pockyt.refunds_applied += 1;
-    (sale.clone(), refund, state, case)
+        let mut guard = sb.lock();
+        let books = &mut *guard;
+        let Some(key) = books
+            .pockyt
+            .find(get("transactionNo"), get("reference"))
+            .map(|s| s.transaction_no.clone())
+        else {
+            return envelope("000021", "parameter matches no record");
+        };
+        let sale = books.pockyt.sales.get_mut(&key).expect("found above");
+        if sale.status != "success" {
+            return envelope(
+                "000040",
+                "transaction status error: only successful transactions can be refunded",
+            );
+        }
+        if currency != sale.currency.code()
+            || get("settleCurrency").is_some_and(|s| s != sale.settle_currency.code())
+        {
+            return envelope("000022", "parameters do not match: currency");
+        }
+        let Ok(amount) = sale.currency.parse_amount(amount) else {
+            return envelope("000023", "invalid parameter value: refundAmount");
+        };
+        let reference = get("refundReference").map(str::to_string);
+        if reference.is_some() && sale.refunds.iter().any(|r| r.refund_reference == reference) {
+            return envelope(
+                "000023",
+                "invalid parameter value: duplicate refundReference",
+            );
+        }
+        let case = magic(amount);
+        match case {
+            Magic::Unavailable => return unavailable(),
+            Magic::Decline => {
+                return envelope("000040", "transaction status error: refund declined")
+            }
+            _ => {}
+        }
+        if sale.refunded().0 + amount.0 > sale.amount.0 {
+            return envelope(
+                "000022",
+                "parameters do not match: refundAmount exceeds the refundable amount",
+            );
+        }
+        let state = if case == Magic::PendingThenSuccess {
+            RefundState::Pending
+        } else {
+            RefundState::Success
+        };
+        let refund = SbRefund {
+            provider_refund_id: random_digits(18),
+            refund_reference: reference,
+            amount,
+            state,
+        };
+        sale.refunds.push(refund.clone());
+        books.pockyt.refunds_applied += 1;
+        (sale.clone(), refund, state, case)
     };
 
     if state == RefundState::Success {
         sb.send_ipn("/ipn/pockyt", ipn(&sb, &sale, &refund));
     } else {
         let sb2 = sb.clone();
-        let (transaction_no, id) = (sale.transaction_no.clone(), refund.provider_refund_id.clone());
+        let (transaction_no, id) = (
+            sale.transaction_no.clone(),
+            refund.provider_refund_id.clone(),
+        );
         tokio::spawn(async move {
             tokio::time::sleep(sb2.config.pending_delay).await;
             let settled = sb2.lock().pockyt.settle(&transaction_no, &id);
@@ -247,7 +308,9 @@ fn ipn(sb: &Sandbox, sale: &SbSale, refund: &SbRefund) -> IpnBody {
     // Pockyt stamps IPNs in UTC+8.
     let now = time::OffsetDateTime::now_utc().to_offset(time::macros::offset!(+8));
     let stamp = now
-        .format(time::macros::format_description!("[year][month][day][hour][minute][second]"))
+        .format(time::macros::format_description!(
+            "[year][month][day][hour][minute][second]"
+        ))
         .unwrap_or_default();
     let status = match refund.state {
         RefundState::Success => "success",
@@ -267,7 +330,10 @@ fn ipn(sb: &Sandbox, sale: &SbSale, refund: &SbRefund) -> IpnBody {
     if let Some(r) = &refund.refund_reference {
         fields.push(("refundReference", r.clone()));
     }
-    let sign = crypto::sign(fields.iter().map(|(k, v)| (*k, v.as_str())), &sb.config.pockyt_token);
+    let sign = crypto::sign(
+        fields.iter().map(|(k, v)| (*k, v.as_str())),
+        &sb.config.pockyt_token,
+    );
     fields.push((crypto::SIGN_FIELD, sign));
     IpnBody::Form(serde_urlencoded::to_string(&fields).expect("strings encode"))
 }

@@ -82,7 +82,10 @@ pub fn hash<'a, I>(fields: I, salt: &str) -> String
 where
     I: IntoIterator<Item = (&'a str, &'a str)>,
 {
-    let sorted: BTreeMap<&str, &str> = fields.into_iter().filter(|(k, _)| *k != HASH_FIELD).collect();
+    let sorted: BTreeMap<&str, &str> = fields
+        .into_iter()
+        .filter(|(k, _)| *k != HASH_FIELD)
+        .collect();
     let mut hasher = Sha256::new();
     for (i, (k, v)) in sorted.into_iter().enumerate() {
         if i > 0 {
@@ -109,7 +112,10 @@ where
     else {
         return false;
     };
-    hash(fields, salt).as_bytes().ct_eq(received.as_bytes()).into()
+    hash(fields, salt)
+        .as_bytes()
+        .ct_eq(received.as_bytes())
+        .into()
 }
 
 /// Renders `KEY=VALUE~KEY=VALUE` (byte-sorted, so output is deterministic).
@@ -191,7 +197,10 @@ mod tests {
 
     #[test]
     fn key_must_be_32_bytes() {
-        assert_eq!(EncryptionKey::new("short").unwrap_err(), CryptoError::KeyLength(5));
+        assert_eq!(
+            EncryptionKey::new("short").unwrap_err(),
+            CryptoError::KeyLength(5)
+        );
         assert!(EncryptionKey::new(&"k".repeat(33)).is_err());
         assert!(EncryptionKey::new(KEY).is_ok());
     }

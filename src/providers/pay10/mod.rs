@@ -63,7 +63,11 @@ impl Pay10Client {
     async fn post(&self, path: &str, body: &impl serde::Serialize) -> Result<Vec<u8>, String> {
         let url = join_url(&self.account.base_url, path);
         let resp = self.http.post(&url).json(body).send().await.map_err(|e| {
-            let kind = if e.is_timeout() { "timeout" } else { "transport error" };
+            let kind = if e.is_timeout() {
+                "timeout"
+            } else {
+                "transport error"
+            };
             tracing::warn!(error = %e, kind, "pay10 call failed");
             format!("pay10 {kind}")
         })?;
@@ -127,7 +131,9 @@ impl Pay10Client {
             };
         }
         match wire::parse_fields(bytes) {
-            Some(fields) if fields.contains_key("RESPONSE_CODE") => map_fields(&fields, Call::Refund),
+            Some(fields) if fields.contains_key("RESPONSE_CODE") => {
+                map_fields(&fields, Call::Refund)
+            }
             _ => ProviderAnswer::unknown("pay10 answered with an unreadable body"),
         }
     }
@@ -156,7 +162,8 @@ impl Pay10Client {
             Ok(b) => b,
             Err(m) => return ProviderAnswer::unknown(m),
         };
-        let Some(fields) = wire::parse_fields(&bytes).filter(|f| f.contains_key("RESPONSE_CODE")) else {
+        let Some(fields) = wire::parse_fields(&bytes).filter(|f| f.contains_key("RESPONSE_CODE"))
+        else {
             return ProviderAnswer::unknown("pay10 requery answer is unreadable");
         };
         // A HASH on the answer must be ours; an answer that fails it is not trusted.
@@ -176,7 +183,8 @@ impl Pay10Client {
 
 /// Parses a Pay10 webhook (JSON with HASH) and verifies it with `salt`.
 pub fn parse_webhook(body: &[u8], salt: &str) -> Result<WebhookEvent, WebhookError> {
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| WebhookError::Malformed)?;
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| WebhookError::Malformed)?;
     if !value.is_object() {
         return Err(WebhookError::Malformed);
     }
@@ -202,14 +210,21 @@ pub fn parse_webhook(body: &[u8], salt: &str) -> Result<WebhookEvent, WebhookErr
 
 /// The response-code table of providers.md.
 pub fn map_fields(fields: &BTreeMap<String, String>, call: Call) -> ProviderAnswer {
-    let code = fields.get("RESPONSE_CODE").map(|c| c.trim().to_string()).unwrap_or_default();
+    let code = fields
+        .get("RESPONSE_CODE")
+        .map(|c| c.trim().to_string())
+        .unwrap_or_default();
     let status = fields.get("STATUS").cloned();
     let message = fields
         .get("RESPONSE_MESSAGE")
         .or_else(|| fields.get("PG_TXN_MESSAGE"))
         .cloned();
     let outcome = match code.as_str() {
-        "000" => match status.as_deref().map(|s| s.trim().to_ascii_uppercase()).as_deref() {
+        "000" => match status
+            .as_deref()
+            .map(|s| s.trim().to_ascii_uppercase())
+            .as_deref()
+        {
             Some("CAPTURED") => Outcome::Succeeded,
             Some("FAILED") | Some("DECLINED") | Some("REJECTED") => Outcome::Failed,
             _ => Outcome::Pending,
@@ -246,16 +261,29 @@ mod tests {
     use super::*;
 
     fn f(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn code_table() {
         let cases: &[(&str, Option<&str>, Call, Outcome)] = &[
             ("000", Some("Captured"), Call::Refund, Outcome::Succeeded),
-            ("000", Some("REFUND_INITIATED"), Call::Refund, Outcome::Pending),
+            (
+                "000",
+                Some("REFUND_INITIATED"),
+                Call::Refund,
+                Outcome::Pending,
+            ),
             ("000", Some("Sent to Bank"), Call::Refund, Outcome::Pending),
-            ("000", Some("REQUEST ACCEPTED"), Call::Refund, Outcome::Pending),
+            (
+                "000",
+                Some("REQUEST ACCEPTED"),
+                Call::Refund,
+                Outcome::Pending,
+            ),
             ("006", None, Call::Refund, Outcome::Pending),
             ("026", None, Call::Refund, Outcome::Pending),
             ("028", None, Call::Refund, Outcome::Pending),
@@ -289,29 +317,53 @@ mod tests {
             if let Some(s) = status {
                 fields.insert("STATUS".into(), s.to_string());
             }
-            assert_eq!(map_fields(&fields, *call).outcome, *want, "code {code} {status:?}");
+            assert_eq!(
+                map_fields(&fields, *call).outcome,
+                *want,
+                "code {code} {status:?}"
+            );
         }
-        let nodata = f(&[("RESPONSE_CODE", "300"), ("RESPONSE_MESSAGE", "NO DATA FOUND")]);
+        let nodata = f(&[
+            ("RESPONSE_CODE", "300"),
+            ("RESPONSE_MESSAGE", "NO DATA FOUND"),
+        ]);
         assert_eq!(map_fields(&nodata, Call::Status).outcome, Outcome::NotFound);
-        let badhash = f(&[("RESPONSE_CODE", "300"), ("RESPONSE_MESSAGE", "Invalid hash")]);
+        let badhash = f(&[
+            ("RESPONSE_CODE", "300"),
+            ("RESPONSE_MESSAGE", "Invalid hash"),
+        ]);
         assert_eq!(map_fields(&badhash, Call::Status).outcome, Outcome::Unknown);
     }
 
     #[test]
     fn webhook_verification() {
         let salt = "s4lt";
-        let fields = [("PG_REF_NUM", "1879120328175249"), ("STATUS", "Captured"), ("RESPONSE_CODE", "000"), ("TXNTYPE", "REFUND"), ("REFUND_ORDER_ID", "R1234567")];
+        let fields = [
+            ("PG_REF_NUM", "1879120328175249"),
+            ("STATUS", "Captured"),
+            ("RESPONSE_CODE", "000"),
+            ("TXNTYPE", "REFUND"),
+            ("REFUND_ORDER_ID", "R1234567"),
+        ];
         let hash = crypto::hash(fields, salt);
-        let mut obj: serde_json::Map<String, serde_json::Value> =
-            fields.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string()))).collect();
+        let mut obj: serde_json::Map<String, serde_json::Value> = fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+            .collect();
         obj.insert("HASH".into(), hash.into());
         let body = serde_json::to_vec(&obj).unwrap();
         let ev = parse_webhook(&body, salt).unwrap();
         assert_eq!(ev.outcome, Outcome::Succeeded);
         assert!(ev.is_refund);
-        assert_eq!(parse_webhook(&body, "wrong"), Err(WebhookError::BadSignature));
+        assert_eq!(
+            parse_webhook(&body, "wrong"),
+            Err(WebhookError::BadSignature)
+        );
         obj.remove("HASH");
-        assert_eq!(parse_webhook(&serde_json::to_vec(&obj).unwrap(), salt), Err(WebhookError::BadSignature));
+        assert_eq!(
+            parse_webhook(&serde_json::to_vec(&obj).unwrap(), salt),
+            Err(WebhookError::BadSignature)
+        );
         assert_eq!(parse_webhook(b"nope", salt), Err(WebhookError::Malformed));
     }
 

@@ -66,7 +66,9 @@ pub fn parse_fields(body: &[u8]) -> Option<BTreeMap<String, String>> {
 }
 
 fn is_key(k: &str) -> bool {
-    !k.is_empty() && k.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
 
 #[cfg(test)]

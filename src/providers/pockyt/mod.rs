@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::{
-    join_url, Outcome, ProviderAnswer, ProviderKind, RefundCall, SaleInfo, SaleLookup,
-    StatusQuery, WebhookError, WebhookEvent,
+    join_url, Outcome, ProviderAnswer, ProviderKind, RefundCall, SaleInfo, SaleLookup, StatusQuery,
+    WebhookError, WebhookEvent,
 };
 use wire::{Envelope, RefundResult, TranQueryResult, RET_SUCCESS};
 
@@ -85,7 +85,11 @@ impl PockytClient {
         let resp = match self.http.post(&url).json(&body).send().await {
             Ok(r) => r,
             Err(e) => {
-                let kind = if e.is_timeout() { "timeout" } else { "transport error" };
+                let kind = if e.is_timeout() {
+                    "timeout"
+                } else {
+                    "transport error"
+                };
                 tracing::warn!(error = %e, kind, "pockyt call failed");
                 return Reply::Unknown(format!("pockyt {kind}"));
             }
@@ -105,8 +109,14 @@ impl PockytClient {
         match serde_json::from_slice::<Envelope<T>>(&bytes) {
             Ok(env) if env.ret_code.is_some() => Reply::Parsed(status, env),
             _ => {
-                tracing::warn!(status, len = bytes.len(), "pockyt response is not a Pockyt envelope");
-                Reply::Unknown(format!("pockyt answered HTTP {status} with an unreadable body"))
+                tracing::warn!(
+                    status,
+                    len = bytes.len(),
+                    "pockyt response is not a Pockyt envelope"
+                );
+                Reply::Unknown(format!(
+                    "pockyt answered HTTP {status} with an unreadable body"
+                ))
             }
         }
     }
@@ -123,30 +133,39 @@ impl PockytClient {
             (None, Some(r)) => ("reference", r.to_string()),
             (None, None) => return Err("no transactionNo or reference to query".into()),
         };
-        match self.post::<TranQueryResult>(TRAN_QUERY_PATH, self.signed(vec![field])).await {
+        match self
+            .post::<TranQueryResult>(TRAN_QUERY_PATH, self.signed(vec![field]))
+            .await
+        {
             Reply::Parsed(_, env) => Ok(env),
             Reply::Unknown(m) => Err(m),
         }
     }
 
-    pub async fn lookup_sale(&self, transaction_no: Option<&str>, reference: Option<&str>) -> SaleLookup {
+    pub async fn lookup_sale(
+        &self,
+        transaction_no: Option<&str>,
+        reference: Option<&str>,
+    ) -> SaleLookup {
         let env = match self.tran_query(transaction_no, reference).await {
             Ok(env) => env,
             Err(m) => return SaleLookup::Unavailable(m),
         };
         match (env.ret_code.as_deref(), env.result) {
-            (Some(RET_SUCCESS), Some(r)) => match (r.transaction_no, r.amount, r.currency, r.status) {
-                (Some(transaction_no), Some(amount), Some(currency), Some(status)) => {
-                    SaleLookup::Found(SaleInfo {
-                        transaction_no,
-                        reference: r.reference,
-                        amount,
-                        currency,
-                        status,
-                    })
+            (Some(RET_SUCCESS), Some(r)) => {
+                match (r.transaction_no, r.amount, r.currency, r.status) {
+                    (Some(transaction_no), Some(amount), Some(currency), Some(status)) => {
+                        SaleLookup::Found(SaleInfo {
+                            transaction_no,
+                            reference: r.reference,
+                            amount,
+                            currency,
+                            status,
+                        })
+                    }
+                    _ => SaleLookup::Unavailable("pockyt tran-query result lacks fields".into()),
                 }
-                _ => SaleLookup::Unavailable("pockyt tran-query result lacks fields".into()),
-            },
+            }
             (Some("000021"), _) | (Some(RET_SUCCESS), None) => SaleLookup::NotFound,
             (code, _) => SaleLookup::Unavailable(format!(
                 "pockyt tran-query refused: {} {}",
@@ -163,7 +182,10 @@ impl PockytClient {
             ("currency", call.currency.code().to_string()),
             (
                 "settleCurrency",
-                call.settle_currency.map(|c| c.code()).unwrap_or("USD").to_string(),
+                call.settle_currency
+                    .map(|c| c.code())
+                    .unwrap_or("USD")
+                    .to_string(),
             ),
             ("refundReference", call.provider_reference.clone()),
         ];
@@ -172,7 +194,10 @@ impl PockytClient {
             (None, Some(r)) => fields.push(("reference", r.clone())),
             (None, None) => return ProviderAnswer::unknown("no original transaction to refund"),
         }
-        let answer = match self.post::<RefundResult>(REFUND_PATH, self.signed(fields)).await {
+        let answer = match self
+            .post::<RefundResult>(REFUND_PATH, self.signed(fields))
+            .await
+        {
             Reply::Parsed(http, env) => map_refund_reply(http, env),
             Reply::Unknown(m) => ProviderAnswer::unknown(m),
         };
@@ -183,7 +208,10 @@ impl PockytClient {
     /// Finds the refund among the original sale's `refundInfo`.
     #[tracing::instrument(skip_all, fields(provider = "pockyt", op = "refund_status", refund_id = %q.refund_id))]
     pub async fn refund_status(&self, q: &StatusQuery) -> ProviderAnswer {
-        let env = match self.tran_query(q.transaction_no.as_deref(), q.reference.as_deref()).await {
+        let env = match self
+            .tran_query(q.transaction_no.as_deref(), q.reference.as_deref())
+            .await
+        {
             Ok(env) => env,
             Err(m) => return ProviderAnswer::unknown(m),
         };
@@ -199,7 +227,8 @@ impl PockytClient {
         };
         let found = result.refund_info.into_vec().into_iter().find(|r| {
             r.refund_reference.as_deref() == Some(q.provider_reference.as_str())
-                || (q.provider_refund_id.is_some() && r.refund_transaction_id == q.provider_refund_id)
+                || (q.provider_refund_id.is_some()
+                    && r.refund_transaction_id == q.provider_refund_id)
         });
         match found {
             Some(info) => {
@@ -251,7 +280,10 @@ pub fn parse_ipn(body: &[u8], token: &str) -> Result<WebhookEvent, WebhookError>
         provider_refund_id: get("refundTransactionNo"),
         provider_reference: get("refundReference"),
         amount: get("refundAmount").or_else(|| get("amount")),
-        outcome: status.as_deref().map(status_outcome).unwrap_or(Outcome::Unknown),
+        outcome: status
+            .as_deref()
+            .map(status_outcome)
+            .unwrap_or(Outcome::Unknown),
         provider_status: status,
         is_refund,
         fields,
@@ -307,19 +339,33 @@ mod tests {
     fn refund_replies_map_to_outcomes() {
         let ok = map_refund_reply(
             200,
-            env(r#"{"result":{"status":"success","refundTransactionNo":"297553638302358781"},"ret_msg":"refund success ","ret_code":"000100"}"#),
+            env(
+                r#"{"result":{"status":"success","refundTransactionNo":"297553638302358781"},"ret_msg":"refund success ","ret_code":"000100"}"#,
+            ),
         );
         assert_eq!(ok.outcome, Outcome::Succeeded);
         assert_eq!(ok.provider_refund_id.as_deref(), Some("297553638302358781"));
         assert_eq!(ok.message.as_deref(), Some("refund success"));
-        let pending = map_refund_reply(200, env(r#"{"result":{"status":"pending"},"ret_code":"000100"}"#));
+        let pending = map_refund_reply(
+            200,
+            env(r#"{"result":{"status":"pending"},"ret_code":"000100"}"#),
+        );
         assert_eq!(pending.outcome, Outcome::Pending);
-        let declined = map_refund_reply(200, env(r#"{"ret_code":"000040","ret_msg":"transaction status error"}"#));
+        let declined = map_refund_reply(
+            200,
+            env(r#"{"ret_code":"000040","ret_msg":"transaction status error"}"#),
+        );
         assert_eq!(declined.outcome, Outcome::Failed);
         assert_eq!(declined.provider_code.as_deref(), Some("000040"));
-        let bad_sign = map_refund_reply(400, env(r#"{"ret_code":"000000","retMsg":"data error : verifySign"}"#));
+        let bad_sign = map_refund_reply(
+            400,
+            env(r#"{"ret_code":"000000","retMsg":"data error : verifySign"}"#),
+        );
         assert_eq!(bad_sign.outcome, Outcome::Failed);
-        let sys = map_refund_reply(200, env(r#"{"ret_code":"000000","ret_msg":"system error"}"#));
+        let sys = map_refund_reply(
+            200,
+            env(r#"{"ret_code":"000000","ret_msg":"system error"}"#),
+        );
         assert_eq!(sys.outcome, Outcome::Unknown);
     }
 
@@ -332,9 +378,15 @@ mod tests {
         assert!(!ev.is_refund);
         assert_eq!(ev.transaction_no.as_deref(), Some("305680500880311923"));
         let forged = body.replace("amount=0.01", "amount=9.99");
-        assert_eq!(parse_ipn(forged.as_bytes(), token), Err(WebhookError::BadSignature));
+        assert_eq!(
+            parse_ipn(forged.as_bytes(), token),
+            Err(WebhookError::BadSignature)
+        );
         let unsigned = "amount=0.01&status=success";
-        assert_eq!(parse_ipn(unsigned.as_bytes(), token), Err(WebhookError::BadSignature));
+        assert_eq!(
+            parse_ipn(unsigned.as_bytes(), token),
+            Err(WebhookError::BadSignature)
+        );
     }
 
     proptest::proptest! {

@@ -65,7 +65,11 @@ pub struct TranQueryResult {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RefundInfo {
-    #[serde(default, alias = "refundTransactionNo", deserialize_with = "de_opt_stringish")]
+    #[serde(
+        default,
+        alias = "refundTransactionNo",
+        deserialize_with = "de_opt_stringish"
+    )]
     pub refund_transaction_id: Option<String>,
     #[serde(default, deserialize_with = "de_opt_stringish")]
     pub refund_reference: Option<String>,
@@ -75,7 +79,11 @@ pub struct RefundInfo {
     pub currency: Option<String>,
     #[serde(default, deserialize_with = "de_opt_stringish")]
     pub settle_currency: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "de_opt_stringish")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de_opt_stringish"
+    )]
     pub status: Option<String>,
 }
 
@@ -110,13 +118,20 @@ mod tests {
 
     #[test]
     fn refund_info_list_single_or_null() {
-        let list: TranQueryResult =
-            serde_json::from_str(r#"{"refundInfo":[{"refundTransactionId":"1","refundAmount":1.5}]}"#).unwrap();
+        let list: TranQueryResult = serde_json::from_str(
+            r#"{"refundInfo":[{"refundTransactionId":"1","refundAmount":1.5}]}"#,
+        )
+        .unwrap();
         let v = list.refund_info.into_vec();
         assert_eq!(v[0].refund_amount.as_deref(), Some("1.5"));
-        let one: TranQueryResult =
-            serde_json::from_str(r#"{"refundInfo":{"refundTransactionId":"2","refundReference":"r"}}"#).unwrap();
-        assert_eq!(one.refund_info.into_vec()[0].refund_reference.as_deref(), Some("r"));
+        let one: TranQueryResult = serde_json::from_str(
+            r#"{"refundInfo":{"refundTransactionId":"2","refundReference":"r"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            one.refund_info.into_vec()[0].refund_reference.as_deref(),
+            Some("r")
+        );
         let none: TranQueryResult = serde_json::from_str(r#"{"refundInfo":null}"#).unwrap();
         assert!(none.refund_info.into_vec().is_empty());
     }
@@ -124,9 +139,11 @@ mod tests {
     #[test]
     fn error_envelope_accepts_ret_msg_spelling() {
         let e: Envelope<RefundResult> =
-            serde_json::from_str(r#"{"ret_code":"000000","retMsg":"data error : verifySign"}"#).unwrap();
+            serde_json::from_str(r#"{"ret_code":"000000","retMsg":"data error : verifySign"}"#)
+                .unwrap();
         assert_eq!(e.ret_msg.as_deref(), Some("data error : verifySign"));
-        let e: Envelope<RefundResult> = serde_json::from_str(r#"{"ret_code":"000100","ret_msg":"ok"}"#).unwrap();
+        let e: Envelope<RefundResult> =
+            serde_json::from_str(r#"{"ret_code":"000100","ret_msg":"ok"}"#).unwrap();
         assert_eq!(e.ret_code.as_deref(), Some(RET_SUCCESS));
     }
 }

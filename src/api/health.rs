@@ -1,0 +1,37 @@
+//! Liveness and readiness.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{ApiError, AppState};
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready when the database answers within two seconds.
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let store = &state.gateway.store;
+    match tokio::time::timeout(Duration::from_secs(2), store.ping()).await {
+        Ok(Ok(())) => Ok(Json(
+            json!({ "status": "ready", "database": store.backend().as_str() }),
+        )),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness check: database unreachable");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "the database is unreachable",
+            ))
+        }
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "the database did not answer in time",
+        )),
+    }
+}

@@ -1,0 +1,106 @@
+//! HTTP: one module per resource. Handlers validate, call the domain, and
+//! render its answers; they hold no business rules of their own.
+
+pub mod error;
+pub mod health;
+pub mod refunds;
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::Client;
+use crate::refunds::Gateway;
+pub use error::ApiError;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub gateway: Arc<Gateway>,
+}
+
+/// The API client a request's Bearer key belongs to.
+pub struct Authed(pub Arc<Client>);
+
+impl FromRequestParts<AppState> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let key = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(ApiError::unauthorized)?;
+        let digest = Sha256::digest(key.as_bytes());
+        // Compare against every client, in constant time, without stopping early.
+        let mut found = None;
+        for c in &state.gateway.clients {
+            if bool::from(c.key_hash.as_slice().ct_eq(digest.as_slice())) {
+                found = Some(c.clone());
+            }
+        }
+        found.map(Authed).ok_or_else(ApiError::unauthorized)
+    }
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("route")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
+}
+
+/// Gives a problem+json body to error responses produced below the handlers
+/// (timeouts, body limits) that would otherwise be empty or plain text.
+pub async fn problem_for_bare_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (code, detail) = match status {
+        StatusCode::REQUEST_TIMEOUT => (
+            "request_timeout",
+            "the request took too long; retry with the same Idempotency-Key",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is too large"),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this route does not accept that method",
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "unsupported_media_type",
+            "send Content-Type: application/json",
+        ),
+        StatusCode::NOT_FOUND => ("not_found", "not found"),
+        s if s.is_server_error() => (
+            "internal_error",
+            "an internal error occurred; it has been logged",
+        ),
+        _ => ("bad_request", "the request could not be processed"),
+    };
+    let mut out = ApiError::new(status, code, detail).into_response();
+    if let Some(id) = resp.headers().get("x-request-id") {
+        out.headers_mut().insert("x-request-id", id.clone());
+    }
+    out
+}

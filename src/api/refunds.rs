@@ -1,0 +1,574 @@
+//! `/v1/refunds`: create, fetch, list.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::{ApiError, AppState, Authed};
+use crate::money::{Currency, MoneyError};
+use crate::providers::ProviderKind;
+use crate::refunds::{Created, NewRefund, RefundObject};
+use crate::store::ListFilter;
+
+/// Request bodies larger than this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+const FIELDS: &[&str] = &[
+    "provider",
+    "transaction_no",
+    "reference",
+    "amount",
+    "currency",
+    "settle_currency",
+    "refund_reference",
+    "reason",
+    "receipt_email",
+    "metadata",
+];
+
+#[derive(Default)]
+struct Errors(BTreeMap<String, Vec<String>>);
+
+impl Errors {
+    fn add(&mut self, field: &str, msg: impl Into<String>) {
+        self.0
+            .entry(field.to_string())
+            .or_default()
+            .push(msg.into());
+    }
+}
+
+/// A string field: `None` when absent or null; an error when of another type or too long.
+fn string_field(
+    obj: &Map<String, Value>,
+    name: &str,
+    max: usize,
+    errors: &mut Errors,
+) -> Option<String> {
+    match obj.get(name) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            errors.add(name, "must not be empty");
+            None
+        }
+        Some(Value::String(s)) if s.chars().count() > max => {
+            errors.add(name, format!("must be at most {max} characters"));
+            None
+        }
+        Some(Value::String(s)) if s.chars().any(char::is_control) => {
+            errors.add(name, "must not contain control characters");
+            None
+        }
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            errors.add(name, "must be a string");
+            None
+        }
+    }
+}
+
+fn is_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !s.contains(char::is_whitespace)
+        && !domain.contains('@')
+        && s.len() <= 254
+}
+
+#[derive(Serialize)]
+struct Fingerprint<'a> {
+    provider: &'a str,
+    transaction_no: &'a Option<String>,
+    reference: &'a Option<String>,
+    amount_minor: i64,
+    currency: &'a str,
+    settle_currency: Option<&'a str>,
+    refund_reference: &'a Option<String>,
+    reason: &'a Option<String>,
+    receipt_email: &'a Option<String>,
+    metadata: &'a BTreeMap<String, String>,
+}
+
+/// Validates a create body into a [`NewRefund`], collecting every field error.
+pub fn validate(body: &[u8], idempotency_key: Option<String>) -> Result<NewRefund, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })?;
+    let Value::Object(obj) = value else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            "the body must be a JSON object",
+        ));
+    };
+    let mut errors = Errors::default();
+    for k in obj.keys() {
+        if !FIELDS.contains(&k.as_str()) {
+            errors.add(k, "is not a known field");
+        }
+    }
+    let provider = match string_field(&obj, "provider", 20, &mut errors) {
+        Some(p) => match ProviderKind::parse(&p) {
+            Some(k) => Some(k),
+            None => {
+                errors.add("provider", "must be \"pockyt\" or \"pay10\"");
+                None
+            }
+        },
+        None => {
+            if !obj.contains_key("provider") || obj["provider"].is_null() {
+                errors.add("provider", "is required");
+            }
+            None
+        }
+    };
+    let transaction_no = string_field(&obj, "transaction_no", 64, &mut errors);
+    let reference = string_field(&obj, "reference", 64, &mut errors);
+    let currency = match obj.get("currency") {
+        None | Some(Value::Null) => {
+            errors.add("currency", "is required");
+            None
+        }
+        Some(Value::String(c)) => match Currency::from_code(c) {
+            Ok(c) => Some(c),
+            Err(_) => {
+                errors.add("currency", "must be an ISO 4217 alpha code such as \"USD\"");
+                None
+            }
+        },
+        Some(_) => {
+            errors.add("currency", "must be a string");
+            None
+        }
+    };
+    let settle_currency = match obj.get("settle_currency") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(c)) => match Currency::from_code(c) {
+            Ok(c) => Some(c),
+            Err(_) => {
+                errors.add(
+                    "settle_currency",
+                    "must be an ISO 4217 alpha code such as \"USD\"",
+                );
+                None
+            }
+        },
+        Some(_) => {
+            errors.add("settle_currency", "must be a string");
+            None
+        }
+    };
+    let amount = match obj.get("amount") {
+        None | Some(Value::Null) => {
+            errors.add("amount", "is required");
+            None
+        }
+        Some(Value::Number(_)) => {
+            errors.add(
+                "amount",
+                "must be a decimal string such as \"10.50\", never a JSON number",
+            );
+            None
+        }
+        Some(Value::String(s)) => match currency.map(|c| c.parse_amount(s)) {
+            Some(Ok(a)) => Some(a),
+            Some(Err(e @ MoneyError::TooPrecise(_))) => {
+                errors.add(
+                    "amount",
+                    format!("{e} for {}", currency.map(|c| c.code()).unwrap_or("")),
+                );
+                None
+            }
+            Some(Err(e)) => {
+                errors.add("amount", e.to_string());
+                None
+            }
+            None => None,
+        },
+        Some(_) => {
+            errors.add("amount", "must be a decimal string such as \"10.50\"");
+            None
+        }
+    };
+    let refund_reference = string_field(&obj, "refund_reference", 255, &mut errors);
+    let reason = string_field(&obj, "reason", 255, &mut errors);
+    let receipt_email = string_field(&obj, "receipt_email", 254, &mut errors);
+    if receipt_email.as_deref().is_some_and(|e| !is_email(e)) {
+        errors.add("receipt_email", "must be an email address");
+    }
+    let mut metadata = BTreeMap::new();
+    match obj.get("metadata") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            if m.len() > 20 {
+                errors.add("metadata", "may have at most 20 keys");
+            }
+            for (k, v) in m {
+                match v {
+                    Value::String(s)
+                        if k.chars().count() <= 40 && s.chars().count() <= 500 && !k.is_empty() =>
+                    {
+                        metadata.insert(k.clone(), s.clone());
+                    }
+                    Value::String(_) => errors.add(
+                        "metadata",
+                        format!("key {k:?}: keys are 1-40 characters, values at most 500"),
+                    ),
+                    _ => errors.add("metadata", format!("key {k:?}: values must be strings")),
+                }
+            }
+        }
+        Some(_) => errors.add("metadata", "must be an object of string values"),
+    }
+    match provider {
+        Some(ProviderKind::Pockyt) => {
+            if transaction_no.is_none()
+                && reference.is_none()
+                && !errors.0.contains_key("transaction_no")
+                && !errors.0.contains_key("reference")
+            {
+                errors.add("transaction_no", "pockyt needs transaction_no or reference");
+            }
+        }
+        Some(ProviderKind::Pay10) => {
+            match &transaction_no {
+                Some(t) if !(t.len() <= 20 && t.bytes().all(|b| b.is_ascii_digit())) => {
+                    errors.add("transaction_no", "pay10 PG_REF_NUM is digits only")
+                }
+                None if !errors.0.contains_key("transaction_no") => {
+                    errors.add("transaction_no", "is required for pay10 (PG_REF_NUM)")
+                }
+                _ => {}
+            }
+            match &reference {
+                Some(r) if r.len() > 50 => {
+                    errors.add("reference", "pay10 ORDER_ID is at most 50 characters")
+                }
+                None if !errors.0.contains_key("reference") => {
+                    errors.add("reference", "is required for pay10 (ORDER_ID)")
+                }
+                _ => {}
+            }
+            if settle_currency.is_some() {
+                errors.add("settle_currency", "applies to pockyt only");
+            }
+        }
+        None => {}
+    }
+    if !errors.0.is_empty() {
+        return Err(ApiError::validation(errors.0));
+    }
+    let (Some(provider), Some(amount), Some(currency)) = (provider, amount, currency) else {
+        return Err(ApiError::validation(errors.0));
+    };
+    if idempotency_key.is_none() && refund_reference.is_none() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "idempotency_key_required",
+            "send an Idempotency-Key header or a refund_reference so retries cannot refund twice",
+        ));
+    }
+    let fingerprint = Fingerprint {
+        provider: provider.as_str(),
+        transaction_no: &transaction_no,
+        reference: &reference,
+        amount_minor: amount.0,
+        currency: currency.code(),
+        settle_currency: settle_currency.map(|c| c.code()),
+        refund_reference: &refund_reference,
+        reason: &reason,
+        receipt_email: &receipt_email,
+        metadata: &metadata,
+    };
+    let request_hash = hex::encode(Sha256::digest(
+        serde_json::to_vec(&fingerprint).unwrap_or_default(),
+    ));
+    Ok(NewRefund {
+        provider,
+        transaction_no,
+        reference,
+        amount,
+        currency,
+        settle_currency,
+        refund_reference,
+        reason,
+        receipt_email,
+        metadata,
+        idempotency_key,
+        request_hash,
+    })
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1-255 visible ASCII characters",
+        )
+    };
+    let s = v.to_str().map_err(|_| bad())?;
+    if s.is_empty() || s.len() > 255 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad());
+    }
+    Ok(Some(s.to_string()))
+}
+
+fn json_response(status: StatusCode, body: String, replayed: bool) -> Response {
+    let mut resp = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if replayed {
+        resp.headers_mut()
+            .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Authed(client): Authed,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime != "application/json" && !(mime.starts_with("application/") && mime.ends_with("+json"))
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send Content-Type: application/json",
+        ));
+    }
+    let key = idempotency_key(&headers)?;
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+            )
+        })?;
+    let req = validate(&bytes, key)?;
+    // The flow runs in its own task: a client that hangs up, or a request
+    // timeout, must not cut a refund between the provider call and its record.
+    let gateway = state.gateway.clone();
+    let created = tokio::spawn(async move { gateway.create(&client, req).await })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "refund task failed");
+            ApiError::internal()
+        })??;
+    Ok(match created {
+        Created::New(row) => {
+            let body = row.response_body.clone().unwrap_or_else(|| {
+                serde_json::to_string(&RefundObject::from(&row)).unwrap_or_default()
+            });
+            json_response(StatusCode::CREATED, body, false)
+        }
+        Created::Replay { status, body } => json_response(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED),
+            body,
+            true,
+        ),
+        Created::Current(row) => json_response(
+            StatusCode::CREATED,
+            serde_json::to_string(&RefundObject::from(&row)).unwrap_or_default(),
+            true,
+        ),
+        Created::InProgress => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "request_in_progress",
+                "a request with this Idempotency-Key is still being processed; retry shortly",
+            ))
+        }
+        Created::Mismatch => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_mismatch",
+                "this Idempotency-Key (or refund_reference) was used with a different request body",
+            ))
+        }
+    })
+}
+
+fn query_map(raw: Option<String>) -> Result<BTreeMap<String, String>, ApiError> {
+    let raw = raw.unwrap_or_default();
+    serde_urlencoded::from_str::<Vec<(String, String)>>(&raw)
+        .map(|v| v.into_iter().collect())
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "the query string is malformed",
+            )
+        })
+}
+
+pub async fn get_one(
+    State(state): State<AppState>,
+    Authed(client): Authed,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<RefundObject>, ApiError> {
+    let q = query_map(raw)?;
+    let sync = match q.get("sync").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(ApiError::validation(BTreeMap::from([(
+                "sync".to_string(),
+                vec!["must be true or false".to_string()],
+            )])))
+        }
+    };
+    let row = state
+        .gateway
+        .store
+        .get_refund(&client.name, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("refund"))?;
+    let row = if sync && row.status == "pending" {
+        state.gateway.sync(&row).await?
+    } else {
+        row
+    };
+    Ok(Json(RefundObject::from(&row)))
+}
+
+#[derive(Serialize)]
+pub struct RefundList {
+    pub object: &'static str,
+    pub data: Vec<RefundObject>,
+    pub has_more: bool,
+}
+
+fn parse_time(field: &str, v: &str, errors: &mut Errors) -> Option<i64> {
+    if let Ok(secs) = v.parse::<i64>() {
+        return Some(secs.saturating_mul(1000));
+    }
+    match time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339) {
+        Ok(t) => Some(i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)),
+        Err(_) => {
+            errors.add(field, "must be an RFC 3339 time or Unix seconds");
+            None
+        }
+    }
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Authed(client): Authed,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<RefundList>, ApiError> {
+    let q = query_map(raw)?;
+    let mut errors = Errors::default();
+    let known = [
+        "transaction_no",
+        "reference",
+        "refund_reference",
+        "status",
+        "provider",
+        "created_from",
+        "created_to",
+        "limit",
+        "starting_after",
+    ];
+    for k in q.keys() {
+        if !known.contains(&k.as_str()) {
+            errors.add(k, "is not a known filter");
+        }
+    }
+    let limit = match q.get("limit") {
+        None => 20,
+        Some(l) => match l.parse::<i64>() {
+            Ok(n) if (1..=100).contains(&n) => n,
+            _ => {
+                errors.add("limit", "must be a whole number from 1 to 100");
+                20
+            }
+        },
+    };
+    if let Some(s) = q.get("status") {
+        if !["pending", "succeeded", "failed"].contains(&s.as_str()) {
+            errors.add("status", "must be pending, succeeded or failed");
+        }
+    }
+    if let Some(p) = q.get("provider") {
+        if ProviderKind::parse(p).is_none() {
+            errors.add("provider", "must be pockyt or pay10");
+        }
+    }
+    let created_from = q
+        .get("created_from")
+        .and_then(|v| parse_time("created_from", v, &mut errors));
+    let created_to = q
+        .get("created_to")
+        .and_then(|v| parse_time("created_to", v, &mut errors));
+    let after = match q.get("starting_after") {
+        None => None,
+        Some(id) => match state.gateway.store.get_refund(&client.name, id).await? {
+            Some(r) => Some((r.created_at, r.id)),
+            None => {
+                errors.add("starting_after", "is not the id of one of your refunds");
+                None
+            }
+        },
+    };
+    if !errors.0.is_empty() {
+        return Err(ApiError::validation(errors.0));
+    }
+    let filter = ListFilter {
+        transaction_no: q.get("transaction_no").cloned(),
+        reference: q.get("reference").cloned(),
+        refund_reference: q.get("refund_reference").cloned(),
+        status: q.get("status").cloned(),
+        provider: q.get("provider").cloned(),
+        created_from,
+        created_to,
+        after,
+        limit,
+    };
+    let mut rows = state
+        .gateway
+        .store
+        .list_refunds(&client.name, &filter)
+        .await?;
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(20));
+    Ok(Json(RefundList {
+        object: "list",
+        data: rows.iter().map(RefundObject::from).collect(),
+        has_more,
+    }))
+}

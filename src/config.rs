@@ -1,0 +1,515 @@
+//! Typed configuration: defaults < TOML file (`--config`) < environment.
+//! With no file, the gateway runs in demo mode against its built-in sandbox.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::providers::pay10::crypto::EncryptionKey;
+use crate::providers::pay10::Pay10Account;
+use crate::providers::pockyt::PockytAccount;
+use crate::providers::{HttpSettings, ProviderKind};
+use crate::sandbox::SandboxConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file is not valid TOML: {0}")]
+    Toml(String),
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The file format (see `config.example.toml`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub database_url: Option<String>,
+    pub provider_connect_timeout_ms: Option<u64>,
+    pub provider_timeout_ms: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
+    pub db_max_connections: Option<u32>,
+    pub merchant_name: Option<String>,
+    #[serde(default)]
+    pub accounts: Vec<AccountEntry>,
+    #[serde(default)]
+    pub clients: Vec<ClientEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountEntry {
+    pub name: String,
+    pub provider: String,
+    pub base_url: String,
+    #[serde(default = "yes")]
+    pub livemode: bool,
+    pub merchant_no: Option<String>,
+    pub store_no: Option<String>,
+    pub token: Option<String>,
+    pub pay_id: Option<String>,
+    pub salt: Option<String>,
+    pub encryption_key: Option<String>,
+    /// Shown on receipts; defaults to the merchant name.
+    pub store_name: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientEntry {
+    pub name: String,
+    /// Lower-case hex SHA-256 of the API key (the key itself is never stored).
+    pub api_key_sha256: String,
+    pub accounts: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum AccountCredentials {
+    Pockyt(PockytAccount),
+    Pay10(Pay10Account),
+}
+
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub name: String,
+    pub livemode: bool,
+    pub store_name: String,
+    pub credentials: AccountCredentials,
+}
+
+impl Account {
+    pub fn provider(&self) -> ProviderKind {
+        match self.credentials {
+            AccountCredentials::Pockyt(_) => ProviderKind::Pockyt,
+            AccountCredentials::Pay10(_) => ProviderKind::Pay10,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub name: String,
+    pub key_hash: [u8; 32],
+    /// Account name per provider (at most one each).
+    pub accounts: BTreeMap<ProviderKind, String>,
+}
+
+/// Demo mode: the sandbox and a demo client, no configuration needed.
+#[derive(Debug, Clone)]
+pub struct Demo {
+    pub api_key: String,
+    /// `None`: mount the sandbox in this process. `Some(url)`: use that sandbox.
+    pub external_sandbox: Option<String>,
+    pub sandbox: SandboxConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: String,
+    pub database_url: String,
+    pub db_max_connections: u32,
+    pub http: HttpSettings,
+    pub request_timeout: Duration,
+    pub merchant_name: String,
+    pub accounts: Vec<Account>,
+    pub clients: Vec<Client>,
+    pub demo: Option<Demo>,
+    /// How often the reconciliation worker looks for due refunds.
+    pub reconcile_interval: Duration,
+    /// Give up polling a pending refund after this many status queries (it stays
+    /// pending, flagged for review, with a logged reason).
+    pub reconcile_max_attempts: u32,
+    pub reconcile_base_delay: Duration,
+    pub reconcile_max_delay: Duration,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://refund-gateway.db";
+
+/// Where values come from besides the file: flags and environment, already merged by the CLI.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config_file: Option<String>,
+    pub listen: Option<String>,
+    pub database_url: Option<String>,
+}
+
+pub fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+impl Config {
+    /// Loads configuration: defaults < file < environment/flags.
+    pub fn load(o: &Overrides) -> Result<Self, ConfigError> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let file = match &o.config_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(Path::new(path)).map_err(|source| {
+                    ConfigError::Read {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Toml(e.to_string()))?
+            }
+            None => FileConfig::default(),
+        };
+        let demo_mode = o.config_file.is_none();
+        let mut cfg = Config::from_file(file, demo_mode)?;
+        if let Some(v) = o.listen.clone() {
+            cfg.listen = v;
+        }
+        if let Some(v) = o.database_url.clone() {
+            cfg.database_url = v;
+        }
+        if let Some(v) = env("REFUND_GATEWAY_PROVIDER_TIMEOUT_MS") {
+            cfg.http.timeout =
+                Duration::from_millis(parse_ms("REFUND_GATEWAY_PROVIDER_TIMEOUT_MS", &v)?);
+        }
+        if let Some(demo) = cfg.demo.as_mut() {
+            if let Some(k) = env("REFUND_GATEWAY_DEMO_API_KEY") {
+                demo.api_key = k;
+            }
+            demo.external_sandbox = env("REFUND_GATEWAY_SANDBOX_URL");
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn from_file(f: FileConfig, demo_mode: bool) -> Result<Self, ConfigError> {
+        let mut http = HttpSettings::default();
+        if let Some(ms) = f.provider_connect_timeout_ms {
+            http.connect_timeout = Duration::from_millis(ms);
+        }
+        if let Some(ms) = f.provider_timeout_ms {
+            http.timeout = Duration::from_millis(ms);
+        }
+        let merchant_name = f
+            .merchant_name
+            .unwrap_or_else(|| "Refund Gateway Demo Store".into());
+        let mut accounts = Vec::new();
+        for (i, a) in f.accounts.into_iter().enumerate() {
+            accounts.push(account_from_entry(i, a, &merchant_name)?);
+        }
+        let mut clients = Vec::new();
+        for (i, c) in f.clients.into_iter().enumerate() {
+            clients.push(client_from_entry(i, c, &accounts)?);
+        }
+        Ok(Config {
+            listen: f.listen.unwrap_or_else(|| DEFAULT_LISTEN.into()),
+            database_url: f
+                .database_url
+                .unwrap_or_else(|| DEFAULT_DATABASE_URL.into()),
+            db_max_connections: f.db_max_connections.unwrap_or(16),
+            http,
+            request_timeout: Duration::from_millis(f.request_timeout_ms.unwrap_or(60_000)),
+            merchant_name,
+            accounts,
+            clients,
+            demo: demo_mode.then(|| Demo {
+                api_key: format!("sk_demo_{}", ulid::Ulid::new().to_string().to_lowercase()),
+                external_sandbox: None,
+                sandbox: SandboxConfig::demo(),
+            }),
+            reconcile_interval: Duration::from_millis(500),
+            reconcile_max_attempts: 30,
+            reconcile_base_delay: Duration::from_secs(1),
+            reconcile_max_delay: Duration::from_secs(300),
+        })
+    }
+
+    /// The demo defaults, for tests and embedding: SQLite at `database_url`.
+    pub fn demo(database_url: &str, api_key: &str) -> Self {
+        let mut c = Config::from_file(FileConfig::default(), true).expect("defaults are valid");
+        c.database_url = database_url.into();
+        if let Some(d) = c.demo.as_mut() {
+            d.api_key = api_key.into();
+        }
+        c
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.demo.is_none() {
+            if self.accounts.is_empty() {
+                return Err(invalid(
+                    "accounts",
+                    "a production config needs at least one provider account",
+                ));
+            }
+            if self.clients.is_empty() {
+                return Err(invalid(
+                    "clients",
+                    "a production config needs at least one API client",
+                ));
+            }
+        }
+        if !(self.database_url.starts_with("sqlite:")
+            || self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database_url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
+        }
+        if self.http.timeout.is_zero() {
+            return Err(invalid("provider_timeout_ms", "must be greater than zero"));
+        }
+        Ok(())
+    }
+
+    /// Accounts and the demo client of demo mode, pointed at `sandbox_base`.
+    pub fn demo_accounts(&mut self, sandbox_base: &str) {
+        let Some(demo) = self.demo.clone() else {
+            return;
+        };
+        let base = sandbox_base.trim_end_matches('/');
+        let sb = &demo.sandbox;
+        self.accounts = vec![
+            Account {
+                name: "pockyt-sandbox".into(),
+                livemode: false,
+                store_name: self.merchant_name.clone(),
+                credentials: AccountCredentials::Pockyt(PockytAccount {
+                    base_url: format!("{base}/sandbox/pockyt"),
+                    merchant_no: sb.pockyt_merchant_no.clone(),
+                    store_no: sb.pockyt_store_no.clone(),
+                    token: SecretString::from(sb.pockyt_token.clone()),
+                }),
+            },
+            Account {
+                name: "pay10-sandbox".into(),
+                livemode: false,
+                store_name: self.merchant_name.clone(),
+                credentials: AccountCredentials::Pay10(Pay10Account {
+                    base_url: format!("{base}/sandbox/pay10"),
+                    pay_id: sb.pay10_pay_id.clone(),
+                    salt: SecretString::from(sb.pay10_salt.clone()),
+                    key: sb.pay10_key.clone(),
+                }),
+            },
+        ];
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(&Sha256::digest(demo.api_key.as_bytes()));
+        self.clients = vec![Client {
+            name: "demo".into(),
+            key_hash: hash,
+            accounts: [
+                (ProviderKind::Pockyt, "pockyt-sandbox".to_string()),
+                (ProviderKind::Pay10, "pay10-sandbox".to_string()),
+            ]
+            .into_iter()
+            .collect(),
+        }];
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!("{:?} is not an address such as 127.0.0.1:8080", self.listen),
+            )
+        })
+    }
+}
+
+fn parse_ms(field: &str, v: &str) -> Result<u64, ConfigError> {
+    v.parse()
+        .map_err(|_| invalid(field, "must be a whole number of milliseconds"))
+}
+
+/// A secret may be written inline or as `env:VAR` to read it from the environment.
+fn secret(field: &str, v: Option<String>) -> Result<String, ConfigError> {
+    let v = v.ok_or_else(|| invalid(field, "is required"))?;
+    match v.strip_prefix("env:") {
+        Some(var) => std::env::var(var)
+            .map_err(|_| invalid(field, format!("environment variable {var} is not set"))),
+        None => Ok(v),
+    }
+}
+
+fn account_from_entry(i: usize, a: AccountEntry, merchant: &str) -> Result<Account, ConfigError> {
+    let f = |name: &str| format!("accounts[{i}].{name}");
+    if a.name.trim().is_empty()
+        || !a
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(invalid(f("name"), "must be letters, digits, '-' or '_'"));
+    }
+    if !(a.base_url.starts_with("https://") || a.base_url.starts_with("http://")) {
+        return Err(invalid(f("base_url"), "must be an http(s) URL"));
+    }
+    let credentials = match a.provider.as_str() {
+        "pockyt" => AccountCredentials::Pockyt(PockytAccount {
+            base_url: a.base_url.clone(),
+            merchant_no: a
+                .merchant_no
+                .clone()
+                .ok_or_else(|| invalid(f("merchant_no"), "is required for pockyt"))?,
+            store_no: a
+                .store_no
+                .clone()
+                .ok_or_else(|| invalid(f("store_no"), "is required for pockyt"))?,
+            token: SecretString::from(secret(&f("token"), a.token)?),
+        }),
+        "pay10" => {
+            let pay_id = a
+                .pay_id
+                .clone()
+                .ok_or_else(|| invalid(f("pay_id"), "is required for pay10"))?;
+            if pay_id.len() != 16 || !pay_id.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(invalid(f("pay_id"), "must be 16 digits"));
+            }
+            let key = secret(&f("encryption_key"), a.encryption_key)?;
+            AccountCredentials::Pay10(Pay10Account {
+                base_url: a.base_url.clone(),
+                pay_id,
+                salt: SecretString::from(secret(&f("salt"), a.salt)?),
+                key: EncryptionKey::new(&key)
+                    .map_err(|e| invalid(f("encryption_key"), e.to_string()))?,
+            })
+        }
+        other => {
+            return Err(invalid(
+                f("provider"),
+                format!("{other:?} is not pockyt or pay10"),
+            ))
+        }
+    };
+    Ok(Account {
+        name: a.name,
+        livemode: a.livemode,
+        store_name: a.store_name.unwrap_or_else(|| merchant.to_string()),
+        credentials,
+    })
+}
+
+fn client_from_entry(
+    i: usize,
+    c: ClientEntry,
+    accounts: &[Account],
+) -> Result<Client, ConfigError> {
+    let f = |name: &str| format!("clients[{i}].{name}");
+    let bytes = hex::decode(c.api_key_sha256.trim())
+        .map_err(|_| invalid(f("api_key_sha256"), "must be 64 hex digits"))?;
+    let key_hash: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| invalid(f("api_key_sha256"), "must be 64 hex digits"))?;
+    let mut map = BTreeMap::new();
+    for name in &c.accounts {
+        let acc = accounts.iter().find(|a| &a.name == name).ok_or_else(|| {
+            invalid(
+                f("accounts"),
+                format!("names account {name:?}, which is not configured"),
+            )
+        })?;
+        if map.insert(acc.provider(), name.clone()).is_some() {
+            return Err(invalid(
+                f("accounts"),
+                format!(
+                    "binds two {} accounts; at most one per provider",
+                    acc.provider()
+                ),
+            ));
+        }
+    }
+    Ok(Client {
+        name: c.name,
+        key_hash,
+        accounts: map,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml_text: &str) -> Result<Config, ConfigError> {
+        let file: FileConfig =
+            toml::from_str(toml_text).map_err(|e| ConfigError::Toml(e.to_string()))?;
+        let c = Config::from_file(file, false)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    const GOOD: &str = r#"
+        database_url = "postgres://localhost/rg"
+        [[accounts]]
+        name = "pockyt-main"
+        provider = "pockyt"
+        base_url = "https://mapi.yuansfer.com"
+        merchant_no = "200043"
+        store_no = "300014"
+        token = "secret"
+        [[accounts]]
+        name = "pay10-uae"
+        provider = "pay10"
+        base_url = "https://pg.pay10.ae"
+        pay_id = "1009120125180122"
+        salt = "salt"
+        encryption_key = "0123456789abcdef0123456789abcdef"
+        [[clients]]
+        name = "store-1"
+        api_key_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+        accounts = ["pockyt-main", "pay10-uae"]
+    "#;
+
+    #[test]
+    fn good_config_loads() {
+        let c = load(GOOD).unwrap();
+        assert_eq!(c.accounts.len(), 2);
+        assert_eq!(c.clients[0].accounts[&ProviderKind::Pay10], "pay10-uae");
+        assert!(c.demo.is_none());
+        // Secrets never show in Debug output.
+        assert!(!format!("{c:?}").contains("0123456789abcdef0123456789abcdef"));
+        assert!(!format!("{c:?}").contains("\"secret\""));
+    }
+
+    #[test]
+    fn incomplete_config_names_the_field() {
+        let missing_account = GOOD.replace(r#"["pockyt-main", "pay10-uae"]"#, r#"["nope"]"#);
+        assert!(load(&missing_account)
+            .unwrap_err()
+            .to_string()
+            .starts_with("clients[0].accounts"));
+        let bad_key = GOOD.replace("0123456789abcdef0123456789abcdef", "short");
+        assert!(load(&bad_key)
+            .unwrap_err()
+            .to_string()
+            .starts_with("accounts[1].encryption_key"));
+        let bad_hash = GOOD.replace("9f86d081", "zz");
+        assert!(load(&bad_hash)
+            .unwrap_err()
+            .to_string()
+            .starts_with("clients[0].api_key_sha256"));
+        let no_token = GOOD.replace("token = \"secret\"", "");
+        assert!(load(&no_token)
+            .unwrap_err()
+            .to_string()
+            .starts_with("accounts[0].token"));
+        assert!(matches!(load("bogus = 1"), Err(ConfigError::Toml(_))));
+    }
+}

@@ -1,0 +1,551 @@
+//! Persistence behind one interface, on SQLite (embedded default) or Postgres.
+//!
+//! Both backends run the same portable SQL through sqlx's `Any` driver; the few
+//! places where the dialects differ (connection set-up, lease claiming) are
+//! chosen by [`Backend`]. The store knows nothing of providers.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+
+pub mod model;
+
+pub use model::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// True when the database cannot be reached (as opposed to a bad query).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Db(
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
+            )
+        ) || matches!(self, StoreError::Db(sqlx::Error::Database(e)) if e.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    /// SQLite allows one writer at a time; queueing writers here is far cheaper
+    /// than letting them spin on SQLITE_BUSY. Other processes still serialise on
+    /// SQLite's own file lock.
+    write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+/// Hides a password in a database URL for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}://{}:***@{}", &url[..s], user, &url[at + 1..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+const SELECT_REFUND: &str = "SELECT id, client, account, provider, livemode, status, amount_minor, currency, \
+    settle_currency, transaction_no, reference, refund_reference, provider_reference, provider_refund_id, \
+    provider_status, provider_code, provider_message, failure_code, failure_message, reason, receipt_email, \
+    metadata, idempotency_key, request_hash, submission, response_code, response_body, inflight_until, \
+    check_attempts, next_check_at, lease_until, review_reason, created_at, updated_at FROM refunds";
+
+impl Store {
+    /// Connects, creating the SQLite file if needed, and runs migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let url = match backend {
+            Backend::Sqlite if !url.contains("mode=") && !url.contains(":memory:") => {
+                format!("{url}{}mode=rwc", if url.contains('?') { "&" } else { "?" })
+            }
+            _ => url.to_string(),
+        };
+        let opts = AnyPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .min_connections(if backend == Backend::Postgres { 2 } else { 1 })
+            .acquire_timeout(Duration::from_secs(5));
+        let pool = match backend {
+            Backend::Sqlite => {
+                opts.after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;")
+                            .await?;
+                        Ok(())
+                    })
+                })
+                .connect(&url)
+                .await?
+            }
+            Backend::Postgres => opts.connect(&url).await?,
+        };
+        let store = Store {
+            pool,
+            backend,
+            write_gate: (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(()))),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        match self.backend {
+            Backend::Sqlite => {
+                sqlx::migrate!("./migrations/sqlite")
+                    .run(&self.pool)
+                    .await?
+            }
+            Backend::Postgres => {
+                sqlx::migrate!("./migrations/postgres")
+                    .run(&self.pool)
+                    .await?
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn gate(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.write_gate {
+            Some(m) => Some(m.lock().await),
+            None => None,
+        }
+    }
+
+    /// The refund a repeated request (same key or same `refund_reference`) refers to.
+    pub async fn find_duplicate(
+        &self,
+        client: &str,
+        idempotency_key: Option<&str>,
+        refund_reference: Option<&str>,
+    ) -> Result<Option<RefundRow>> {
+        if idempotency_key.is_none() && refund_reference.is_none() {
+            return Ok(None);
+        }
+        let sql = format!(
+            "{SELECT_REFUND} WHERE client = $1 AND (idempotency_key = $2 OR refund_reference = $3) LIMIT 1"
+        );
+        let row = sqlx::query(&sql)
+            .bind(client)
+            .bind(idempotency_key)
+            .bind(refund_reference)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| RefundRow::from_row(&r)).transpose()
+    }
+
+    /// Records a new refund and reserves its amount against the sale, atomically.
+    pub async fn create_refund(&self, new: &RefundRow, sale: &SaleTerms) -> Result<CreateOutcome> {
+        let _gate = self.gate().await;
+        let mut tx = self.pool.begin().await?;
+        // The first statement writes, so SQLite takes its write lock up front.
+        sqlx::query(
+            "INSERT INTO sales (account, transaction_no, amount_minor, currency, reserved_minor) \
+             VALUES ($1, $2, $3, $4, 0) \
+             ON CONFLICT (account, transaction_no) DO UPDATE SET amount_minor = COALESCE(sales.amount_minor, excluded.amount_minor)",
+        )
+        .bind(&new.account)
+        .bind(&new.transaction_no)
+        .bind(sale.amount_minor)
+        .bind(&new.currency)
+        .execute(&mut *tx)
+        .await?;
+        // A conditional update is atomic on both backends: on Postgres a
+        // concurrent transaction waits on the row lock and re-checks the condition.
+        let reserved = sqlx::query(
+            "UPDATE sales SET reserved_minor = reserved_minor + $3 \
+             WHERE account = $1 AND transaction_no = $2 AND currency = $4 \
+             AND (amount_minor IS NULL OR reserved_minor + $3 <= amount_minor)",
+        )
+        .bind(&new.account)
+        .bind(&new.transaction_no)
+        .bind(new.amount_minor)
+        .bind(&new.currency)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if reserved == 0 {
+            let row = sqlx::query("SELECT amount_minor, currency, reserved_minor FROM sales WHERE account = $1 AND transaction_no = $2")
+                .bind(&new.account)
+                .bind(&new.transaction_no)
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.rollback().await?;
+            let currency: String = row.try_get("currency")?;
+            if currency != new.currency {
+                return Ok(CreateOutcome::CurrencyMismatch {
+                    sale_currency: currency,
+                });
+            }
+            let amount: Option<i64> = row.try_get("amount_minor")?;
+            let reserved: i64 = row.try_get("reserved_minor")?;
+            return Ok(CreateOutcome::ExceedsRefundable {
+                refundable_minor: amount.unwrap_or(0).saturating_sub(reserved).max(0),
+            });
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO refunds (id, client, account, provider, livemode, status, amount_minor, currency, settle_currency, \
+             transaction_no, reference, refund_reference, provider_reference, reason, receipt_email, metadata, \
+             idempotency_key, request_hash, submission, inflight_until, check_attempts, next_check_at, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, 'prepared', $19, 0, $20, $21, $21) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&new.id)
+        .bind(&new.client)
+        .bind(&new.account)
+        .bind(&new.provider)
+        .bind(new.livemode)
+        .bind(&new.status)
+        .bind(new.amount_minor)
+        .bind(&new.currency)
+        .bind(&new.settle_currency)
+        .bind(&new.transaction_no)
+        .bind(&new.reference)
+        .bind(&new.refund_reference)
+        .bind(&new.provider_reference)
+        .bind(&new.reason)
+        .bind(&new.receipt_email)
+        .bind(&new.metadata)
+        .bind(&new.idempotency_key)
+        .bind(&new.request_hash)
+        .bind(new.inflight_until)
+        .bind(new.next_check_at)
+        .bind(new.created_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            tx.rollback().await?;
+            return Ok(CreateOutcome::Duplicate);
+        }
+        tx.commit().await?;
+        Ok(CreateOutcome::Created)
+    }
+
+    /// Records that the request is about to leave for the provider. Until this
+    /// is written, the gateway can prove the provider never saw the refund.
+    pub async fn mark_sent(&self, id: &str, now: i64) -> Result<()> {
+        let _gate = self.gate().await;
+        sqlx::query("UPDATE refunds SET submission = 'sent', updated_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Applies a provider answer to a refund. `transition` decides, from the
+    /// row as it is inside the transaction, what changes. Releasing the
+    /// reservation on `failed` happens in the same transaction, exactly once.
+    pub async fn update_refund<F>(
+        &self,
+        id: &str,
+        transition: F,
+    ) -> Result<Option<(RefundRow, bool)>>
+    where
+        F: FnOnce(&RefundRow) -> Option<RefundUpdate>,
+    {
+        let _gate = self.gate().await;
+        let mut tx = self.pool.begin().await?;
+        // Touch the row first: it takes SQLite's write lock and Postgres's row lock.
+        let touched = sqlx::query("UPDATE refunds SET updated_at = updated_at WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if touched == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let row = sqlx::query(&format!("{SELECT_REFUND} WHERE id = $1"))
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let current = RefundRow::from_row(&row)?;
+        let Some(u) = transition(&current) else {
+            tx.rollback().await?;
+            return Ok(Some((current, false)));
+        };
+        sqlx::query(
+            "UPDATE refunds SET status = $2, provider_refund_id = $3, provider_status = $4, provider_code = $5, \
+             provider_message = $6, failure_code = $7, failure_message = $8, response_code = $9, response_body = $10, \
+             inflight_until = $11, check_attempts = $12, next_check_at = $13, lease_until = $14, review_reason = $15, \
+             updated_at = $16 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(&u.status)
+        .bind(&u.provider_refund_id)
+        .bind(&u.provider_status)
+        .bind(&u.provider_code)
+        .bind(&u.provider_message)
+        .bind(&u.failure_code)
+        .bind(&u.failure_message)
+        .bind(u.response_code)
+        .bind(&u.response_body)
+        .bind(u.inflight_until)
+        .bind(u.check_attempts)
+        .bind(u.next_check_at)
+        .bind(u.lease_until)
+        .bind(&u.review_reason)
+        .bind(u.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        if current.status != "failed" && u.status == "failed" {
+            sqlx::query("UPDATE sales SET reserved_minor = reserved_minor - $3 WHERE account = $1 AND transaction_no = $2")
+                .bind(&current.account)
+                .bind(&current.transaction_no)
+                .bind(current.amount_minor)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        let mut after = current;
+        u.apply_to(&mut after);
+        Ok(Some((after, true)))
+    }
+
+    pub async fn get_refund(&self, client: &str, id: &str) -> Result<Option<RefundRow>> {
+        let row = sqlx::query(&format!("{SELECT_REFUND} WHERE id = $1 AND client = $2"))
+            .bind(id)
+            .bind(client)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| RefundRow::from_row(&r)).transpose()
+    }
+
+    pub async fn get_refund_any_client(&self, id: &str) -> Result<Option<RefundRow>> {
+        let row = sqlx::query(&format!("{SELECT_REFUND} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| RefundRow::from_row(&r)).transpose()
+    }
+
+    /// A client's refunds, newest first, with keyset pagination.
+    pub async fn list_refunds(&self, client: &str, f: &ListFilter) -> Result<Vec<RefundRow>> {
+        let mut sql = format!("{SELECT_REFUND} WHERE client = $1");
+        let mut binds: Vec<BindValue> = vec![BindValue::Text(client.to_string())];
+        let mut push = |clause: &str, v: BindValue, sql: &mut String| {
+            binds.push(v);
+            sql.push_str(&clause.replace('?', &format!("${}", binds.len())));
+        };
+        for (col, val) in [
+            ("transaction_no", &f.transaction_no),
+            ("reference", &f.reference),
+            ("refund_reference", &f.refund_reference),
+            ("status", &f.status),
+            ("provider", &f.provider),
+        ] {
+            if let Some(v) = val {
+                push(
+                    &format!(" AND {col} = ?"),
+                    BindValue::Text(v.clone()),
+                    &mut sql,
+                );
+            }
+        }
+        if let Some(t) = f.created_from {
+            push(" AND created_at >= ?", BindValue::Int(t), &mut sql);
+        }
+        if let Some(t) = f.created_to {
+            push(" AND created_at <= ?", BindValue::Int(t), &mut sql);
+        }
+        if let Some((created, id)) = &f.after {
+            binds.push(BindValue::Int(*created));
+            let a = binds.len();
+            binds.push(BindValue::Text(id.clone()));
+            let b = binds.len();
+            sql.push_str(&format!(
+                " AND (created_at < ${a} OR (created_at = ${a} AND id < ${b}))"
+            ));
+        }
+        sql.push_str(&format!(
+            " ORDER BY created_at DESC, id DESC LIMIT {}",
+            f.limit + 1
+        ));
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = match b {
+                BindValue::Text(s) => q.bind(s),
+                BindValue::Int(i) => q.bind(i),
+            };
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter().map(RefundRow::from_row).collect()
+    }
+
+    /// Claims up to `limit` pending refunds that are due for a status check, with a
+    /// lease so no other process works on them until `lease_until`.
+    pub async fn claim_due(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<RefundRow>> {
+        let _gate = self.gate().await;
+        let inner = "SELECT id FROM refunds WHERE status = 'pending' AND next_check_at IS NOT NULL AND next_check_at <= $1 \
+                     AND (lease_until IS NULL OR lease_until < $1) AND (inflight_until IS NULL OR inflight_until < $1) \
+                     ORDER BY next_check_at LIMIT $3";
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql =
+            format!("UPDATE refunds SET lease_until = $2 WHERE id IN ({inner}{lock}) RETURNING id");
+        let ids: Vec<String> = sqlx::query(&sql)
+            .bind(now)
+            .bind(lease_until)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>("id"))
+            .collect::<std::result::Result<_, _>>()?;
+        drop(_gate);
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(r) = self.get_refund_any_client(&id).await? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of pending refunds and the creation time of the oldest.
+    pub async fn pending_summary(&self) -> Result<(i64, Option<i64>)> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM refunds WHERE status = 'pending'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get("n")?, row.try_get("oldest")?))
+    }
+}
+
+enum BindValue {
+    Text(String),
+    Int(i64),
+}
+
+impl RefundRow {
+    fn from_row(r: &AnyRow) -> Result<Self> {
+        Ok(RefundRow {
+            id: r.try_get("id")?,
+            client: r.try_get("client")?,
+            account: r.try_get("account")?,
+            provider: r.try_get("provider")?,
+            livemode: r.try_get("livemode")?,
+            status: r.try_get("status")?,
+            amount_minor: r.try_get("amount_minor")?,
+            currency: r.try_get("currency")?,
+            settle_currency: r.try_get("settle_currency")?,
+            transaction_no: r.try_get("transaction_no")?,
+            reference: r.try_get("reference")?,
+            refund_reference: r.try_get("refund_reference")?,
+            provider_reference: r.try_get("provider_reference")?,
+            provider_refund_id: r.try_get("provider_refund_id")?,
+            provider_status: r.try_get("provider_status")?,
+            provider_code: r.try_get("provider_code")?,
+            provider_message: r.try_get("provider_message")?,
+            failure_code: r.try_get("failure_code")?,
+            failure_message: r.try_get("failure_message")?,
+            reason: r.try_get("reason")?,
+            receipt_email: r.try_get("receipt_email")?,
+            metadata: r.try_get("metadata")?,
+            idempotency_key: r.try_get("idempotency_key")?,
+            request_hash: r.try_get("request_hash")?,
+            submission: r.try_get("submission")?,
+            response_code: r.try_get("response_code")?,
+            response_body: r.try_get("response_body")?,
+            inflight_until: r.try_get("inflight_until")?,
+            check_attempts: r.try_get("check_attempts")?,
+            next_check_at: r.try_get("next_check_at")?,
+            lease_until: r.try_get("lease_until")?,
+            review_reason: r.try_get("review_reason")?,
+            created_at: r.try_get("created_at")?,
+            updated_at: r.try_get("updated_at")?,
+        })
+    }
+}
+
+impl FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "sqlite" => Ok(Backend::Sqlite),
+            "postgres" => Ok(Backend::Postgres),
+            other => Err(format!("unknown backend {other:?}: sqlite or postgres")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            super::redact_url("postgres://u:pw@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(super::redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(super::redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+}

@@ -1,0 +1,135 @@
+//! Rows as stored. Amounts are integer minor units; times are Unix milliseconds.
+
+/// A refund record: everything in the public refund object plus the client,
+/// account, idempotency key, request fingerprint and reconciliation state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundRow {
+    pub id: String,
+    pub client: String,
+    pub account: String,
+    pub provider: String,
+    pub livemode: i64,
+    pub status: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub settle_currency: Option<String>,
+    pub transaction_no: String,
+    pub reference: Option<String>,
+    pub refund_reference: Option<String>,
+    pub provider_reference: String,
+    pub provider_refund_id: Option<String>,
+    pub provider_status: Option<String>,
+    pub provider_code: Option<String>,
+    pub provider_message: Option<String>,
+    pub failure_code: Option<String>,
+    pub failure_message: Option<String>,
+    pub reason: Option<String>,
+    pub receipt_email: Option<String>,
+    pub metadata: String,
+    pub idempotency_key: Option<String>,
+    pub request_hash: String,
+    pub submission: String,
+    pub response_code: Option<i64>,
+    pub response_body: Option<String>,
+    pub inflight_until: Option<i64>,
+    pub check_attempts: i64,
+    pub next_check_at: Option<i64>,
+    pub lease_until: Option<i64>,
+    pub review_reason: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// What the provider told us about the sale before the refund (where it can).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SaleTerms {
+    pub amount_minor: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome {
+    Created,
+    /// The idempotency key or refund reference is already taken by this client.
+    Duplicate,
+    CurrencyMismatch {
+        sale_currency: String,
+    },
+    ExceedsRefundable {
+        refundable_minor: i64,
+    },
+}
+
+/// The mutable part of a refund, written as a whole by [`super::Store::update_refund`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundUpdate {
+    pub status: String,
+    pub provider_refund_id: Option<String>,
+    pub provider_status: Option<String>,
+    pub provider_code: Option<String>,
+    pub provider_message: Option<String>,
+    pub failure_code: Option<String>,
+    pub failure_message: Option<String>,
+    pub response_code: Option<i64>,
+    pub response_body: Option<String>,
+    pub inflight_until: Option<i64>,
+    pub check_attempts: i64,
+    pub next_check_at: Option<i64>,
+    pub lease_until: Option<i64>,
+    pub review_reason: Option<String>,
+    pub updated_at: i64,
+}
+
+impl RefundUpdate {
+    /// Starts from the row as it is.
+    pub fn from_row(r: &RefundRow, now: i64) -> Self {
+        Self {
+            status: r.status.clone(),
+            provider_refund_id: r.provider_refund_id.clone(),
+            provider_status: r.provider_status.clone(),
+            provider_code: r.provider_code.clone(),
+            provider_message: r.provider_message.clone(),
+            failure_code: r.failure_code.clone(),
+            failure_message: r.failure_message.clone(),
+            response_code: r.response_code,
+            response_body: r.response_body.clone(),
+            inflight_until: r.inflight_until,
+            check_attempts: r.check_attempts,
+            next_check_at: r.next_check_at,
+            lease_until: r.lease_until,
+            review_reason: r.review_reason.clone(),
+            updated_at: now,
+        }
+    }
+
+    pub fn apply_to(&self, r: &mut RefundRow) {
+        r.status = self.status.clone();
+        r.provider_refund_id = self.provider_refund_id.clone();
+        r.provider_status = self.provider_status.clone();
+        r.provider_code = self.provider_code.clone();
+        r.provider_message = self.provider_message.clone();
+        r.failure_code = self.failure_code.clone();
+        r.failure_message = self.failure_message.clone();
+        r.response_code = self.response_code;
+        r.response_body = self.response_body.clone();
+        r.inflight_until = self.inflight_until;
+        r.check_attempts = self.check_attempts;
+        r.next_check_at = self.next_check_at;
+        r.lease_until = self.lease_until;
+        r.review_reason = self.review_reason.clone();
+        r.updated_at = self.updated_at;
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub transaction_no: Option<String>,
+    pub reference: Option<String>,
+    pub refund_reference: Option<String>,
+    pub status: Option<String>,
+    pub provider: Option<String>,
+    pub created_from: Option<i64>,
+    pub created_to: Option<i64>,
+    /// Keyset cursor: (created_at, id) of the `starting_after` refund.
+    pub after: Option<(i64, String)>,
+    pub limit: i64,
+}

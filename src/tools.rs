@@ -1,0 +1,77 @@
+//! Operator tools: compute exactly what the adapters send, for support staff
+//! checking a signature or reading an ENCDATA from a log.
+
+use crate::providers::pay10::crypto::{self as pay10, EncryptionKey};
+use crate::providers::pockyt::crypto as pockyt;
+
+fn pairs(args: &[String]) -> Result<Vec<(&str, &str)>, String> {
+    if args.is_empty() {
+        return Err("give at least one key=value pair".into());
+    }
+    args.iter()
+        .map(|a| match a.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k, v)),
+            _ => Err(format!("{a:?} is not key=value")),
+        })
+        .collect()
+}
+
+/// Pockyt `verifySign` of `key=value` arguments.
+pub fn sign_pockyt(token: &str, args: &[String]) -> Result<String, String> {
+    if token.is_empty() {
+        return Err("the token is empty".into());
+    }
+    Ok(pockyt::sign(pairs(args)?, token))
+}
+
+/// Pay10 HASH of `KEY=VALUE` arguments.
+pub fn hash_pay10(salt: &str, args: &[String]) -> Result<String, String> {
+    if salt.is_empty() {
+        return Err("the salt is empty".into());
+    }
+    Ok(pay10::hash(pairs(args)?, salt))
+}
+
+pub fn encrypt_pay10(key: &str, plaintext: &str) -> Result<String, String> {
+    Ok(EncryptionKey::new(key)
+        .map_err(|e| e.to_string())?
+        .encrypt(plaintext))
+}
+
+pub fn decrypt_pay10(key: &str, encdata: &str) -> Result<String, String> {
+    EncryptionKey::new(key)
+        .map_err(|e| e.to_string())?
+        .decrypt(encdata)
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn tools_compute_the_published_values() {
+        let sig = sign_pockyt(
+            "5cbfb079f15b150122261c8537086d77a",
+            &s(&[
+                "merchantNo=200043",
+                "storeNo=300014",
+                "transactionNo=297553638300708562",
+            ]),
+        );
+        assert_eq!(sig.unwrap(), "0df745088d7202a6d186596acdc82c6a");
+        assert!(sign_pockyt("t", &s(&["novalue"])).is_err());
+        assert!(hash_pay10("salt", &[]).is_err());
+        let key = "0123456789abcdef0123456789abcdef";
+        let enc = encrypt_pay10(key, "A=1~B=2").unwrap();
+        assert_eq!(decrypt_pay10(key, &enc).unwrap(), "A=1~B=2");
+        assert!(encrypt_pay10("short", "x")
+            .unwrap_err()
+            .contains("32 bytes"));
+        assert!(decrypt_pay10(key, "###").is_err());
+    }
+}
