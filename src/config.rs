@@ -279,14 +279,14 @@ impl Config {
         Ok(())
     }
 
-    /// Accounts and the demo client of demo mode, pointed at `sandbox_base`.
+    /// Adds demo mode's sandbox accounts and demo client, pointed at `sandbox_base`.
     pub fn demo_accounts(&mut self, sandbox_base: &str) {
         let Some(demo) = self.demo.clone() else {
             return;
         };
         let base = sandbox_base.trim_end_matches('/');
         let sb = &demo.sandbox;
-        self.accounts = vec![
+        let mut accounts = vec![
             Account {
                 name: "pockyt-sandbox".into(),
                 livemode: false,
@@ -310,18 +310,23 @@ impl Config {
                 }),
             },
         ];
+        accounts.append(&mut self.accounts);
+        self.accounts = accounts;
         let mut hash = [0u8; 32];
         hash.copy_from_slice(&Sha256::digest(demo.api_key.as_bytes()));
-        self.clients = vec![Client {
-            name: "demo".into(),
-            key_hash: hash,
-            accounts: [
-                (ProviderKind::Pockyt, "pockyt-sandbox".to_string()),
-                (ProviderKind::Pay10, "pay10-sandbox".to_string()),
-            ]
-            .into_iter()
-            .collect(),
-        }];
+        self.clients.insert(
+            0,
+            Client {
+                name: "demo".into(),
+                key_hash: hash,
+                accounts: [
+                    (ProviderKind::Pockyt, "pockyt-sandbox".to_string()),
+                    (ProviderKind::Pay10, "pay10-sandbox".to_string()),
+                ]
+                .into_iter()
+                .collect(),
+            },
+        );
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
