@@ -518,3 +518,21 @@ mod tests {
         assert!(matches!(load("bogus = 1"), Err(ConfigError::Toml(_))));
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    #[test]
+    fn the_shipped_example_config_loads() {
+        std::env::set_var("POCKYT_TOKEN", "t");
+        std::env::set_var("PAY10_SALT", "s");
+        std::env::set_var("PAY10_ENCRYPTION_KEY", "0123456789abcdef0123456789abcdef");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
+        let c = super::Config::load(&super::Overrides {
+            config_file: Some(path.into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.accounts.len(), 2);
+        assert!(c.demo.is_none());
+    }
+}

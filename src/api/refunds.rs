@@ -239,14 +239,13 @@ pub fn validate(body: &[u8], idempotency_key: Option<String>) -> Result<NewRefun
         Some(_) => errors.add("metadata", "must be an object of string values"),
     }
     match provider {
-        Some(ProviderKind::Pockyt) => {
+        Some(ProviderKind::Pockyt)
             if transaction_no.is_none()
                 && reference.is_none()
                 && !errors.0.contains_key("transaction_no")
-                && !errors.0.contains_key("reference")
-            {
-                errors.add("transaction_no", "pockyt needs transaction_no or reference");
-            }
+                && !errors.0.contains_key("reference") =>
+        {
+            errors.add("transaction_no", "pockyt needs transaction_no or reference");
         }
         Some(ProviderKind::Pay10) => {
             match &transaction_no {
@@ -271,7 +270,7 @@ pub fn validate(body: &[u8], idempotency_key: Option<String>) -> Result<NewRefun
                 errors.add("settle_currency", "applies to pockyt only");
             }
         }
-        None => {}
+        _ => {}
     }
     if !errors.0.is_empty() {
         return Err(ApiError::validation(errors.0));

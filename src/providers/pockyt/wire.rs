@@ -88,18 +88,13 @@ pub struct RefundInfo {
 }
 
 /// `refundInfo` is a list in current responses and a single object in older ones.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum OneOrMany<T> {
     Many(Vec<T>),
     One(T),
+    #[default]
     Nothing,
-}
-
-impl<T> Default for OneOrMany<T> {
-    fn default() -> Self {
-        OneOrMany::Nothing
-    }
 }
 
 impl<T> OneOrMany<T> {
