@@ -47,6 +47,7 @@ pub struct FileConfig {
     pub request_timeout_ms: Option<u64>,
     pub db_max_connections: Option<u32>,
     pub merchant_name: Option<String>,
+    pub smtp: Option<SmtpEntry>,
     #[serde(default)]
     pub accounts: Vec<AccountEntry>,
     #[serde(default)]
@@ -73,6 +74,30 @@ pub struct AccountEntry {
 
 fn yes() -> bool {
     true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpEntry {
+    /// `smtp://host:25`, `smtp://user:pass@host:587?tls=required`, `smtps://host:465`.
+    pub url: String,
+    pub from: String,
+}
+
+/// Where receipt emails go out.
+#[derive(Clone)]
+pub struct Smtp {
+    pub url: SecretString,
+    pub from: String,
+}
+
+impl std::fmt::Debug for Smtp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Smtp")
+            .field("url", &"[redacted]")
+            .field("from", &self.from)
+            .finish()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +147,8 @@ pub struct Demo {
     /// `None`: mount the sandbox in this process. `Some(url)`: use that sandbox.
     pub external_sandbox: Option<String>,
     pub sandbox: SandboxConfig,
+    /// Whether the in-process sandbox sends IPNs to this gateway.
+    pub sandbox_ipns: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +169,9 @@ pub struct Config {
     pub reconcile_max_attempts: u32,
     pub reconcile_base_delay: Duration,
     pub reconcile_max_delay: Duration,
+    pub smtp: Option<Smtp>,
+    /// How often the email worker looks for due receipts.
+    pub email_interval: Duration,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -183,6 +213,15 @@ impl Config {
         if let Some(v) = o.database_url.clone() {
             cfg.database_url = v;
         }
+        if let (Some(url), Some(from)) = (
+            env("REFUND_GATEWAY_SMTP_URL"),
+            env("REFUND_GATEWAY_SMTP_FROM"),
+        ) {
+            cfg.smtp = Some(Smtp {
+                url: SecretString::from(url),
+                from,
+            });
+        }
         if let Some(v) = env("REFUND_GATEWAY_PROVIDER_TIMEOUT_MS") {
             cfg.http.timeout =
                 Duration::from_millis(parse_ms("REFUND_GATEWAY_PROVIDER_TIMEOUT_MS", &v)?);
@@ -216,7 +255,21 @@ impl Config {
         for (i, c) in f.clients.into_iter().enumerate() {
             clients.push(client_from_entry(i, c, &accounts)?);
         }
+        let smtp = match f.smtp {
+            Some(e) => {
+                if !e.from.contains('@') {
+                    return Err(invalid("smtp.from", "must be an email address"));
+                }
+                Some(Smtp {
+                    url: SecretString::from(secret("smtp.url", Some(e.url))?),
+                    from: e.from,
+                })
+            }
+            None => None,
+        };
         Ok(Config {
+            smtp,
+            email_interval: Duration::from_secs(1),
             listen: f.listen.unwrap_or_else(|| DEFAULT_LISTEN.into()),
             database_url: f
                 .database_url
@@ -231,6 +284,7 @@ impl Config {
                 api_key: format!("sk_demo_{}", ulid::Ulid::new().to_string().to_lowercase()),
                 external_sandbox: None,
                 sandbox: SandboxConfig::demo(),
+                sandbox_ipns: true,
             }),
             reconcile_interval: Duration::from_millis(500),
             reconcile_max_attempts: 30,

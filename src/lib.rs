@@ -42,6 +42,12 @@ pub fn app(state: AppState, sandbox: Option<&Sandbox>, request_timeout: Duration
             post(api::refunds::create).get(api::refunds::list),
         )
         .route("/v1/refunds/{id}", get(api::refunds::get_one))
+        .route("/v1/refunds/{id}/receipt", get(api::refunds::receipt))
+        .route("/ipn/{provider}", post(api::ipn::receive))
+        .route(
+            "/ipn/{provider}/{account}",
+            post(api::ipn::receive_for_account),
+        )
         .route("/healthz", get(api::health::healthz))
         .route("/readyz", get(api::health::readyz))
         .with_state(state);
@@ -101,7 +107,7 @@ impl Application {
             config.demo_accounts(&base);
             if demo.external_sandbox.is_none() {
                 let mut sc = demo.sandbox.clone();
-                sc.ipn_url = Some(format!("http://{addr}"));
+                sc.ipn_url = demo.sandbox_ipns.then(|| format!("http://{addr}"));
                 sandbox = Some(Sandbox::new(sc));
             }
         }
@@ -158,12 +164,30 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let worker = tokio::spawn(refunds::reconcile::run(self.gateway.clone(), stop_rx));
+        let mut workers = vec![tokio::spawn(refunds::reconcile::run(
+            self.gateway.clone(),
+            stop_rx.clone(),
+        ))];
+        if let Some(smtp) = &self.config.smtp {
+            match refunds::email::Mailer::new(smtp) {
+                Ok(mailer) => workers.push(tokio::spawn(refunds::email::run(
+                    self.gateway.clone(),
+                    mailer,
+                    self.config.email_interval,
+                    stop_rx,
+                ))),
+                Err(e) => {
+                    tracing::error!(error = %e, "SMTP is misconfigured; receipt emails stay queued")
+                }
+            }
+        }
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await;
         let _ = stop_tx.send(true);
-        let _ = worker.await;
+        for w in workers {
+            let _ = w.await;
+        }
         self.gateway.store.close().await;
         served
     }

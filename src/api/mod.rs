@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod health;
+pub mod ipn;
 pub mod refunds;
 
 use std::sync::Arc;
@@ -103,4 +104,42 @@ pub async fn problem_for_bare_errors(resp: Response) -> Response {
         out.headers_mut().insert("x-request-id", id.clone());
     }
     out
+}
+
+/// Reads a request body of at most `limit` bytes. A larger body is read on
+/// (and dropped) up to a hard cap before the 413 goes out, so the client has
+/// finished sending and actually receives the problem document instead of a
+/// reset connection.
+pub async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
+    use futures_util::StreamExt;
+    const DRAIN_CAP: usize = 8 * 1024 * 1024;
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "body_read_error",
+                "the request body could not be read",
+            )
+        })?;
+        seen += chunk.len();
+        if seen <= limit {
+            buf.extend_from_slice(&chunk);
+        } else if seen > DRAIN_CAP {
+            break;
+        }
+    }
+    if seen > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {limit} bytes"),
+        ));
+    }
+    Ok(buf.into())
 }

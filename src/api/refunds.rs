@@ -368,15 +368,7 @@ pub async fn create(
         ));
     }
     let key = idempotency_key(&headers)?;
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("the body is larger than {MAX_BODY_BYTES} bytes"),
-            )
-        })?;
+    let bytes = super::read_body(body, MAX_BODY_BYTES).await?;
     let req = validate(&bytes, key)?;
     // The flow runs in its own task: a client that hangs up, or a request
     // timeout, must not cut a refund between the provider call and its record.
@@ -570,4 +562,38 @@ pub async fn list(
         data: rows.iter().map(RefundObject::from).collect(),
         has_more,
     }))
+}
+
+/// `GET /v1/refunds/{id}/receipt`: 40-column text, or HTML on `Accept: text/html`.
+pub async fn receipt(
+    State(state): State<AppState>,
+    Authed(client): Authed,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let row = state
+        .gateway
+        .store
+        .get_refund(&client.name, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("refund"))?;
+    let object = RefundObject::from(&row);
+    let store_name = state.gateway.store_name(&row);
+    let wants_html = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    Ok(if wants_html {
+        (
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            crate::refunds::receipt::html(&object, &store_name),
+        )
+            .into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            crate::refunds::receipt::text(&object, &store_name),
+        )
+            .into_response()
+    })
 }

@@ -1,9 +1,12 @@
 //! The refund domain: validation results in, idempotency, the over-refund
 //! guard, the write-before-call rule, outcome recording and reconciliation.
 
+pub mod email;
 pub mod object;
+pub mod receipt;
 pub mod reconcile;
 pub mod status;
+pub mod webhooks;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -100,6 +103,8 @@ pub struct Gateway {
     pub provider_timeout: Duration,
     pub reconcile: reconcile::Policy,
     pub merchant_name: String,
+    /// Receipt emails are enqueued only when SMTP is configured.
+    pub email_enabled: bool,
 }
 
 impl Gateway {
@@ -133,7 +138,33 @@ impl Gateway {
             provider_timeout: config.http.timeout,
             reconcile: reconcile::Policy::from_config(config),
             merchant_name: config.merchant_name.clone(),
+            email_enabled: config.smtp.is_some(),
         }
+    }
+
+    /// The store name printed on a refund's receipt.
+    pub fn store_name(&self, row: &RefundRow) -> String {
+        self.accounts
+            .get(&row.account)
+            .map(|h| h.account.store_name.clone())
+            .unwrap_or_else(|| self.merchant_name.clone())
+    }
+
+    /// Adds the receipt email to an update that makes a refund succeed.
+    pub fn with_receipt(&self, current: &RefundRow, mut u: RefundUpdate) -> RefundUpdate {
+        if self.email_enabled && current.status != "succeeded" && u.status == "succeeded" {
+            if let Some(to) = &current.receipt_email {
+                let mut after = current.clone();
+                u.apply_to(&mut after);
+                let object = RefundObject::from(&after);
+                u.email = Some(crate::store::EmailDraft {
+                    to: to.clone(),
+                    subject: format!("Your refund of {} {}", object.amount, object.currency),
+                    body: receipt::text(&object, &self.store_name(current)),
+                });
+            }
+        }
+        u
     }
 
     /// How long a first request may hold its idempotency key before another
@@ -316,7 +347,8 @@ impl Gateway {
             .store
             .update_refund(&id, |current| {
                 let now = now_ms();
-                let mut u = apply_answer(current, &answer, now, &policy);
+                let mut u =
+                    self.with_receipt(current, apply_answer(current, &answer, now, &policy));
                 let mut after = current.clone();
                 u.apply_to(&mut after);
                 u.response_code = Some(201);
@@ -340,7 +372,8 @@ impl Gateway {
         let updated = self
             .store
             .update_refund(&row.id, |current| {
-                let u = apply_answer(current, &answer, now_ms(), &policy);
+                let u =
+                    self.with_receipt(current, apply_answer(current, &answer, now_ms(), &policy));
                 (u != RefundUpdate::from_row(current, u.updated_at)).then_some(u)
             })
             .await?;

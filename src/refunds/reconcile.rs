@@ -100,7 +100,7 @@ impl Gateway {
                     u.next_check_at = None;
                     u.review_reason = Some(reason);
                 }
-                Some(u)
+                Some(self.with_receipt(current, u))
             })
             .await?;
         Ok(())

@@ -348,6 +348,19 @@ impl Store {
         .bind(u.updated_at)
         .execute(&mut *tx)
         .await?;
+        if let Some(e) = &u.email {
+            sqlx::query(
+                "INSERT INTO email_outbox (refund_id, to_addr, subject, body, state, attempts, next_attempt_at, created_at) \
+                 VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(id)
+            .bind(&e.to)
+            .bind(&e.subject)
+            .bind(&e.body)
+            .bind(u.updated_at)
+            .execute(&mut *tx)
+            .await?;
+        }
         if current.status != "failed" && u.status == "failed" {
             sqlx::query("UPDATE sales SET reserved_minor = reserved_minor - $3 WHERE account = $1 AND transaction_no = $2")
                 .bind(&current.account)
@@ -477,6 +490,244 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         Ok((row.try_get("n")?, row.try_get("oldest")?))
+    }
+}
+
+const SELECT_EVENT: &str = "SELECT id, provider, account, dedupe_key, transaction_no, provider_refund_id, \
+    provider_reference, amount, outcome, provider_status, fields, refund_id, state, note, received_at FROM webhook_events";
+
+impl Store {
+    /// Stores a verified webhook; `false` if the same event was stored before.
+    pub async fn insert_event(&self, e: &WebhookRow) -> Result<bool> {
+        let _gate = self.gate().await;
+        let n = sqlx::query(
+            "INSERT INTO webhook_events (id, provider, account, dedupe_key, transaction_no, provider_refund_id, \
+             provider_reference, amount, outcome, provider_status, fields, refund_id, state, note, received_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT DO NOTHING",
+        )
+        .bind(&e.id)
+        .bind(&e.provider)
+        .bind(&e.account)
+        .bind(&e.dedupe_key)
+        .bind(&e.transaction_no)
+        .bind(&e.provider_refund_id)
+        .bind(&e.provider_reference)
+        .bind(&e.amount)
+        .bind(&e.outcome)
+        .bind(&e.provider_status)
+        .bind(&e.fields)
+        .bind(&e.refund_id)
+        .bind(&e.state)
+        .bind(&e.note)
+        .bind(e.received_at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    pub async fn set_event_state(
+        &self,
+        id: &str,
+        state: &str,
+        refund_id: Option<&str>,
+        note: Option<&str>,
+    ) -> Result<()> {
+        let _gate = self.gate().await;
+        sqlx::query(
+            "UPDATE webhook_events SET state = $2, refund_id = $3, note = $4 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(state)
+        .bind(refund_id)
+        .bind(note)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The refund a provider event names by the provider's refund id or our reference.
+    pub async fn find_refund_by_provider_ids(
+        &self,
+        account: &str,
+        provider_refund_id: Option<&str>,
+        provider_reference: Option<&str>,
+    ) -> Result<Option<RefundRow>> {
+        if provider_refund_id.is_none() && provider_reference.is_none() {
+            return Ok(None);
+        }
+        let sql = format!("{SELECT_REFUND} WHERE account = $1 AND (provider_refund_id = $2 OR provider_reference = $3) LIMIT 1");
+        let row = sqlx::query(&sql)
+            .bind(account)
+            .bind(provider_refund_id)
+            .bind(provider_reference)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| RefundRow::from_row(&r)).transpose()
+    }
+
+    pub async fn refunds_on_transaction(
+        &self,
+        account: &str,
+        transaction_no: &str,
+    ) -> Result<Vec<RefundRow>> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_REFUND} WHERE account = $1 AND transaction_no = $2"
+        ))
+        .bind(account)
+        .bind(transaction_no)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(RefundRow::from_row).collect()
+    }
+
+    /// Makes pending refunds due for a status query now.
+    pub async fn check_now(&self, ids: &[String], now: i64) -> Result<()> {
+        let _gate = self.gate().await;
+        for id in ids {
+            sqlx::query(
+                "UPDATE refunds SET next_check_at = $2 WHERE id = $1 AND status = 'pending'",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Stored events that matched nothing yet and name this refund.
+    pub async fn unmatched_events_for(&self, refund: &RefundRow) -> Result<Vec<WebhookRow>> {
+        let sql = format!(
+            "{SELECT_EVENT} WHERE account = $1 AND state = 'unmatched' AND (provider_reference = $2 OR provider_refund_id = $3) ORDER BY received_at"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(&refund.account)
+            .bind(&refund.provider_reference)
+            .bind(refund.provider_refund_id.as_deref().unwrap_or(""))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(WebhookRow::from_row).collect()
+    }
+
+    pub async fn events_for_refund(&self, refund_id: &str) -> Result<Vec<WebhookRow>> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_EVENT} WHERE refund_id = $1 ORDER BY received_at"
+        ))
+        .bind(refund_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(WebhookRow::from_row).collect()
+    }
+
+    pub async fn events_by_state(&self, state: &str) -> Result<Vec<WebhookRow>> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_EVENT} WHERE state = $1 ORDER BY received_at"
+        ))
+        .bind(state)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(WebhookRow::from_row).collect()
+    }
+
+    /// Claims due receipt emails with a lease, so one process sends each.
+    pub async fn claim_emails(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>> {
+        let _gate = self.gate().await;
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE email_outbox SET lease_until = $2 WHERE refund_id IN (SELECT refund_id FROM email_outbox \
+             WHERE state = 'pending' AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until < $1) \
+             ORDER BY next_attempt_at LIMIT $3{lock}) \
+             RETURNING refund_id, to_addr, subject, body, state, attempts, last_error"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(now)
+            .bind(lease_until)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(OutboxRow::from_row).collect()
+    }
+
+    /// Records a send attempt: sent, or failed with the next attempt time
+    /// (`None` gives up and marks the email abandoned).
+    pub async fn email_attempted(
+        &self,
+        refund_id: &str,
+        now: i64,
+        error: Option<&str>,
+        next_attempt_at: Option<i64>,
+    ) -> Result<()> {
+        let _gate = self.gate().await;
+        let (state, next) = match (error, next_attempt_at) {
+            (None, _) => ("sent", now),
+            (Some(_), Some(n)) => ("pending", n),
+            (Some(_), None) => ("abandoned", now),
+        };
+        sqlx::query(
+            "UPDATE email_outbox SET state = $2, attempts = attempts + 1, next_attempt_at = $3, lease_until = NULL, \
+             last_error = $4, sent_at = CASE WHEN $2 = 'sent' THEN $5 ELSE sent_at END WHERE refund_id = $1",
+        )
+        .bind(refund_id)
+        .bind(state)
+        .bind(next)
+        .bind(error)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn outbox_entry(&self, refund_id: &str) -> Result<Option<OutboxRow>> {
+        let row = sqlx::query("SELECT refund_id, to_addr, subject, body, state, attempts, last_error FROM email_outbox WHERE refund_id = $1")
+            .bind(refund_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| OutboxRow::from_row(&r)).transpose()
+    }
+}
+
+impl WebhookRow {
+    fn from_row(r: &AnyRow) -> Result<Self> {
+        Ok(WebhookRow {
+            id: r.try_get("id")?,
+            provider: r.try_get("provider")?,
+            account: r.try_get("account")?,
+            dedupe_key: r.try_get("dedupe_key")?,
+            transaction_no: r.try_get("transaction_no")?,
+            provider_refund_id: r.try_get("provider_refund_id")?,
+            provider_reference: r.try_get("provider_reference")?,
+            amount: r.try_get("amount")?,
+            outcome: r.try_get("outcome")?,
+            provider_status: r.try_get("provider_status")?,
+            fields: r.try_get("fields")?,
+            refund_id: r.try_get("refund_id")?,
+            state: r.try_get("state")?,
+            note: r.try_get("note")?,
+            received_at: r.try_get("received_at")?,
+        })
+    }
+}
+
+impl OutboxRow {
+    fn from_row(r: &AnyRow) -> Result<Self> {
+        Ok(OutboxRow {
+            refund_id: r.try_get("refund_id")?,
+            to_addr: r.try_get("to_addr")?,
+            subject: r.try_get("subject")?,
+            body: r.try_get("body")?,
+            state: r.try_get("state")?,
+            attempts: r.try_get("attempts")?,
+            last_error: r.try_get("last_error")?,
+        })
     }
 }
 

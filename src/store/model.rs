@@ -77,6 +77,46 @@ pub struct RefundUpdate {
     pub lease_until: Option<i64>,
     pub review_reason: Option<String>,
     pub updated_at: i64,
+    /// A receipt email to enqueue in the same transaction (once per refund).
+    pub email: Option<EmailDraft>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailDraft {
+    pub to: String,
+    pub subject: String,
+    pub body: String,
+}
+
+/// A verified provider webhook as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookRow {
+    pub id: String,
+    pub provider: String,
+    pub account: String,
+    pub dedupe_key: String,
+    pub transaction_no: Option<String>,
+    pub provider_refund_id: Option<String>,
+    pub provider_reference: Option<String>,
+    pub amount: Option<String>,
+    pub outcome: String,
+    pub provider_status: Option<String>,
+    pub fields: String,
+    pub refund_id: Option<String>,
+    pub state: String,
+    pub note: Option<String>,
+    pub received_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub refund_id: String,
+    pub to_addr: String,
+    pub subject: String,
+    pub body: String,
+    pub state: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
 }
 
 impl RefundUpdate {
@@ -98,6 +138,7 @@ impl RefundUpdate {
             lease_until: r.lease_until,
             review_reason: r.review_reason.clone(),
             updated_at: now,
+            email: None,
         }
     }
 

@@ -82,6 +82,8 @@ pub fn test_config(db_url: &str) -> Config {
     c.reconcile_max_delay = Duration::from_millis(1000);
     if let Some(d) = c.demo.as_mut() {
         d.sandbox = fast_sandbox();
+        // Most tests watch one mechanism at a time; webhook tests turn IPNs on.
+        d.sandbox_ipns = false;
     }
     let mut hash = [0u8; 32];
     hash.copy_from_slice(&Sha256::digest(OTHER_KEY.as_bytes()));

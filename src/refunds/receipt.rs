@@ -1,0 +1,222 @@
+//! Customer receipts: 40-column text for POS printers, and HTML.
+
+use super::object::RefundObject;
+
+pub const WIDTH: usize = 40;
+
+/// Breaks `text` into lines of at most `WIDTH` characters.
+fn wrap(text: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        let mut word = word.to_string();
+        while word.chars().count() > WIDTH {
+            if !line.is_empty() {
+                lines.push(std::mem::take(&mut line));
+            }
+            let head: String = word.chars().take(WIDTH).collect();
+            word = word.chars().skip(WIDTH).collect();
+            lines.push(head);
+        }
+        let needed = line.chars().count() + usize::from(!line.is_empty()) + word.chars().count();
+        if needed > WIDTH && !line.is_empty() {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(&word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
+fn center(text: &str) -> Vec<String> {
+    wrap(text)
+        .into_iter()
+        .map(|l| {
+            let pad = (WIDTH - l.chars().count()) / 2;
+            format!("{}{}", " ".repeat(pad), l)
+        })
+        .collect()
+}
+
+/// A label on the left and its value on the right; the value wraps below when long.
+fn field(label: &str, value: &str) -> Vec<String> {
+    let used = label.chars().count() + 1 + value.chars().count();
+    if used <= WIDTH {
+        vec![format!("{label}{}{value}", " ".repeat(WIDTH - used + 1))]
+    } else {
+        let mut out = vec![label.to_string()];
+        out.extend(
+            wrap(value)
+                .into_iter()
+                .map(|l| format!("{}{l}", " ".repeat(WIDTH - l.chars().count()))),
+        );
+        out
+    }
+}
+
+fn status_word(status: &str) -> &'static str {
+    match status {
+        "succeeded" => "APPROVED",
+        "failed" => "DECLINED",
+        _ => "PENDING",
+    }
+}
+
+pub fn text(r: &RefundObject, store_name: &str) -> String {
+    let rule = "-".repeat(WIDTH);
+    let mut lines = Vec::new();
+    lines.extend(center(store_name));
+    lines.extend(center("REFUND RECEIPT"));
+    lines.push(rule.clone());
+    lines.extend(field("Refund", &r.id));
+    lines.extend(field("Provider", &r.provider));
+    if let Some(p) = &r.provider_refund_id {
+        lines.extend(field("Provider ref", p));
+    }
+    lines.extend(field("Original txn", &r.transaction_no));
+    if let Some(reference) = &r.reference {
+        lines.extend(field("Order", reference));
+    }
+    lines.extend(field(
+        "Date (UTC)",
+        &r.created_at.replace('T', " ").replace('Z', ""),
+    ));
+    if let Some(reason) = &r.reason {
+        lines.extend(field("Reason", reason));
+    }
+    lines.push(rule.clone());
+    lines.extend(field(
+        "REFUND AMOUNT",
+        &format!("{} {}", r.amount, r.currency),
+    ));
+    lines.extend(field("Status", status_word(&r.status)));
+    if let Some(m) = &r.failure_message {
+        lines.extend(wrap(m));
+    }
+    lines.push(rule);
+    if r.status == "pending" {
+        lines.extend(center("Your refund is being processed."));
+    } else if r.status == "succeeded" {
+        lines.extend(center(
+            "The amount will be credited to your original payment method.",
+        ));
+    }
+    if !r.livemode {
+        lines.extend(center("*** TEST MODE - NO MONEY MOVED ***"));
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    out
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+pub fn html(r: &RefundObject, store_name: &str) -> String {
+    let mut rows = vec![
+        ("Refund", r.id.clone()),
+        ("Provider", r.provider.clone()),
+        (
+            "Provider reference",
+            r.provider_refund_id.clone().unwrap_or_default(),
+        ),
+        ("Original transaction", r.transaction_no.clone()),
+        ("Order", r.reference.clone().unwrap_or_default()),
+        ("Date (UTC)", r.created_at.clone()),
+        ("Amount", format!("{} {}", r.amount, r.currency)),
+        ("Status", status_word(&r.status).to_string()),
+    ];
+    if let Some(reason) = &r.reason {
+        rows.push(("Reason", reason.clone()));
+    }
+    let body: String = rows
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| format!("<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v)))
+        .collect();
+    let test = if r.livemode {
+        ""
+    } else {
+        "<p class=\"test\">Test mode: no money moved.</p>"
+    };
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Refund receipt {id}</title>\
+         <style>body{{font-family:sans-serif;max-width:28rem;margin:2rem auto}}th{{text-align:left;padding-right:1rem}}.test{{color:#b00}}</style>\
+         </head><body><h1>{store}</h1><h2>Refund receipt</h2><table>{body}</table>{test}</body></html>",
+        id = esc(&r.id),
+        store = esc(store_name),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> RefundObject {
+        RefundObject {
+            id: "rf_01J0000000000000000000000".into(),
+            object: "refund".into(),
+            livemode: false,
+            provider: "pockyt".into(),
+            status: "succeeded".into(),
+            amount: "10.50".into(),
+            currency: "USD".into(),
+            settle_currency: Some("USD".into()),
+            transaction_no: "297553638301777927".into(),
+            reference: Some(
+                "a-very-long-order-reference-that-will-not-fit-in-forty-columns".into(),
+            ),
+            refund_reference: None,
+            provider_refund_id: Some("297553638302358781".into()),
+            provider_status: Some("success".into()),
+            provider_code: Some("000100".into()),
+            failure_code: None,
+            failure_message: None,
+            reason: Some("<script>customer changed mind</script>".into()),
+            receipt_email: None,
+            metadata: Default::default(),
+            created_at: "2026-11-23T10:00:00Z".into(),
+            updated_at: "2026-11-23T10:00:01Z".into(),
+        }
+    }
+
+    #[test]
+    fn text_fits_forty_columns_and_names_everything() {
+        let t = text(
+            &sample(),
+            "A Store With A Rather Long Name On Main Street, Springfield",
+        );
+        for line in t.lines() {
+            assert!(line.chars().count() <= WIDTH, "{line:?}");
+        }
+        for needle in [
+            "REFUND RECEIPT",
+            "rf_01J0000000000000000000000",
+            "297553638302358781",
+            "297553638301777927",
+            "10.50 USD",
+            "APPROVED",
+            "TEST MODE",
+        ] {
+            assert!(t.contains(needle), "{needle} missing from\n{t}");
+        }
+    }
+
+    #[test]
+    fn html_escapes_user_text() {
+        let h = html(&sample(), "Store & Co");
+        assert!(h.contains("Store &amp; Co"));
+        assert!(h.contains("&lt;script&gt;"));
+        assert!(!h.contains("<script>"));
+    }
+}

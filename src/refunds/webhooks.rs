@@ -1,0 +1,274 @@
+//! Provider webhooks (IPNs): verified, stored once, matched to a refund,
+//! validated against it, and applied through the state machine.
+
+use sha2::{Digest, Sha256};
+
+use super::status::{decide, Decision, Status};
+use super::{now_ms, Gateway};
+use crate::money::Currency;
+use crate::providers::{Outcome, ProviderKind, WebhookError, WebhookEvent};
+use crate::store::{RefundRow, StoreError, WebhookRow};
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum WebhookReply {
+    /// Stored (and applied, or kept until its refund appears).
+    Accepted,
+    /// The same event was stored before; nothing changed.
+    Duplicate,
+    /// Verified but inconsistent with the refund it names: stored, not applied.
+    Rejected(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookFailure {
+    #[error("the webhook signature is missing or invalid")]
+    BadSignature,
+    #[error("the webhook body could not be read")]
+    Malformed,
+    #[error("no such provider account")]
+    UnknownAccount,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Fields that change between deliveries of the same event.
+const VOLATILE: &[&str] = &["verifySign", "HASH", "time", "RESPONSE_DATE_TIME"];
+
+fn dedupe_key(ev: &WebhookEvent) -> String {
+    let mut h = Sha256::new();
+    h.update(ev.provider.as_str());
+    for (k, v) in ev
+        .fields
+        .iter()
+        .filter(|(k, _)| !VOLATILE.contains(&k.as_str()))
+    {
+        h.update([0u8]);
+        h.update(k.as_bytes());
+        h.update([1u8]);
+        h.update(v.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+fn outcome_str(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Succeeded => "succeeded",
+        Outcome::Pending => "pending",
+        Outcome::Failed => "failed",
+        Outcome::Unknown => "unknown",
+        Outcome::NotFound => "not_found",
+    }
+}
+
+fn outcome_parse(s: &str) -> Outcome {
+    match s {
+        "succeeded" => Outcome::Succeeded,
+        "pending" => Outcome::Pending,
+        "failed" => Outcome::Failed,
+        "not_found" => Outcome::NotFound,
+        _ => Outcome::Unknown,
+    }
+}
+
+impl Gateway {
+    /// Verifies, stores and applies one webhook body.
+    pub async fn receive_webhook(
+        &self,
+        provider: ProviderKind,
+        account: Option<&str>,
+        body: &[u8],
+    ) -> Result<WebhookReply, WebhookFailure> {
+        let mut candidates: Vec<_> = self
+            .accounts
+            .values()
+            .filter(|h| h.client.kind() == provider && account.is_none_or(|a| a == h.account.name))
+            .collect();
+        candidates.sort_by(|a, b| a.account.name.cmp(&b.account.name));
+        if candidates.is_empty() {
+            return Err(WebhookFailure::UnknownAccount);
+        }
+        let mut malformed = false;
+        let mut verified = None;
+        for h in candidates {
+            match h.client.verify_webhook(body) {
+                Ok(ev) => {
+                    verified = Some((h.account.name.clone(), ev));
+                    break;
+                }
+                Err(WebhookError::Malformed) => malformed = true,
+                Err(WebhookError::BadSignature) => {}
+            }
+        }
+        let Some((account, ev)) = verified else {
+            return Err(if malformed {
+                WebhookFailure::Malformed
+            } else {
+                WebhookFailure::BadSignature
+            });
+        };
+        let row = WebhookRow {
+            id: format!("evt_{}", ulid::Ulid::new()),
+            provider: provider.as_str().into(),
+            account,
+            dedupe_key: dedupe_key(&ev),
+            transaction_no: ev.transaction_no.clone(),
+            provider_refund_id: ev.provider_refund_id.clone(),
+            provider_reference: ev.provider_reference.clone(),
+            amount: ev.amount.clone(),
+            outcome: outcome_str(ev.outcome).into(),
+            provider_status: ev.provider_status.clone(),
+            fields: serde_json::to_string(&ev.fields).unwrap_or_default(),
+            refund_id: None,
+            state: if ev.is_refund { "received" } else { "ignored" }.into(),
+            note: (!ev.is_refund).then(|| "not a refund event".to_string()),
+            received_at: now_ms(),
+        };
+        if !self.store.insert_event(&row).await? {
+            tracing::info!(provider = %provider, "duplicate webhook ignored");
+            return Ok(WebhookReply::Duplicate);
+        }
+        if !ev.is_refund {
+            return Ok(WebhookReply::Accepted);
+        }
+        self.process_event(&row).await
+    }
+
+    /// Matches a stored event to its refund and applies it.
+    async fn process_event(&self, ev: &WebhookRow) -> Result<WebhookReply, WebhookFailure> {
+        let mut refund = self
+            .store
+            .find_refund_by_provider_ids(
+                &ev.account,
+                ev.provider_refund_id.as_deref(),
+                ev.provider_reference.as_deref(),
+            )
+            .await?;
+        let names_a_refund = ev.provider_refund_id.is_some() || ev.provider_reference.is_some();
+        if refund.is_none() && !names_a_refund {
+            if let Some(tx) = &ev.transaction_no {
+                let mut on_tx = self.store.refunds_on_transaction(&ev.account, tx).await?;
+                if on_tx.len() == 1 {
+                    refund = on_tx.pop();
+                } else if on_tx.len() > 1 {
+                    // Ambiguous: ask the provider about each pending refund instead of guessing.
+                    let pending: Vec<String> = on_tx
+                        .into_iter()
+                        .filter(|r| r.status == "pending")
+                        .map(|r| r.id)
+                        .collect();
+                    self.store.check_now(&pending, now_ms()).await?;
+                    self.store
+                        .set_event_state(
+                            &ev.id,
+                            "ambiguous",
+                            None,
+                            Some("several refunds on this transaction; reconciling by query"),
+                        )
+                        .await?;
+                    return Ok(WebhookReply::Accepted);
+                }
+            }
+        }
+        let Some(refund) = refund else {
+            self.store
+                .set_event_state(
+                    &ev.id,
+                    "unmatched",
+                    None,
+                    Some("no refund yet; kept until one appears"),
+                )
+                .await?;
+            tracing::info!(event = %ev.id, "webhook matches no refund yet; kept");
+            return Ok(WebhookReply::Accepted);
+        };
+        self.apply_event(ev, &refund).await
+    }
+
+    async fn apply_event(
+        &self,
+        ev: &WebhookRow,
+        refund: &RefundRow,
+    ) -> Result<WebhookReply, WebhookFailure> {
+        if let Some(reason) = inconsistency(ev, refund) {
+            tracing::warn!(event = %ev.id, refund_id = %refund.id, %reason, "webhook rejected");
+            self.store
+                .set_event_state(&ev.id, "rejected", Some(&refund.id), Some(&reason))
+                .await?;
+            return Ok(WebhookReply::Rejected(reason));
+        }
+        let outcome = outcome_parse(&ev.outcome);
+        let answer = crate::providers::ProviderAnswer {
+            outcome,
+            provider_refund_id: ev
+                .provider_refund_id
+                .clone()
+                .filter(|_| refund.provider == "pockyt"),
+            provider_status: ev.provider_status.clone(),
+            provider_code: None,
+            message: None,
+        };
+        let current_status = Status::parse(&refund.status).unwrap_or(Status::Pending);
+        let decision = decide(current_status, outcome);
+        let policy = self.reconcile;
+        let mut conflict = false;
+        self.store
+            .update_refund(&refund.id, |current| {
+                let now = now_ms();
+                let mut u = super::apply_answer(current, &answer, now, &policy);
+                if Status::parse(&current.status)
+                    .is_some_and(|s| decide(s, outcome) == Decision::Conflict)
+                {
+                    // Settle the contradiction by asking the provider.
+                    conflict = true;
+                    u.next_check_at = Some(now);
+                }
+                let u = self.with_receipt(current, u);
+                (u != crate::store::RefundUpdate::from_row(current, u.updated_at)).then_some(u)
+            })
+            .await?;
+        let state = match decision {
+            _ if conflict => "conflict",
+            Decision::Move(_) => "applied",
+            _ => "stale",
+        };
+        self.store
+            .set_event_state(&ev.id, state, Some(&refund.id), None)
+            .await?;
+        Ok(WebhookReply::Accepted)
+    }
+
+    /// Applies events that arrived before their refund was known.
+    pub async fn apply_waiting_events(&self, refund: &RefundRow) -> Result<(), StoreError> {
+        for ev in self.store.unmatched_events_for(refund).await? {
+            if let Err(e) = self.apply_event(&ev, refund).await {
+                tracing::warn!(event = %ev.id, error = %e, "waiting webhook could not be applied");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why an event cannot belong to this refund, if it cannot.
+fn inconsistency(ev: &WebhookRow, refund: &RefundRow) -> Option<String> {
+    if let Some(tx) = &ev.transaction_no {
+        if tx != &refund.transaction_no {
+            return Some(format!(
+                "transactionNo {tx} does not match the refund's {}",
+                refund.transaction_no
+            ));
+        }
+    }
+    if let Some(amount) = &ev.amount {
+        let minor = match ev.provider.as_str() {
+            "pay10" => amount.parse::<i64>().ok(),
+            _ => Currency::from_code(&refund.currency)
+                .ok()
+                .and_then(|c| c.parse_amount(amount).ok())
+                .map(|m| m.0),
+        };
+        if minor != Some(refund.amount_minor) {
+            return Some(format!("amount {amount} does not match the refund"));
+        }
+    }
+    None
+}
