@@ -575,3 +575,73 @@ both_backends!(
     pending_then_success_by_sync,
     restart_keeps_every_acknowledged_refund,
 );
+
+/// Two gateway instances (separate pools, no shared memory) on one Postgres
+/// and one sandbox: competing and duplicate requests spread across both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_one_postgres() {
+    let (sandbox_url, sandbox) = spawn_sandbox(fast_sandbox()).await;
+    let db = fresh_db(Db::Postgres).await;
+    let mut apps = vec![];
+    for _ in 0..2 {
+        let mut c = test_config(&db);
+        if let Some(d) = c.demo.as_mut() {
+            d.external_sandbox = Some(sandbox_url.clone());
+        }
+        apps.push(spawn_with(c).await);
+    }
+    let http = reqwest::Client::new();
+    let sale = sale_at(
+        &http,
+        &sandbox_url,
+        "pockyt",
+        json!({"amount": "10.00", "currency": "USD"}),
+    )
+    .await;
+    let body = pockyt_refund(&sale, "1.00");
+    let results = futures_join(20, |i| {
+        let (app, body) = (&apps[i % 2], body.clone());
+        async move { app.post_refund(Some(&format!("compete-{i}")), &body).await }
+    })
+    .await;
+    let ok = results.iter().filter(|r| r.status == 201).count();
+    let refused = results
+        .iter()
+        .filter(|r| r.status == 422 && r.body["code"] == "amount_exceeds_refundable")
+        .count();
+    assert_eq!((ok, refused), (10, 10));
+    assert_eq!(sandbox.stats().pockyt_refunds_applied, 10);
+    assert_eq!(
+        sandbox.refunded_total("pockyt", sale["transactionNo"].as_str().unwrap()),
+        Some(1000)
+    );
+
+    let sale = sale_at(
+        &http,
+        &sandbox_url,
+        "pockyt",
+        json!({"amount": "10.00", "currency": "USD"}),
+    )
+    .await;
+    let body = pockyt_refund(&sale, "3.00");
+    let results = futures_join(20, |i| {
+        let (app, body) = (&apps[i % 2], body.clone());
+        async move { app.post_refund(Some("one-key"), &body).await }
+    })
+    .await;
+    assert!(results.iter().all(|r| r.status == 201 || r.status == 409));
+    let ids: std::collections::BTreeSet<_> = results
+        .iter()
+        .filter(|r| r.status == 201)
+        .map(|r| r.body["id"].clone().to_string())
+        .collect();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(
+        sandbox.stats().pockyt_refunds_applied,
+        11,
+        "one provider call for twenty duplicates"
+    );
+    for app in apps {
+        app.stop().await;
+    }
+}

@@ -170,7 +170,7 @@ impl Gateway {
     /// How long a first request may hold its idempotency key before another
     /// request may take its refund as abandoned (the process died mid-call).
     fn inflight_window(&self) -> i64 {
-        i64::try_from((self.provider_timeout * 2 + Duration::from_secs(10)).as_millis())
+        i64::try_from((self.provider_timeout * 2 + Duration::from_secs(2)).as_millis())
             .unwrap_or(i64::MAX)
     }
 
