@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod config;
+pub mod metrics;
 pub mod money;
 pub mod providers;
 pub mod refunds;
@@ -50,6 +51,20 @@ pub fn app(state: AppState, sandbox: Option<&Sandbox>, request_timeout: Duration
         )
         .route("/healthz", get(api::health::healthz))
         .route("/readyz", get(api::health::readyz))
+        .route("/metrics", get(api::docs::metrics))
+        .route(
+            "/openapi.json",
+            get(|| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    api::docs::document(),
+                )
+            }),
+        )
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/docs")
+                .config(utoipa_swagger_ui::Config::from("/openapi.json")),
+        )
         .with_state(state);
     if let Some(sb) = sandbox {
         router = router.merge(sb.router());
@@ -76,6 +91,7 @@ pub fn app(state: AppState, sandbox: Option<&Sandbox>, request_timeout: Duration
                     }),
                 )
                 .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(axum::middleware::from_fn(metrics::track_http))
                 .layer(axum::middleware::map_response(api::problem_for_bare_errors))
                 .layer(TimeoutLayer::with_status_code(
                     axum::http::StatusCode::REQUEST_TIMEOUT,
@@ -111,6 +127,7 @@ impl Application {
                 sandbox = Some(Sandbox::new(sc));
             }
         }
+        metrics::handle();
         let store = Store::connect(&config.database_url, config.db_max_connections).await?;
         let gateway = Arc::new(Gateway::new(&config, store));
         let router = app(

@@ -56,6 +56,13 @@ enum Command {
         #[arg(long, default_value_t = 1_000)]
         pending_delay_ms: u64,
     },
+    /// Print the OpenAPI document (the committed openapi/refund-gateway.json).
+    Openapi,
+    /// Exit 0 if URL answers 2xx within 3 s (the container HEALTHCHECK).
+    Probe {
+        #[arg(default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
     /// Compute a Pockyt verifySign.
     Sign {
         #[command(subcommand)]
@@ -144,7 +151,14 @@ fn main() -> ExitCode {
         Some(Command::Decrypt {
             provider: CryptProvider::Pay10 { key, text },
         }) => return print_tool(tools::decrypt_pay10(&key, &text)),
+        Some(Command::Openapi) => {
+            print!("{}", refund_gateway::api::docs::document());
+            return ExitCode::SUCCESS;
+        }
         _ => {}
+    }
+    if let Some(Command::Probe { url }) = &cli.command {
+        return probe(url);
     }
     telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -189,6 +203,34 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn probe(url: &str) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(_) => return ExitCode::FAILURE,
+    };
+    let ok = rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .ok()?;
+        client
+            .get(url)
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status().is_success())
+    });
+    if ok == Some(true) {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("unhealthy: {url}");
+        ExitCode::FAILURE
     }
 }
 

@@ -10,7 +10,9 @@ use serde::Serialize;
 use crate::refunds::Refusal;
 use crate::store::StoreError;
 
-#[derive(Debug, Clone, Serialize)]
+/// An RFC 9457 problem document. `code` is stable and machine-readable.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"type": "https://refund-gateway.dev/problems/amount-exceeds-refundable", "title": "Unprocessable Entity", "status": 422, "detail": "the refund exceeds the refundable amount (6.00 USD left)", "code": "amount_exceeds_refundable"}))]
 pub struct Problem {
     #[serde(rename = "type")]
     pub kind: String,
@@ -18,6 +20,7 @@ pub struct Problem {
     pub status: u16,
     pub detail: String,
     pub code: String,
+    /// Field validation errors, by field name (only on `invalid_request`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errors: Option<BTreeMap<String, Vec<String>>>,
 }

@@ -9,11 +9,18 @@ use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
 
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is up", body = Object, example = json!({"status": "ok"}))))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// Ready when the database answers within two seconds.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "The database is reachable", body = Object, example = json!({"status": "ready", "database": "postgres"})),
+        (status = 503, description = "`database_unavailable`", body = super::error::Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let store = &state.gateway.store;
     match tokio::time::timeout(Duration::from_secs(2), store.ping()).await {

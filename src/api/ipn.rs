@@ -18,11 +18,23 @@ async fn handle(
 ) -> Result<Response, ApiError> {
     let provider = ProviderKind::parse(&provider).ok_or_else(|| ApiError::not_found("provider"))?;
     let bytes = super::read_body(body, super::refunds::MAX_BODY_BYTES).await?;
-    match state
+    let result = state
         .gateway
         .receive_webhook(provider, account.as_deref(), &bytes)
-        .await
-    {
+        .await;
+    crate::metrics::webhook(
+        provider.as_str(),
+        match &result {
+            Ok(WebhookReply::Accepted) => "accepted",
+            Ok(WebhookReply::Duplicate) => "duplicate",
+            Ok(WebhookReply::Rejected(_)) => "rejected",
+            Err(WebhookFailure::BadSignature) => "invalid_signature",
+            Err(WebhookFailure::Malformed) => "malformed",
+            Err(WebhookFailure::UnknownAccount) => "unknown_account",
+            Err(WebhookFailure::Store(_)) => "error",
+        },
+    );
+    match result {
         // Pockyt stops resending once it reads the plain-text body `success`.
         Ok(WebhookReply::Accepted | WebhookReply::Duplicate) => Ok((
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -52,6 +64,21 @@ async fn handle(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/ipn/{provider}",
+    tag = "webhooks",
+    params(("provider" = String, Path, description = "`pockyt` or `pay10`")),
+    request_body(description = "Pockyt: form-urlencoded IPN with `verifySign`. Pay10: JSON with `HASH`.", content(
+        (String = "application/x-www-form-urlencoded"), (Object = "application/json"))),
+    responses(
+        (status = 200, description = "Stored (or a duplicate); the body is the plain text `success`", body = String, content_type = "text/plain"),
+        (status = 400, description = "`malformed_webhook`", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`invalid_signature`: missing or invalid signature; nothing changed", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`: unknown provider or account", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`webhook_rejected`: transactionNo or amount does not match the refund; nothing changed", body = super::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn receive(
     State(state): State<AppState>,
     Path(provider): Path<String>,
@@ -60,6 +87,21 @@ pub async fn receive(
     handle(state, provider, None, body).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/ipn/{provider}/{account}",
+    tag = "webhooks",
+    params(("provider" = String, Path, description = "`pockyt` or `pay10`"), ("account" = String, Path, description = "Account name from the configuration")),
+    request_body(description = "Pockyt: form-urlencoded IPN with `verifySign`. Pay10: JSON with `HASH`.", content(
+        (String = "application/x-www-form-urlencoded"), (Object = "application/json"))),
+    responses(
+        (status = 200, description = "Stored (or a duplicate); the body is the plain text `success`", body = String, content_type = "text/plain"),
+        (status = 400, description = "`malformed_webhook`", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`invalid_signature`: missing or invalid signature; nothing changed", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`: unknown provider or account", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`webhook_rejected`: transactionNo or amount does not match the refund; nothing changed", body = super::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn receive_for_account(
     State(state): State<AppState>,
     Path((provider, account)): Path<(String, String)>,

@@ -1,6 +1,7 @@
 //! HTTP: one module per resource. Handlers validate, call the domain, and
 //! render its answers; they hold no business rules of their own.
 
+pub mod docs;
 pub mod error;
 pub mod health;
 pub mod ipn;

@@ -35,6 +35,57 @@ const FIELDS: &[&str] = &[
     "metadata",
 ];
 
+/// The body of `POST /v1/refunds` (validated field by field; unknown fields are refused).
+#[allow(dead_code)] // describes the wire format for the OpenAPI document; parsing is in `validate`
+#[derive(utoipa::ToSchema)]
+#[schema(example = json!({"provider": "pockyt", "transaction_no": "297553638301777927", "amount": "10.50", "currency": "USD", "refund_reference": "pos-7-0042", "reason": "customer return"}))]
+pub struct CreateRefundBody {
+    /// `pockyt` or `pay10`.
+    provider: String,
+    /// Provider's id of the sale: Pockyt `transactionNo`, Pay10 `PG_REF_NUM` (digits). Pockyt: this or `reference`; Pay10: required.
+    transaction_no: Option<String>,
+    /// Merchant's id of the sale: Pockyt `reference`, Pay10 `ORDER_ID` (required for Pay10).
+    reference: Option<String>,
+    /// Decimal string in major units, > 0, at most the currency's minor digits. Never a JSON number.
+    #[schema(example = "10.50")]
+    amount: String,
+    /// ISO 4217 alpha code; must match the sale where known.
+    #[schema(example = "USD")]
+    currency: String,
+    /// Pockyt only; default `USD`.
+    settle_currency: Option<String>,
+    /// The POS's own id for this refund; unique per client and acts as an idempotency key.
+    refund_reference: Option<String>,
+    /// At most 255 characters.
+    reason: Option<String>,
+    /// Where the receipt is emailed once the refund succeeds (when SMTP is configured).
+    receipt_email: Option<String>,
+    /// At most 20 string values, echoed back.
+    metadata: Option<BTreeMap<String, String>>,
+}
+
+/// Filters and pagination of `GET /v1/refunds`.
+#[allow(dead_code)] // describes the query for the OpenAPI document; parsing is in `list`
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    transaction_no: Option<String>,
+    reference: Option<String>,
+    refund_reference: Option<String>,
+    /// `pending`, `succeeded` or `failed`.
+    status: Option<String>,
+    /// `pockyt` or `pay10`.
+    provider: Option<String>,
+    /// RFC 3339 time or Unix seconds (inclusive).
+    created_from: Option<String>,
+    /// RFC 3339 time or Unix seconds (inclusive).
+    created_to: Option<String>,
+    /// 1-100, default 20.
+    limit: Option<i64>,
+    /// A refund id: the page starts after it (newest first).
+    starting_after: Option<String>,
+}
+
 #[derive(Default)]
 struct Errors(BTreeMap<String, Vec<String>>);
 
@@ -343,6 +394,27 @@ fn json_response(status: StatusCode, body: String, replayed: bool) -> Response {
     resp
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/refunds",
+    tag = "refunds",
+    request_body(content = CreateRefundBody, content_type = "application/json"),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters. Same key + same body replays the stored response; needed unless refund_reference is given."),
+    ),
+    responses(
+        (status = 201, description = "The refund: `succeeded`, `failed` (provider decline) or `pending` (not final or not known yet; the gateway settles it itself).", body = RefundObject,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this is a stored response replayed"))),
+        (status = 400, description = "`malformed_json`, `invalid_request` (with `errors`), `idempotency_key_required`, `invalid_idempotency_key`", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`: missing or invalid API key", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`request_in_progress`: the first request with this key is still running", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`: body over 64 KiB", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`: send application/json", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Refused before any provider call, nothing recorded: `transaction_not_found`, `transaction_not_refundable`, `currency_mismatch`, `amount_exceeds_refundable`, `provider_not_configured`; or `idempotency_key_mismatch`", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`provider_unavailable` (the sale could not be checked; nothing was refunded) or `database_unavailable`", body = super::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn create(
     State(state): State<AppState>,
     Authed(client): Authed,
@@ -381,21 +453,28 @@ pub async fn create(
         })??;
     Ok(match created {
         Created::New(row) => {
+            crate::metrics::refund_created(&row.provider, &row.status);
             let body = row.response_body.clone().unwrap_or_else(|| {
                 serde_json::to_string(&RefundObject::from(&row)).unwrap_or_default()
             });
             json_response(StatusCode::CREATED, body, false)
         }
-        Created::Replay { status, body } => json_response(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED),
-            body,
-            true,
-        ),
-        Created::Current(row) => json_response(
-            StatusCode::CREATED,
-            serde_json::to_string(&RefundObject::from(&row)).unwrap_or_default(),
-            true,
-        ),
+        Created::Replay { status, body } => {
+            crate::metrics::idempotent_replay();
+            json_response(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED),
+                body,
+                true,
+            )
+        }
+        Created::Current(row) => {
+            crate::metrics::idempotent_replay();
+            json_response(
+                StatusCode::CREATED,
+                serde_json::to_string(&RefundObject::from(&row)).unwrap_or_default(),
+                true,
+            )
+        }
         Created::InProgress => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -426,6 +505,21 @@ fn query_map(raw: Option<String>) -> Result<BTreeMap<String, String>, ApiError> 
         })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/refunds/{id}",
+    tag = "refunds",
+    params(
+        ("id" = String, Path, description = "Refund id (`rf_...`)"),
+        ("sync" = Option<bool>, Query, description = "Ask the provider for the current status first"),
+    ),
+    responses(
+        (status = 200, description = "The refund", body = RefundObject),
+        (status = 401, description = "`unauthorized`", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found` (also for another client's refund)", body = super::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get_one(
     State(state): State<AppState>,
     Authed(client): Authed,
@@ -457,8 +551,10 @@ pub async fn get_one(
     Ok(Json(RefundObject::from(&row)))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct RefundList {
+    /// Always `list`.
+    #[schema(value_type = String, example = "list")]
     pub object: &'static str,
     pub data: Vec<RefundObject>,
     pub has_more: bool,
@@ -477,6 +573,18 @@ fn parse_time(field: &str, v: &str, errors: &mut Errors) -> Option<i64> {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/refunds",
+    tag = "refunds",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The client's refunds, newest first", body = RefundList),
+        (status = 400, description = "`invalid_request` (with `errors`)", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`", body = super::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list(
     State(state): State<AppState>,
     Authed(client): Authed,
@@ -565,6 +673,19 @@ pub async fn list(
 }
 
 /// `GET /v1/refunds/{id}/receipt`: 40-column text, or HTML on `Accept: text/html`.
+#[utoipa::path(
+    get,
+    path = "/v1/refunds/{id}/receipt",
+    tag = "refunds",
+    params(("id" = String, Path, description = "Refund id")),
+    responses(
+        (status = 200, description = "A customer receipt: `text/plain` for 40-column POS printers by default, `text/html` when Accept asks for it",
+            content((String = "text/plain"), (String = "text/html"))),
+        (status = 401, description = "`unauthorized`", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`", body = super::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn receipt(
     State(state): State<AppState>,
     Authed(client): Authed,

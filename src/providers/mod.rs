@@ -6,7 +6,7 @@ pub mod pockyt;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -105,6 +105,28 @@ pub enum Outcome {
     NotFound,
 }
 
+impl Outcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Pending => "pending",
+            Outcome::Failed => "failed",
+            Outcome::Unknown => "unknown",
+            Outcome::NotFound => "not_found",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "succeeded" => Outcome::Succeeded,
+            "pending" => Outcome::Pending,
+            "failed" => Outcome::Failed,
+            "not_found" => Outcome::NotFound,
+            _ => Outcome::Unknown,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderAnswer {
     pub outcome: Outcome,
@@ -189,24 +211,48 @@ impl ProviderClient {
         transaction_no: Option<&str>,
         reference: Option<&str>,
     ) -> Option<SaleLookup> {
-        match self {
-            ProviderClient::Pockyt(c) => Some(c.lookup_sale(transaction_no, reference).await),
-            ProviderClient::Pay10(_) => None,
-        }
+        let started = Instant::now();
+        let found = match self {
+            ProviderClient::Pockyt(c) => c.lookup_sale(transaction_no, reference).await,
+            ProviderClient::Pay10(_) => return None,
+        };
+        let outcome = match &found {
+            SaleLookup::Found(_) => "found",
+            SaleLookup::NotFound => "not_found",
+            SaleLookup::Unavailable(_) => "unavailable",
+        };
+        crate::metrics::provider_call(self.kind().as_str(), "sale_lookup", outcome, started);
+        Some(found)
     }
 
     pub async fn refund(&self, call: &RefundCall) -> ProviderAnswer {
-        match self {
+        let started = Instant::now();
+        let answer = match self {
             ProviderClient::Pockyt(c) => c.refund(call).await,
             ProviderClient::Pay10(c) => c.refund(call).await,
-        }
+        };
+        crate::metrics::provider_call(
+            self.kind().as_str(),
+            "refund",
+            answer.outcome.as_str(),
+            started,
+        );
+        answer
     }
 
     pub async fn refund_status(&self, query: &StatusQuery) -> ProviderAnswer {
-        match self {
+        let started = Instant::now();
+        let answer = match self {
             ProviderClient::Pockyt(c) => c.refund_status(query).await,
             ProviderClient::Pay10(c) => c.refund_status(query).await,
-        }
+        };
+        crate::metrics::provider_call(
+            self.kind().as_str(),
+            "refund_status",
+            answer.outcome.as_str(),
+            started,
+        );
+        answer
     }
 
     pub fn verify_webhook(&self, body: &[u8]) -> Result<WebhookEvent, WebhookError> {

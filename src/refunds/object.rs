@@ -7,22 +7,36 @@ use serde::{Deserialize, Serialize};
 use crate::money::{Currency, Minor};
 use crate::store::RefundRow;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": "rf_01JD3X2Q8K4M5N6P7R8S9T0V1W", "object": "refund", "livemode": false, "provider": "pockyt",
+    "status": "succeeded", "amount": "0.01", "currency": "USD", "settle_currency": "USD",
+    "transaction_no": "297553638301777927", "reference": "test20200101306", "refund_reference": "refund2020101305",
+    "provider_refund_id": "297553638302358781", "provider_status": "success", "provider_code": "000100",
+    "failure_code": null, "failure_message": null, "reason": null, "receipt_email": null, "metadata": {},
+    "created_at": "2026-11-23T10:00:00Z", "updated_at": "2026-11-23T10:00:01Z"}))]
 pub struct RefundObject {
     pub id: String,
+    /// Always `refund`.
     pub object: String,
+    /// False for refunds against a sandbox.
     pub livemode: bool,
+    /// `pockyt` or `pay10`.
     pub provider: String,
+    /// `pending`, `succeeded` or `failed`.
     pub status: String,
+    /// Decimal string in major units, with the currency's minor digits.
     pub amount: String,
     pub currency: String,
     pub settle_currency: Option<String>,
     pub transaction_no: String,
     pub reference: Option<String>,
     pub refund_reference: Option<String>,
+    /// Pockyt `refundTransactionNo` or Pay10 `REFUND_ORDER_ID`.
     pub provider_refund_id: Option<String>,
     pub provider_status: Option<String>,
     pub provider_code: Option<String>,
+    /// On `failed`: `provider_declined`, `amount_exceeds_refundable`,
+    /// `transaction_not_found`, `provider_configuration_error` or `not_submitted`.
     pub failure_code: Option<String>,
     pub failure_message: Option<String>,
     pub reason: Option<String>,

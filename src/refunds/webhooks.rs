@@ -50,26 +50,6 @@ fn dedupe_key(ev: &WebhookEvent) -> String {
     hex::encode(h.finalize())
 }
 
-fn outcome_str(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Succeeded => "succeeded",
-        Outcome::Pending => "pending",
-        Outcome::Failed => "failed",
-        Outcome::Unknown => "unknown",
-        Outcome::NotFound => "not_found",
-    }
-}
-
-fn outcome_parse(s: &str) -> Outcome {
-    match s {
-        "succeeded" => Outcome::Succeeded,
-        "pending" => Outcome::Pending,
-        "failed" => Outcome::Failed,
-        "not_found" => Outcome::NotFound,
-        _ => Outcome::Unknown,
-    }
-}
-
 impl Gateway {
     /// Verifies, stores and applies one webhook body.
     pub async fn receive_webhook(
@@ -115,7 +95,7 @@ impl Gateway {
             provider_refund_id: ev.provider_refund_id.clone(),
             provider_reference: ev.provider_reference.clone(),
             amount: ev.amount.clone(),
-            outcome: outcome_str(ev.outcome).into(),
+            outcome: ev.outcome.as_str().into(),
             provider_status: ev.provider_status.clone(),
             fields: serde_json::to_string(&ev.fields).unwrap_or_default(),
             refund_id: None,
@@ -196,7 +176,7 @@ impl Gateway {
                 .await?;
             return Ok(WebhookReply::Rejected(reason));
         }
-        let outcome = outcome_parse(&ev.outcome);
+        let outcome = Outcome::parse(&ev.outcome);
         let answer = crate::providers::ProviderAnswer {
             outcome,
             provider_refund_id: ev
@@ -226,6 +206,9 @@ impl Gateway {
                 (u != crate::store::RefundUpdate::from_row(current, u.updated_at)).then_some(u)
             })
             .await?;
+        if conflict {
+            crate::metrics::webhook(&ev.provider, "conflict");
+        }
         let state = match decision {
             _ if conflict => "conflict",
             Decision::Move(_) => "applied",

@@ -1,0 +1,82 @@
+//! The OpenAPI 3.1 document (generated from the handlers' annotations), served
+//! at `/openapi.json` with Swagger UI at `/docs`, and `/metrics`.
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "refund-gateway",
+        description = "One refund API for in-store POS systems over Pockyt and Pay10. Every error is application/problem+json (RFC 9457) with a stable `code`.",
+        license(name = "MIT")
+    ),
+    paths(
+        super::refunds::create,
+        super::refunds::list,
+        super::refunds::get_one,
+        super::refunds::receipt,
+        super::ipn::receive,
+        super::ipn::receive_for_account,
+        super::health::healthz,
+        super::health::readyz,
+        metrics,
+    ),
+    components(schemas(crate::refunds::RefundObject, super::refunds::CreateRefundBody, super::refunds::RefundList, super::error::Problem)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "refunds", description = "Create, read and list refunds; receipts"),
+        (name = "webhooks", description = "Provider IPNs (authenticated by the provider's signature)"),
+        (name = "operations", description = "Health, readiness and metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The POS client's API key"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The document as committed in `openapi/refund-gateway.json`.
+pub fn document() -> String {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    let mut s = doc.to_pretty_json().expect("the document serialises");
+    s.push('\n');
+    s
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    if let Ok((pending, oldest)) = state.gateway.store.pending_summary().await {
+        let age = oldest
+            .map(|t| (crate::refunds::now_ms() - t) as f64 / 1000.0)
+            .unwrap_or(0.0);
+        crate::metrics::reconciliation(pending, age);
+    }
+    let handle = crate::metrics::handle();
+    handle.run_upkeep();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+}

@@ -1,0 +1,81 @@
+//! Prometheus metrics: one process-wide recorder, rendered at `/metrics`.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The process's recorder (installed on first use).
+pub fn handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .expect("buckets are not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!(
+                    "a metrics recorder was already installed; /metrics may be incomplete"
+                );
+            }
+            handle
+        })
+        .clone()
+}
+
+/// Counts HTTP requests and their latency by route template, method and status.
+pub async fn track_http(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("refund_gateway_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status).increment(1);
+    metrics::histogram!("refund_gateway_http_request_duration_seconds", "route" => route, "method" => method).record(start.elapsed().as_secs_f64());
+    resp
+}
+
+pub fn provider_call(
+    provider: &'static str,
+    operation: &'static str,
+    outcome: &'static str,
+    started: Instant,
+) {
+    metrics::histogram!(
+        "refund_gateway_provider_call_duration_seconds",
+        "provider" => provider, "operation" => operation, "outcome" => outcome
+    )
+    .record(started.elapsed().as_secs_f64());
+}
+
+pub fn refund_created(provider: &str, status: &str) {
+    metrics::counter!("refund_gateway_refunds_created_total", "provider" => provider.to_string(), "status" => status.to_string()).increment(1);
+}
+
+pub fn idempotent_replay() {
+    metrics::counter!("refund_gateway_idempotent_replays_total").increment(1);
+}
+
+pub fn webhook(provider: &str, result: &'static str) {
+    metrics::counter!("refund_gateway_webhooks_total", "provider" => provider.to_string(), "result" => result).increment(1);
+}
+
+pub fn reconciliation(pending: i64, oldest_age_seconds: f64) {
+    metrics::gauge!("refund_gateway_reconciliation_pending").set(pending as f64);
+    metrics::gauge!("refund_gateway_reconciliation_oldest_pending_age_seconds")
+        .set(oldest_age_seconds);
+}

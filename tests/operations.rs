@@ -1,0 +1,128 @@
+//! Operators' surface: the OpenAPI document, /docs, /metrics.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+#[test]
+fn committed_openapi_matches_the_code() {
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/openapi/refund-gateway.json"
+    ))
+    .unwrap();
+    assert!(
+        committed == refund_gateway::api::docs::document(),
+        "openapi/refund-gateway.json is stale: regenerate it with\n  cargo run -q -- openapi > openapi/refund-gateway.json"
+    );
+}
+
+#[test]
+fn openapi_documents_every_endpoint_and_error() {
+    let doc: Value = serde_json::from_str(&refund_gateway::api::docs::document()).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/v1/refunds",
+        "/v1/refunds/{id}",
+        "/v1/refunds/{id}/receipt",
+        "/ipn/{provider}",
+        "/ipn/{provider}/{account}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(paths.contains_key(p), "{p} missing");
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let create = &doc["paths"]["/v1/refunds"]["post"];
+    assert!(create["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header"));
+    assert!(create["responses"]["201"]["headers"]["Idempotent-Replayed"].is_object());
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            for (code, resp) in op["responses"].as_object().unwrap() {
+                if code.starts_with('4') || code.starts_with('5') {
+                    assert!(
+                        resp["content"]["application/problem+json"]["schema"]["$ref"]
+                            == "#/components/schemas/Problem",
+                        "{method} {path} {code} is not documented as a problem"
+                    );
+                }
+            }
+        }
+    }
+    for schema in ["RefundObject", "CreateRefundBody", "RefundList", "Problem"] {
+        assert!(
+            doc["components"]["schemas"][schema]["example"].is_object()
+                || doc["components"]["schemas"][schema]["properties"].is_object(),
+            "{schema}"
+        );
+    }
+}
+
+async fn served_docs_and_metrics(db: Db) {
+    let app = spawn_app(&fresh_db(db).await).await;
+    let served = app.get("/openapi.json").await;
+    assert_eq!(served.status, 200);
+    assert_eq!(served.text, refund_gateway::api::docs::document());
+    let ui = app.send(app.http.get(format!("{}/docs/", app.base))).await;
+    assert_eq!(ui.status, 200);
+    assert!(
+        ui.text.contains("swagger-ui"),
+        "{}",
+        &ui.text[..ui.text.len().min(300)]
+    );
+    let init = app
+        .send(
+            app.http
+                .get(format!("{}/docs/swagger-initializer.js", app.base)),
+        )
+        .await;
+    assert!(
+        init.text.contains("/openapi.json"),
+        "the UI loads our document: {}",
+        init.text
+    );
+
+    let sale = app.pockyt_sale("10.00", "USD", "success").await;
+    let body = pockyt_refund(&sale, "1.00");
+    app.post_refund(Some("m1"), &body).await;
+    app.post_refund(Some("m1"), &body).await;
+    app.post_refund(Some("m2"), &pockyt_refund(&sale, "0.94"))
+        .await;
+    app.send(
+        app.http
+            .post(format!("{}/ipn/pockyt", app.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("a=1&verifySign=00"),
+    )
+    .await;
+    let m = app
+        .send(app.http.get(format!("{}/metrics", app.base)))
+        .await;
+    assert_eq!(m.status, 200);
+    for series in [
+        "refund_gateway_refunds_created_total{provider=\"pockyt\",status=\"succeeded\"}",
+        "refund_gateway_provider_call_duration_seconds_bucket{provider=\"pockyt\",operation=\"refund\",outcome=\"succeeded\"",
+        "refund_gateway_provider_call_duration_seconds_count{provider=\"pockyt\",operation=\"sale_lookup\",outcome=\"found\"}",
+        "refund_gateway_webhooks_total{provider=\"pockyt\",result=\"invalid_signature\"}",
+        "refund_gateway_reconciliation_pending",
+        "refund_gateway_reconciliation_oldest_pending_age_seconds",
+        "refund_gateway_idempotent_replays_total",
+        "refund_gateway_http_requests_total{route=\"/v1/refunds\",method=\"POST\",status=\"201\"}",
+        "refund_gateway_http_request_duration_seconds_bucket{route=\"/v1/refunds\",method=\"POST\"",
+    ] {
+        assert!(m.text.contains(series), "{series} missing from /metrics:\n{}", m.text);
+    }
+    app.stop().await;
+}
+
+both_backends!(served_docs_and_metrics);
