@@ -21,6 +21,7 @@ use crate::providers::pockyt::crypto;
 pub(super) fn routes() -> Router<Sandbox> {
     Router::new()
         .route("/sandbox/pockyt/payments", post(create_payment))
+        .route("/sandbox/pockyt/payments/bulk", post(create_payments_bulk))
         .route(
             "/sandbox/pockyt/app-data-search/v3/tran-query",
             post(tran_query),
@@ -84,6 +85,48 @@ async fn create_payment(State(sb): State<Sandbox>, body: Bytes) -> Response {
     }
     b.pockyt.insert(sale);
     (StatusCode::CREATED, Json(out)).into_response()
+}
+
+#[derive(Deserialize)]
+struct BulkPayments {
+    count: usize,
+    amount: String,
+    currency: String,
+}
+
+/// Creates `count` successful sales at once (load tests need thousands).
+async fn create_payments_bulk(State(sb): State<Sandbox>, body: Bytes) -> Response {
+    let Ok(p) = serde_json::from_slice::<BulkPayments>(&body) else {
+        return bad_request(
+            "body must be {\"count\":1000,\"amount\":\"1.00\",\"currency\":\"USD\"}",
+        );
+    };
+    let (Ok(currency), true) = (Currency::from_code(&p.currency), p.count <= 100_000) else {
+        return bad_request("unknown currency, or count over 100000");
+    };
+    let Ok(amount) = currency.parse_amount(&p.amount) else {
+        return bad_request(
+            "amount must be a positive decimal string in the currency's minor digits",
+        );
+    };
+    let usd = Currency::from_code("USD").expect("USD");
+    let mut out = Vec::with_capacity(p.count);
+    let mut b = sb.lock();
+    for _ in 0..p.count {
+        let sale = SbSale {
+            transaction_no: random_digits(18),
+            reference: format!("sb{}", random_digits(14)),
+            amount,
+            currency,
+            settle_currency: usd,
+            status: "success".into(),
+            refunds: vec![],
+        };
+        out.push(sale.transaction_no.clone());
+        b.pockyt.insert(sale);
+    }
+    drop(b);
+    (StatusCode::CREATED, Json(json!({ "transactionNos": out }))).into_response()
 }
 
 fn envelope(code: &str, msg: &str) -> Response {

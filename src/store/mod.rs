@@ -482,6 +482,40 @@ impl Store {
         Ok(out)
     }
 
+    /// The benchmark's database floor: the three write transactions a refund
+    /// costs the gateway (record + reservation, mark sent, outcome), shaped
+    /// alike but with none of the gateway's logic, on this store's pool.
+    pub async fn floor_probe(&self, id: &str, now: i64) -> Result<()> {
+        {
+            let _gate = self.gate().await;
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("INSERT INTO sales (account, transaction_no, amount_minor, currency, reserved_minor) VALUES ('floor', $1, 100, 'USD', 100)")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO refunds (id, client, account, provider, livemode, status, amount_minor, currency, transaction_no, \
+                 provider_reference, metadata, request_hash, submission, check_attempts, created_at, updated_at) \
+                 VALUES ($1, 'floor', 'floor', 'pockyt', 0, 'pending', 100, 'USD', $1, $1, '{}', 'h', 'prepared', 0, $2, $2)",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }
+        self.mark_sent(id, now).await?;
+        let _gate = self.gate().await;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE refunds SET status = 'succeeded', response_code = 201, response_body = '{}', updated_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Number of pending refunds and the creation time of the oldest.
     pub async fn pending_summary(&self) -> Result<(i64, Option<i64>)> {
         let row = sqlx::query(
