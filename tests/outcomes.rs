@@ -360,6 +360,7 @@ async fn event_before_its_refund_is_kept_and_applied(db: Db) {
         review_reason: None,
         created_at: now,
         updated_at: now,
+        version: 0,
     };
     let created = app
         .gateway

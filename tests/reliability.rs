@@ -203,6 +203,7 @@ async fn reconciliation_leases_are_exclusive(db: Db) {
             review_reason: None,
             created_at: now,
             updated_at: now,
+            version: 0,
         };
         a.create_refund(&row, &Default::default()).await.unwrap();
     }

@@ -300,6 +300,7 @@ impl Gateway {
             review_reason: None,
             created_at: now,
             updated_at: now,
+            version: 0,
         };
         match self.store.create_refund(&row, &terms).await? {
             CreateOutcome::Created => {}
@@ -331,7 +332,14 @@ impl Gateway {
             }
         }
 
-        self.store.mark_sent(&id, now_ms()).await?;
+        let sent_at = now_ms();
+        self.store.mark_sent(&id, sent_at).await?;
+        let row = RefundRow {
+            submission: "sent".into(),
+            updated_at: sent_at,
+            version: row.version + 1,
+            ..row
+        };
         let call = RefundCall {
             refund_id: id.clone(),
             provider_reference: row.provider_reference.clone(),
@@ -345,7 +353,7 @@ impl Gateway {
         let policy = self.reconcile;
         let updated = self
             .store
-            .update_refund(&id, |current| {
+            .update_refund(&id, Some(&row), |current| {
                 let now = now_ms();
                 let mut u =
                     self.with_receipt(current, apply_answer(current, &answer, now, &policy));
@@ -371,7 +379,7 @@ impl Gateway {
         let policy = self.reconcile;
         let updated = self
             .store
-            .update_refund(&row.id, |current| {
+            .update_refund(&row.id, Some(row), |current| {
                 let u =
                     self.with_receipt(current, apply_answer(current, &answer, now_ms(), &policy));
                 (u != RefundUpdate::from_row(current, u.updated_at)).then_some(u)

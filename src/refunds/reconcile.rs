@@ -74,7 +74,7 @@ impl Gateway {
         let answer = handle.client.refund_status(&status_query(&row)).await;
         let policy = self.reconcile;
         self.store
-            .update_refund(&row.id, |current| {
+            .update_refund(&row.id, Some(&row), |current| {
                 let now = now_ms();
                 let mut u = apply_answer(current, &answer, now, &policy);
                 u.lease_until = None;

@@ -192,7 +192,7 @@ impl Gateway {
         let policy = self.reconcile;
         let mut conflict = false;
         self.store
-            .update_refund(&refund.id, |current| {
+            .update_refund(&refund.id, Some(refund), |current| {
                 let now = now_ms();
                 let mut u = super::apply_answer(current, &answer, now, &policy);
                 if Status::parse(&current.status)

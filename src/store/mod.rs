@@ -90,7 +90,7 @@ const SELECT_REFUND: &str = "SELECT id, client, account, provider, livemode, sta
     settle_currency, transaction_no, reference, refund_reference, provider_reference, provider_refund_id, \
     provider_status, provider_code, provider_message, failure_code, failure_message, reason, receipt_email, \
     metadata, idempotency_key, request_hash, submission, response_code, response_body, inflight_until, \
-    check_attempts, next_check_at, lease_until, review_reason, created_at, updated_at FROM refunds";
+    check_attempts, next_check_at, lease_until, review_reason, created_at, updated_at, version FROM refunds";
 
 impl Store {
     /// Connects, creating the SQLite file if needed, and runs migrations.
@@ -196,29 +196,25 @@ impl Store {
     pub async fn create_refund(&self, new: &RefundRow, sale: &SaleTerms) -> Result<CreateOutcome> {
         let _gate = self.gate().await;
         let mut tx = self.pool.begin().await?;
-        // The first statement writes, so SQLite takes its write lock up front.
-        sqlx::query(
+        // One upsert creates the sale row or reserves against it, atomically on
+        // both backends: on Postgres a concurrent transaction waits on the row
+        // lock and re-checks the condition. Being a write, it also takes
+        // SQLite's write lock up front.
+        let reserved = sqlx::query(
             "INSERT INTO sales (account, transaction_no, amount_minor, currency, reserved_minor) \
-             VALUES ($1, $2, $3, $4, 0) \
-             ON CONFLICT (account, transaction_no) DO UPDATE SET amount_minor = COALESCE(sales.amount_minor, excluded.amount_minor)",
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (account, transaction_no) DO UPDATE \
+             SET reserved_minor = sales.reserved_minor + excluded.reserved_minor, \
+                 amount_minor = COALESCE(sales.amount_minor, excluded.amount_minor) \
+             WHERE sales.currency = excluded.currency \
+               AND (COALESCE(sales.amount_minor, excluded.amount_minor) IS NULL \
+                    OR sales.reserved_minor + excluded.reserved_minor <= COALESCE(sales.amount_minor, excluded.amount_minor))",
         )
         .bind(&new.account)
         .bind(&new.transaction_no)
         .bind(sale.amount_minor)
         .bind(&new.currency)
-        .execute(&mut *tx)
-        .await?;
-        // A conditional update is atomic on both backends: on Postgres a
-        // concurrent transaction waits on the row lock and re-checks the condition.
-        let reserved = sqlx::query(
-            "UPDATE sales SET reserved_minor = reserved_minor + $3 \
-             WHERE account = $1 AND transaction_no = $2 AND currency = $4 \
-             AND (amount_minor IS NULL OR reserved_minor + $3 <= amount_minor)",
-        )
-        .bind(&new.account)
-        .bind(&new.transaction_no)
         .bind(new.amount_minor)
-        .bind(&new.currency)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -284,7 +280,7 @@ impl Store {
     /// is written, the gateway can prove the provider never saw the refund.
     pub async fn mark_sent(&self, id: &str, now: i64) -> Result<()> {
         let _gate = self.gate().await;
-        sqlx::query("UPDATE refunds SET submission = 'sent', updated_at = $2 WHERE id = $1")
+        sqlx::query("UPDATE refunds SET submission = 'sent', updated_at = $2, version = version + 1 WHERE id = $1")
             .bind(id)
             .bind(now)
             .execute(&self.pool)
@@ -292,43 +288,99 @@ impl Store {
         Ok(())
     }
 
-    /// Applies a provider answer to a refund. `transition` decides, from the
-    /// row as it is inside the transaction, what changes. Releasing the
-    /// reservation on `failed` happens in the same transaction, exactly once.
+    /// Applies a change to a refund. `transition` decides, from the row as it
+    /// is, what changes (`None`: nothing). The write applies only to the
+    /// version it was computed from; if another writer got there first, the
+    /// row is read again and `transition` asked again. Releasing the
+    /// reservation on `failed` and enqueueing a receipt email happen in the
+    /// same transaction as the status change, exactly once.
+    ///
+    /// `known` is the row as the caller last wrote it, saving a read on the
+    /// hot path when nobody else has touched it since.
     pub async fn update_refund<F>(
         &self,
         id: &str,
-        transition: F,
+        known: Option<&RefundRow>,
+        mut transition: F,
     ) -> Result<Option<(RefundRow, bool)>>
     where
-        F: FnOnce(&RefundRow) -> Option<RefundUpdate>,
+        F: FnMut(&RefundRow) -> Option<RefundUpdate>,
     {
-        let _gate = self.gate().await;
-        let mut tx = self.pool.begin().await?;
-        // Touch the row first: it takes SQLite's write lock and Postgres's row lock.
-        let touched = sqlx::query("UPDATE refunds SET updated_at = updated_at WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if touched == 0 {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        let row = sqlx::query(&format!("{SELECT_REFUND} WHERE id = $1"))
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let current = RefundRow::from_row(&row)?;
-        let Some(u) = transition(&current) else {
-            tx.rollback().await?;
-            return Ok(Some((current, false)));
+        let mut current = match known {
+            Some(r) => r.clone(),
+            None => match self.get_refund_any_client(id).await? {
+                Some(r) => r,
+                None => return Ok(None),
+            },
         };
-        sqlx::query(
+        loop {
+            let Some(u) = transition(&current) else {
+                return Ok(Some((current, false)));
+            };
+            let releases = current.status != "failed" && u.status == "failed";
+            let applied = {
+                let _gate = self.gate().await;
+                if releases || u.email.is_some() {
+                    let mut tx = self.pool.begin().await?;
+                    let n = Self::write_update(&mut *tx, id, current.version, &u).await?;
+                    if n == 1 {
+                        if let Some(e) = &u.email {
+                            sqlx::query(
+                                "INSERT INTO email_outbox (refund_id, to_addr, subject, body, state, attempts, next_attempt_at, created_at) \
+                                 VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5) ON CONFLICT DO NOTHING",
+                            )
+                            .bind(id)
+                            .bind(&e.to)
+                            .bind(&e.subject)
+                            .bind(&e.body)
+                            .bind(u.updated_at)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        if releases {
+                            sqlx::query("UPDATE sales SET reserved_minor = reserved_minor - $3 WHERE account = $1 AND transaction_no = $2")
+                                .bind(&current.account)
+                                .bind(&current.transaction_no)
+                                .bind(current.amount_minor)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        tx.commit().await?;
+                    } else {
+                        tx.rollback().await?;
+                    }
+                    n == 1
+                } else {
+                    Self::write_update(&self.pool, id, current.version, &u).await? == 1
+                }
+            };
+            if applied {
+                let mut after = current;
+                u.apply_to(&mut after);
+                after.version += 1;
+                return Ok(Some((after, true)));
+            }
+            current = match self.get_refund_any_client(id).await? {
+                Some(r) => r,
+                None => return Ok(None),
+            };
+        }
+    }
+
+    async fn write_update<'e, E>(
+        executor: E,
+        id: &str,
+        version: i64,
+        u: &RefundUpdate,
+    ) -> Result<u64>
+    where
+        E: sqlx::Executor<'e, Database = sqlx::Any>,
+    {
+        Ok(sqlx::query(
             "UPDATE refunds SET status = $2, provider_refund_id = $3, provider_status = $4, provider_code = $5, \
              provider_message = $6, failure_code = $7, failure_message = $8, response_code = $9, response_body = $10, \
              inflight_until = $11, check_attempts = $12, next_check_at = $13, lease_until = $14, review_reason = $15, \
-             updated_at = $16 WHERE id = $1",
+             updated_at = $16, version = version + 1 WHERE id = $1 AND version = $17",
         )
         .bind(id)
         .bind(&u.status)
@@ -346,33 +398,10 @@ impl Store {
         .bind(u.lease_until)
         .bind(&u.review_reason)
         .bind(u.updated_at)
-        .execute(&mut *tx)
-        .await?;
-        if let Some(e) = &u.email {
-            sqlx::query(
-                "INSERT INTO email_outbox (refund_id, to_addr, subject, body, state, attempts, next_attempt_at, created_at) \
-                 VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5) ON CONFLICT DO NOTHING",
-            )
-            .bind(id)
-            .bind(&e.to)
-            .bind(&e.subject)
-            .bind(&e.body)
-            .bind(u.updated_at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if current.status != "failed" && u.status == "failed" {
-            sqlx::query("UPDATE sales SET reserved_minor = reserved_minor - $3 WHERE account = $1 AND transaction_no = $2")
-                .bind(&current.account)
-                .bind(&current.transaction_no)
-                .bind(current.amount_minor)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        let mut after = current;
-        u.apply_to(&mut after);
-        Ok(Some((after, true)))
+        .bind(version)
+        .execute(executor)
+        .await?
+        .rows_affected())
     }
 
     pub async fn get_refund(&self, client: &str, id: &str) -> Result<Option<RefundRow>> {
@@ -506,13 +535,11 @@ impl Store {
         }
         self.mark_sent(id, now).await?;
         let _gate = self.gate().await;
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE refunds SET status = 'succeeded', response_code = 201, response_body = '{}', updated_at = $2 WHERE id = $1")
+        sqlx::query("UPDATE refunds SET status = 'succeeded', response_code = 201, response_body = '{}', updated_at = $2, version = version + 1 WHERE id = $1 AND version = 1")
             .bind(id)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -807,6 +834,7 @@ impl RefundRow {
             review_reason: r.try_get("review_reason")?,
             created_at: r.try_get("created_at")?,
             updated_at: r.try_get("updated_at")?,
+            version: r.try_get("version")?,
         })
     }
 }

@@ -38,6 +38,8 @@ pub struct RefundRow {
     pub review_reason: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Bumped by every write; updates apply only to the version they read.
+    pub version: i64,
 }
 
 /// What the provider told us about the sale before the refund (where it can).
