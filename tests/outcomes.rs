@@ -369,14 +369,18 @@ async fn event_before_its_refund_is_kept_and_applied(db: Db) {
         .await
         .unwrap();
     assert_eq!(created, refund_gateway::store::CreateOutcome::Created);
-    app.gateway.apply_waiting_events(&row).await.unwrap();
-    row = app
-        .gateway
-        .store
-        .get_refund_any_client("rf_early")
-        .await
-        .unwrap()
-        .unwrap();
+    // The reconciliation loop retries waiting events and applies it.
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while row.status != "succeeded" && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        row = app
+            .gateway
+            .store
+            .get_refund_any_client("rf_early")
+            .await
+            .unwrap()
+            .unwrap();
+    }
     assert_eq!(row.status, "succeeded");
     assert!(app
         .gateway

@@ -314,6 +314,49 @@ where
     tally.summary(start.elapsed())
 }
 
+/// A refund row like the gateway writes for a 1.00 USD Pockyt refund.
+fn floor_row(n: u64) -> refund_gateway::store::RefundRow {
+    let now = refund_gateway::refunds::now_ms();
+    let id = format!("rf_floor_{n}_{}", ulid::Ulid::new());
+    refund_gateway::store::RefundRow {
+        id: id.clone(),
+        client: "floor".into(),
+        account: "floor".into(),
+        provider: "pockyt".into(),
+        livemode: 0,
+        status: "pending".into(),
+        amount_minor: 100,
+        currency: "USD".into(),
+        settle_currency: Some("USD".into()),
+        transaction_no: id.clone(),
+        reference: Some(format!("ref{n}")),
+        refund_reference: None,
+        provider_reference: id.clone(),
+        provider_refund_id: None,
+        provider_status: None,
+        provider_code: None,
+        provider_message: None,
+        failure_code: None,
+        failure_message: None,
+        reason: None,
+        receipt_email: None,
+        metadata: "{}".into(),
+        idempotency_key: Some(id),
+        request_hash: "0".repeat(64),
+        submission: "prepared".into(),
+        response_code: None,
+        response_body: None,
+        inflight_until: Some(now + 32_000),
+        check_attempts: 0,
+        next_check_at: Some(now + 32_000),
+        lease_until: None,
+        review_reason: None,
+        created_at: now,
+        updated_at: now,
+        version: 0,
+    }
+}
+
 fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -452,13 +495,7 @@ async fn run_bench(args: Args) -> anyhow::Result<()> {
             let (store, counter) = (store.clone(), counter.clone());
             async move {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
-                store
-                    .floor_probe(
-                        &format!("floor_{n}_{}", ulid::Ulid::new()),
-                        refund_gateway::refunds::now_ms(),
-                    )
-                    .await
-                    .is_ok()
+                store.floor_probe(&floor_row(n)).await.is_ok()
             }
         }
     };

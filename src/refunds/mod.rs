@@ -189,19 +189,38 @@ impl Gateway {
     }
 
     /// The whole `POST /v1/refunds` flow after validation.
+    ///
+    /// There is no read for duplicates up front: the insert itself detects a
+    /// taken key or reference. A refusal, though, is checked against earlier
+    /// requests first, so a replay gets its stored answer rather than a
+    /// refusal (say, after the first request refunded the whole sale).
     pub async fn create(&self, client: &Client, req: NewRefund) -> Result<Created, Refusal> {
-        let now = now_ms();
-        if let Some(existing) = self
-            .store
-            .find_duplicate(
-                &client.name,
-                req.idempotency_key.as_deref(),
-                req.refund_reference.as_deref(),
-            )
-            .await?
-        {
-            return Ok(Self::answer_duplicate(existing, &req.request_hash, now));
+        match self.create_new(client, &req).await {
+            Err(Refusal::Store(e)) => Err(Refusal::Store(e)),
+            Err(refusal) => {
+                match self
+                    .store
+                    .find_duplicate(
+                        &client.name,
+                        req.idempotency_key.as_deref(),
+                        req.refund_reference.as_deref(),
+                    )
+                    .await?
+                {
+                    Some(existing) => Ok(Self::answer_duplicate(
+                        existing,
+                        &req.request_hash,
+                        now_ms(),
+                    )),
+                    None => Err(refusal),
+                }
+            }
+            ok => ok,
         }
+    }
+
+    async fn create_new(&self, client: &Client, req: &NewRefund) -> Result<Created, Refusal> {
+        let now = now_ms();
         let handle = client
             .accounts
             .get(&req.provider)

@@ -116,6 +116,9 @@ pub async fn run(gateway: Arc<Gateway>, mut shutdown: tokio::sync::watch::Receiv
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "reconciliation pass failed"),
         }
+        if let Err(e) = gateway.retry_unmatched_events().await {
+            tracing::warn!(error = %e, "retrying waiting webhooks failed");
+        }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,

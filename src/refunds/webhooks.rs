@@ -220,14 +220,24 @@ impl Gateway {
         Ok(WebhookReply::Accepted)
     }
 
-    /// Applies events that arrived before their refund was known.
-    pub async fn apply_waiting_events(&self, refund: &RefundRow) -> Result<(), StoreError> {
-        for ev in self.store.unmatched_events_for(refund).await? {
-            if let Err(e) = self.apply_event(&ev, refund).await {
-                tracing::warn!(event = %ev.id, error = %e, "waiting webhook could not be applied");
+    /// Retries stored events that matched no refund when they arrived (the
+    /// webhook beat the provider's answer that told us its refund id). Runs
+    /// in the reconciliation loop; events older than a day are left alone.
+    pub async fn retry_unmatched_events(&self) -> Result<usize, StoreError> {
+        let events = self
+            .store
+            .unmatched_events(now_ms() - 86_400_000, 50)
+            .await?;
+        let mut applied = 0;
+        for ev in &events {
+            match self.process_event(ev).await {
+                Ok(_) => applied += 1,
+                Err(e) => {
+                    tracing::warn!(event = %ev.id, error = %e, "waiting webhook could not be applied")
+                }
             }
         }
-        Ok(())
+        Ok(applied)
     }
 }
 

@@ -86,6 +86,54 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Reserve a refund's amount against its sale (binds: see `bind_new_refund`).
+const RESERVE: &str = "INSERT INTO sales (account, transaction_no, amount_minor, currency, reserved_minor) \
+    VALUES ($3, $10, $22, $8, $7) \
+    ON CONFLICT (account, transaction_no) DO UPDATE \
+    SET reserved_minor = sales.reserved_minor + excluded.reserved_minor, \
+        amount_minor = COALESCE(sales.amount_minor, excluded.amount_minor) \
+    WHERE sales.currency = excluded.currency \
+      AND (COALESCE(sales.amount_minor, excluded.amount_minor) IS NULL \
+           OR sales.reserved_minor + excluded.reserved_minor <= COALESCE(sales.amount_minor, excluded.amount_minor))";
+
+const INSERT_REFUND: &str = "INSERT INTO refunds (id, client, account, provider, livemode, status, amount_minor, currency, \
+    settle_currency, transaction_no, reference, refund_reference, provider_reference, reason, receipt_email, metadata, \
+    idempotency_key, request_hash, submission, inflight_until, check_attempts, next_check_at, created_at, updated_at)";
+
+const REFUND_VALUES: &str =
+    "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, 'prepared', $19, 0, $20, $21, $21";
+
+/// Binds a new refund (and the sale's known amount as `$22`) for [`RESERVE`],
+/// [`INSERT_REFUND`] and [`REFUND_VALUES`], which share one numbering.
+fn bind_new_refund<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    new: &'q RefundRow,
+    sale: &SaleTerms,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    q.bind(&new.id)
+        .bind(&new.client)
+        .bind(&new.account)
+        .bind(&new.provider)
+        .bind(new.livemode)
+        .bind(&new.status)
+        .bind(new.amount_minor)
+        .bind(&new.currency)
+        .bind(&new.settle_currency)
+        .bind(&new.transaction_no)
+        .bind(&new.reference)
+        .bind(&new.refund_reference)
+        .bind(&new.provider_reference)
+        .bind(&new.reason)
+        .bind(&new.receipt_email)
+        .bind(&new.metadata)
+        .bind(&new.idempotency_key)
+        .bind(&new.request_hash)
+        .bind(new.inflight_until)
+        .bind(new.next_check_at)
+        .bind(new.created_at)
+        .bind(sale.amount_minor)
+}
+
 const SELECT_REFUND: &str = "SELECT id, client, account, provider, livemode, status, amount_minor, currency, \
     settle_currency, transaction_no, reference, refund_reference, provider_reference, provider_refund_id, \
     provider_status, provider_code, provider_message, failure_code, failure_message, reason, receipt_email, \
@@ -110,7 +158,11 @@ impl Store {
         let opts = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
             .min_connections(if backend == Backend::Postgres { 2 } else { 1 })
-            .acquire_timeout(Duration::from_secs(5));
+            .acquire_timeout(Duration::from_secs(5))
+            // A ping before every acquire doubles the round trips of short
+            // queries; a dead connection surfaces as a query error instead
+            // (mapped to 503) and is dropped by the pool.
+            .test_before_acquire(false);
         let pool = match backend {
             Backend::Sqlite => {
                 opts.after_connect(|conn, _| {
@@ -180,8 +232,10 @@ impl Store {
         if idempotency_key.is_none() && refund_reference.is_none() {
             return Ok(None);
         }
+        // Two index lookups rather than one OR, which planners may turn into a scan.
         let sql = format!(
-            "{SELECT_REFUND} WHERE client = $1 AND (idempotency_key = $2 OR refund_reference = $3) LIMIT 1"
+            "SELECT * FROM ({SELECT_REFUND} WHERE client = $1 AND idempotency_key = $2 \
+             UNION ALL {SELECT_REFUND} WHERE client = $1 AND refund_reference = $3) AS dup LIMIT 1"
         );
         let row = sqlx::query(&sql)
             .bind(client)
@@ -193,87 +247,76 @@ impl Store {
     }
 
     /// Records a new refund and reserves its amount against the sale, atomically.
+    ///
+    /// The reservation is one upsert that creates the sale row or adds to it
+    /// only while the total stays within the sale: atomic on both backends (on
+    /// Postgres a concurrent writer waits on the row lock and re-checks the
+    /// condition). On Postgres the upsert and the refund insert are one
+    /// statement (a data-modifying CTE), so a refund costs one round trip; a
+    /// taken idempotency key or reference aborts the whole statement.
     pub async fn create_refund(&self, new: &RefundRow, sale: &SaleTerms) -> Result<CreateOutcome> {
-        let _gate = self.gate().await;
-        let mut tx = self.pool.begin().await?;
-        // One upsert creates the sale row or reserves against it, atomically on
-        // both backends: on Postgres a concurrent transaction waits on the row
-        // lock and re-checks the condition. Being a write, it also takes
-        // SQLite's write lock up front.
-        let reserved = sqlx::query(
-            "INSERT INTO sales (account, transaction_no, amount_minor, currency, reserved_minor) \
-             VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (account, transaction_no) DO UPDATE \
-             SET reserved_minor = sales.reserved_minor + excluded.reserved_minor, \
-                 amount_minor = COALESCE(sales.amount_minor, excluded.amount_minor) \
-             WHERE sales.currency = excluded.currency \
-               AND (COALESCE(sales.amount_minor, excluded.amount_minor) IS NULL \
-                    OR sales.reserved_minor + excluded.reserved_minor <= COALESCE(sales.amount_minor, excluded.amount_minor))",
-        )
-        .bind(&new.account)
-        .bind(&new.transaction_no)
-        .bind(sale.amount_minor)
-        .bind(&new.currency)
-        .bind(new.amount_minor)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if reserved == 0 {
-            let row = sqlx::query("SELECT amount_minor, currency, reserved_minor FROM sales WHERE account = $1 AND transaction_no = $2")
-                .bind(&new.account)
-                .bind(&new.transaction_no)
-                .fetch_one(&mut *tx)
-                .await?;
-            tx.rollback().await?;
-            let currency: String = row.try_get("currency")?;
-            if currency != new.currency {
-                return Ok(CreateOutcome::CurrencyMismatch {
-                    sale_currency: currency,
-                });
+        let inserted = match self.backend {
+            Backend::Postgres => {
+                let sql = format!("WITH reserve AS ({RESERVE} RETURNING 1) {INSERT_REFUND} SELECT {REFUND_VALUES} FROM reserve");
+                match bind_new_refund(sqlx::query(&sql), new, sale)
+                    .execute(&self.pool)
+                    .await
+                {
+                    Ok(r) => r.rows_affected(),
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                        return Ok(CreateOutcome::Duplicate)
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
-            let amount: Option<i64> = row.try_get("amount_minor")?;
-            let reserved: i64 = row.try_get("reserved_minor")?;
-            return Ok(CreateOutcome::ExceedsRefundable {
-                refundable_minor: amount.unwrap_or(0).saturating_sub(reserved).max(0),
+            Backend::Sqlite => {
+                let _gate = self.gate().await;
+                let mut tx = self.pool.begin().await?;
+                // The upsert writes first, so SQLite takes its write lock up front.
+                let reserved = bind_new_refund(sqlx::query(RESERVE), new, sale)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if reserved == 0 {
+                    tx.rollback().await?;
+                    0
+                } else {
+                    let sql =
+                        format!("{INSERT_REFUND} VALUES ({REFUND_VALUES}) ON CONFLICT DO NOTHING");
+                    if bind_new_refund(sqlx::query(&sql), new, sale)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                        == 0
+                    {
+                        tx.rollback().await?;
+                        return Ok(CreateOutcome::Duplicate);
+                    }
+                    tx.commit().await?;
+                    1
+                }
+            }
+        };
+        if inserted == 1 {
+            return Ok(CreateOutcome::Created);
+        }
+        // The reservation was refused: say why.
+        let row = sqlx::query("SELECT amount_minor, currency, reserved_minor FROM sales WHERE account = $1 AND transaction_no = $2")
+            .bind(&new.account)
+            .bind(&new.transaction_no)
+            .fetch_one(&self.pool)
+            .await?;
+        let currency: String = row.try_get("currency")?;
+        if currency != new.currency {
+            return Ok(CreateOutcome::CurrencyMismatch {
+                sale_currency: currency,
             });
         }
-        let inserted = sqlx::query(
-            "INSERT INTO refunds (id, client, account, provider, livemode, status, amount_minor, currency, settle_currency, \
-             transaction_no, reference, refund_reference, provider_reference, reason, receipt_email, metadata, \
-             idempotency_key, request_hash, submission, inflight_until, check_attempts, next_check_at, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, 'prepared', $19, 0, $20, $21, $21) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&new.id)
-        .bind(&new.client)
-        .bind(&new.account)
-        .bind(&new.provider)
-        .bind(new.livemode)
-        .bind(&new.status)
-        .bind(new.amount_minor)
-        .bind(&new.currency)
-        .bind(&new.settle_currency)
-        .bind(&new.transaction_no)
-        .bind(&new.reference)
-        .bind(&new.refund_reference)
-        .bind(&new.provider_reference)
-        .bind(&new.reason)
-        .bind(&new.receipt_email)
-        .bind(&new.metadata)
-        .bind(&new.idempotency_key)
-        .bind(&new.request_hash)
-        .bind(new.inflight_until)
-        .bind(new.next_check_at)
-        .bind(new.created_at)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            tx.rollback().await?;
-            return Ok(CreateOutcome::Duplicate);
-        }
-        tx.commit().await?;
-        Ok(CreateOutcome::Created)
+        let amount: Option<i64> = row.try_get("amount_minor")?;
+        let reserved: i64 = row.try_get("reserved_minor")?;
+        Ok(CreateOutcome::ExceedsRefundable {
+            refundable_minor: amount.unwrap_or(0).saturating_sub(reserved).max(0),
+        })
     }
 
     /// Records that the request is about to leave for the provider. Until this
@@ -512,34 +555,30 @@ impl Store {
     }
 
     /// The benchmark's database floor: the three write transactions a refund
-    /// costs the gateway (record + reservation, mark sent, outcome), shaped
-    /// alike but with none of the gateway's logic, on this store's pool.
-    pub async fn floor_probe(&self, id: &str, now: i64) -> Result<()> {
-        {
-            let _gate = self.gate().await;
-            let mut tx = self.pool.begin().await?;
-            sqlx::query("INSERT INTO sales (account, transaction_no, amount_minor, currency, reserved_minor) VALUES ('floor', $1, 100, 'USD', 100)")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(
-                "INSERT INTO refunds (id, client, account, provider, livemode, status, amount_minor, currency, transaction_no, \
-                 provider_reference, metadata, request_hash, submission, check_attempts, created_at, updated_at) \
-                 VALUES ($1, 'floor', 'floor', 'pockyt', 0, 'pending', 100, 'USD', $1, $1, '{}', 'h', 'prepared', 0, $2, $2)",
+    /// costs the gateway (record + reservation, mark sent, outcome), issued
+    /// directly with the very same statements, without HTTP, providers or logic.
+    pub async fn floor_probe(&self, row: &RefundRow) -> Result<()> {
+        let created = self
+            .create_refund(
+                row,
+                &SaleTerms {
+                    amount_minor: Some(row.amount_minor),
+                },
             )
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
+        if created != CreateOutcome::Created {
+            return Err(StoreError::Corrupt(format!(
+                "floor refund {} not created: {created:?}",
+                row.id
+            )));
         }
-        self.mark_sent(id, now).await?;
+        self.mark_sent(&row.id, row.created_at).await?;
+        let mut u = RefundUpdate::from_row(row, row.created_at);
+        u.status = "succeeded".into();
+        u.response_code = Some(201);
+        u.response_body = Some("{}".into());
         let _gate = self.gate().await;
-        sqlx::query("UPDATE refunds SET status = 'succeeded', response_code = 201, response_body = '{}', updated_at = $2, version = version + 1 WHERE id = $1 AND version = 1")
-            .bind(id)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
+        Self::write_update(&self.pool, &row.id, row.version + 1, &u).await?;
         Ok(())
     }
 
@@ -617,7 +656,10 @@ impl Store {
         if provider_refund_id.is_none() && provider_reference.is_none() {
             return Ok(None);
         }
-        let sql = format!("{SELECT_REFUND} WHERE account = $1 AND (provider_refund_id = $2 OR provider_reference = $3) LIMIT 1");
+        let sql = format!(
+            "SELECT * FROM ({SELECT_REFUND} WHERE account = $1 AND provider_reference = $3 \
+             UNION ALL {SELECT_REFUND} WHERE account = $1 AND provider_refund_id = $2) AS m LIMIT 1"
+        );
         let row = sqlx::query(&sql)
             .bind(account)
             .bind(provider_refund_id)
@@ -657,15 +699,12 @@ impl Store {
         Ok(())
     }
 
-    /// Stored events that matched nothing yet and name this refund.
-    pub async fn unmatched_events_for(&self, refund: &RefundRow) -> Result<Vec<WebhookRow>> {
-        let sql = format!(
-            "{SELECT_EVENT} WHERE account = $1 AND state = 'unmatched' AND (provider_reference = $2 OR provider_refund_id = $3) ORDER BY received_at"
-        );
+    /// Stored events that matched no refund yet, oldest first.
+    pub async fn unmatched_events(&self, since: i64, limit: i64) -> Result<Vec<WebhookRow>> {
+        let sql = format!("{SELECT_EVENT} WHERE state = 'unmatched' AND received_at >= $1 ORDER BY received_at LIMIT $2");
         let rows = sqlx::query(&sql)
-            .bind(&refund.account)
-            .bind(&refund.provider_reference)
-            .bind(refund.provider_refund_id.as_deref().unwrap_or(""))
+            .bind(since)
+            .bind(limit)
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(WebhookRow::from_row).collect()
