@@ -446,6 +446,15 @@ async fn run_bench(args: Args) -> anyhow::Result<()> {
     };
     saturate(args.concurrency, Duration::from_secs(2), op.clone()).await;
 
+    // The fixed-rate phase runs first, so the saturated phases' aftermath
+    // (vacuum, checkpoints, WAL growth) does not colour its latencies.
+    eprintln!("refund-bench: gateway at a fixed {} refunds/s", args.rate);
+    let fixed = fixed_rate(
+        args.rate,
+        Duration::from_secs(args.rate_duration),
+        op.clone(),
+    )
+    .await;
     eprintln!("refund-bench: gateway, saturated");
     let gateway_sat = saturate(args.concurrency, duration, op.clone()).await;
 
@@ -502,13 +511,6 @@ async fn run_bench(args: Args) -> anyhow::Result<()> {
     let floor = saturate(args.concurrency, duration, floor_op).await;
     store.close().await;
 
-    eprintln!("refund-bench: gateway at a fixed {} refunds/s", args.rate);
-    let fixed = fixed_rate(
-        args.rate,
-        Duration::from_secs(args.rate_duration),
-        op.clone(),
-    )
-    .await;
     let rss = peak_rss_mib(gateway.0.id());
 
     let floor_tps = floor.rps * 3.0;
