@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{AnyConnection, AnyPool, Executor, Row};
 
+mod batch;
 pub mod model;
 
 pub use model::*;
@@ -62,6 +63,8 @@ pub struct Store {
     /// than letting them spin on SQLITE_BUSY. Other processes still serialise on
     /// SQLite's own file lock.
     write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// SQLite only: the group-commit writer for the refund hot path.
+    batch: Option<batch::Batcher>,
 }
 
 impl std::fmt::Debug for Store {
@@ -180,7 +183,19 @@ impl Store {
         let store = Store {
             pool,
             backend,
-            write_gate: (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(()))),
+            write_gate: None,
+            batch: None,
+        };
+        let store = match backend {
+            Backend::Sqlite => {
+                let gate = Arc::new(tokio::sync::Mutex::new(()));
+                Store {
+                    batch: Some(batch::Batcher::spawn(store.pool.clone(), gate.clone())),
+                    write_gate: Some(gate),
+                    ..store
+                }
+            }
+            Backend::Postgres => store,
         };
         store.migrate().await?;
         Ok(store)
@@ -270,31 +285,34 @@ impl Store {
                 }
             }
             Backend::Sqlite => {
-                let _gate = self.gate().await;
-                let mut tx = self.pool.begin().await?;
-                // The upsert writes first, so SQLite takes its write lock up front.
-                let reserved = bind_new_refund(sqlx::query(RESERVE), new, sale)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if reserved == 0 {
-                    tx.rollback().await?;
-                    0
-                } else {
-                    let sql =
-                        format!("{INSERT_REFUND} VALUES ({REFUND_VALUES}) ON CONFLICT DO NOTHING");
-                    if bind_new_refund(sqlx::query(&sql), new, sale)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected()
-                        == 0
-                    {
-                        tx.rollback().await?;
-                        return Ok(CreateOutcome::Duplicate);
-                    }
-                    tx.commit().await?;
-                    1
+                let (new, sale) = (new.clone(), *sale);
+                let code = self
+                    .batcher()?
+                    .run(move |conn| {
+                        Box::pin(async move {
+                            let reserved = bind_new_refund(sqlx::query(RESERVE), &new, &sale)
+                                .execute(&mut *conn)
+                                .await?
+                                .rows_affected();
+                            if reserved == 0 {
+                                return Ok((0u64, false));
+                            }
+                            let sql = format!(
+                                "{INSERT_REFUND} VALUES ({REFUND_VALUES}) ON CONFLICT DO NOTHING"
+                            );
+                            let inserted = bind_new_refund(sqlx::query(&sql), &new, &sale)
+                                .execute(&mut *conn)
+                                .await?
+                                .rows_affected();
+                            // 2: the key or reference is taken; undo the reservation too.
+                            Ok(if inserted == 1 { (1, true) } else { (2, false) })
+                        })
+                    })
+                    .await?;
+                if code == 2 {
+                    return Ok(CreateOutcome::Duplicate);
                 }
+                code
             }
         };
         if inserted == 1 {
@@ -322,12 +340,100 @@ impl Store {
     /// Records that the request is about to leave for the provider. Until this
     /// is written, the gateway can prove the provider never saw the refund.
     pub async fn mark_sent(&self, id: &str, now: i64) -> Result<()> {
-        let _gate = self.gate().await;
-        sqlx::query("UPDATE refunds SET submission = 'sent', updated_at = $2, version = version + 1 WHERE id = $1")
+        const SQL: &str = "UPDATE refunds SET submission = 'sent', updated_at = $2, version = version + 1 WHERE id = $1";
+        match &self.batch {
+            Some(b) => {
+                let id = id.to_string();
+                b.run(move |conn| {
+                    Box::pin(async move {
+                        sqlx::query(SQL)
+                            .bind(&id)
+                            .bind(now)
+                            .execute(&mut *conn)
+                            .await?;
+                        Ok(((), true))
+                    })
+                })
+                .await
+            }
+            None => {
+                sqlx::query(SQL)
+                    .bind(id)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    fn batcher(&self) -> Result<&batch::Batcher> {
+        self.batch
+            .as_ref()
+            .ok_or_else(|| StoreError::Corrupt("group commit is SQLite-only".into()))
+    }
+
+    /// One versioned write of `u`, with the reservation release and the
+    /// receipt email when they apply, all in one transaction. True if applied.
+    async fn apply_update(&self, id: &str, current: &RefundRow, u: &RefundUpdate) -> Result<bool> {
+        let releases = current.status != "failed" && u.status == "failed";
+        if let Some(b) = &self.batch {
+            let (id, current, u) = (id.to_string(), current.clone(), u.clone());
+            return b
+                .run(move |conn| {
+                    Box::pin(async move {
+                        let n = Self::write_update(&mut *conn, &id, current.version, &u).await?;
+                        if n == 1 {
+                            Self::write_side_effects(&mut *conn, &id, &current, &u, releases)
+                                .await?;
+                        }
+                        Ok((n == 1, n == 1))
+                    })
+                })
+                .await;
+        }
+        if !(releases || u.email.is_some()) {
+            return Ok(Self::write_update(&self.pool, id, current.version, u).await? == 1);
+        }
+        let mut tx = self.pool.begin().await?;
+        let n = Self::write_update(&mut *tx, id, current.version, u).await?;
+        if n == 1 {
+            Self::write_side_effects(&mut tx, id, current, u, releases).await?;
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(n == 1)
+    }
+
+    async fn write_side_effects(
+        conn: &mut AnyConnection,
+        id: &str,
+        current: &RefundRow,
+        u: &RefundUpdate,
+        releases: bool,
+    ) -> Result<()> {
+        if let Some(e) = &u.email {
+            sqlx::query(
+                "INSERT INTO email_outbox (refund_id, to_addr, subject, body, state, attempts, next_attempt_at, created_at) \
+                 VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5) ON CONFLICT DO NOTHING",
+            )
             .bind(id)
-            .bind(now)
-            .execute(&self.pool)
+            .bind(&e.to)
+            .bind(&e.subject)
+            .bind(&e.body)
+            .bind(u.updated_at)
+            .execute(&mut *conn)
             .await?;
+        }
+        if releases {
+            sqlx::query("UPDATE sales SET reserved_minor = reserved_minor - $3 WHERE account = $1 AND transaction_no = $2")
+                .bind(&current.account)
+                .bind(&current.transaction_no)
+                .bind(current.amount_minor)
+                .execute(&mut *conn)
+                .await?;
+        }
         Ok(())
     }
 
@@ -360,43 +466,7 @@ impl Store {
             let Some(u) = transition(&current) else {
                 return Ok(Some((current, false)));
             };
-            let releases = current.status != "failed" && u.status == "failed";
-            let applied = {
-                let _gate = self.gate().await;
-                if releases || u.email.is_some() {
-                    let mut tx = self.pool.begin().await?;
-                    let n = Self::write_update(&mut *tx, id, current.version, &u).await?;
-                    if n == 1 {
-                        if let Some(e) = &u.email {
-                            sqlx::query(
-                                "INSERT INTO email_outbox (refund_id, to_addr, subject, body, state, attempts, next_attempt_at, created_at) \
-                                 VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5) ON CONFLICT DO NOTHING",
-                            )
-                            .bind(id)
-                            .bind(&e.to)
-                            .bind(&e.subject)
-                            .bind(&e.body)
-                            .bind(u.updated_at)
-                            .execute(&mut *tx)
-                            .await?;
-                        }
-                        if releases {
-                            sqlx::query("UPDATE sales SET reserved_minor = reserved_minor - $3 WHERE account = $1 AND transaction_no = $2")
-                                .bind(&current.account)
-                                .bind(&current.transaction_no)
-                                .bind(current.amount_minor)
-                                .execute(&mut *tx)
-                                .await?;
-                        }
-                        tx.commit().await?;
-                    } else {
-                        tx.rollback().await?;
-                    }
-                    n == 1
-                } else {
-                    Self::write_update(&self.pool, id, current.version, &u).await? == 1
-                }
-            };
+            let applied = self.apply_update(id, &current, &u).await?;
             if applied {
                 let mut after = current;
                 u.apply_to(&mut after);
@@ -577,8 +647,11 @@ impl Store {
         u.status = "succeeded".into();
         u.response_code = Some(201);
         u.response_body = Some("{}".into());
-        let _gate = self.gate().await;
-        Self::write_update(&self.pool, &row.id, row.version + 1, &u).await?;
+        let sent = RefundRow {
+            version: row.version + 1,
+            ..row.clone()
+        };
+        self.apply_update(&row.id, &sent, &u).await?;
         Ok(())
     }
 
