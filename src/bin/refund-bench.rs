@@ -557,5 +557,20 @@ async fn run_bench(args: Args) -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&out)?)?;
     }
     drop(gateway);
+    // Leave nothing behind: the benchmark's database goes with it.
+    match args.backend.as_str() {
+        "postgres" => {
+            use sqlx::Connection;
+            if let (Ok(mut conn), Some((_, name))) = (sqlx::PgConnection::connect(&format!("{}/postgres", args.postgres_url)).await, db.rsplit_once('/')) {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
+            }
+        }
+        _ => {
+            let path = db.trim_start_matches("sqlite://");
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{path}{suffix}"));
+            }
+        }
+    }
     Ok(())
 }
