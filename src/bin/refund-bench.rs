@@ -561,8 +561,13 @@ async fn run_bench(args: Args) -> anyhow::Result<()> {
     match args.backend.as_str() {
         "postgres" => {
             use sqlx::Connection;
-            if let (Ok(mut conn), Some((_, name))) = (sqlx::PgConnection::connect(&format!("{}/postgres", args.postgres_url)).await, db.rsplit_once('/')) {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
+            if let (Ok(mut conn), Some((_, name))) = (
+                sqlx::PgConnection::connect(&format!("{}/postgres", args.postgres_url)).await,
+                db.rsplit_once('/'),
+            ) {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await;
             }
         }
         _ => {
