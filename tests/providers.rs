@@ -96,8 +96,13 @@ async fn settle(
     }
 }
 
-#[tokio::test]
-async fn pockyt_outcomes_against_the_sandbox() {
+/// A sandbox on its own socket, a Pockyt client with the sandbox's credentials, and a 10.00 USD sale.
+async fn pockyt_fixture() -> (
+    String,
+    refund_gateway::sandbox::Sandbox,
+    PockytClient,
+    String,
+) {
     let (base, sb) = spawn_sandbox(fast_sandbox()).await;
     let client = pockyt(&base, creds::POCKYT_TOKEN);
     let s = sale(
@@ -106,27 +111,64 @@ async fn pockyt_outcomes_against_the_sandbox() {
         json!({"amount": "10.00", "currency": "USD"}),
     )
     .await;
-    let tx = s["transactionNo"].as_str().unwrap();
+    (
+        base,
+        sb,
+        client,
+        s["transactionNo"].as_str().unwrap().to_string(),
+    )
+}
 
-    // Sale lookup, by transactionNo and by reference.
-    match client.lookup_sale(Some(tx), None).await {
+/// The same for Pay10: a 100.00 AED sale, returning (PG_REF_NUM, ORDER_ID).
+async fn pay10_fixture() -> (
+    String,
+    refund_gateway::sandbox::Sandbox,
+    Pay10Client,
+    String,
+    String,
+) {
+    let (base, sb) = spawn_sandbox(fast_sandbox()).await;
+    let s = sale(
+        &base,
+        "pay10",
+        json!({"amount": "100.00", "currency": "AED"}),
+    )
+    .await;
+    let (pg, order) = (
+        s["PG_REF_NUM"].as_str().unwrap().to_string(),
+        s["ORDER_ID"].as_str().unwrap().to_string(),
+    );
+    (base.clone(), sb, pay10(&base), pg, order)
+}
+
+#[tokio::test]
+async fn pockyt_sale_lookup() {
+    let (_base, _sb, client, tx) = pockyt_fixture().await;
+    match client.lookup_sale(Some(&tx), None).await {
         SaleLookup::Found(info) => assert_eq!(
             (info.amount.as_str(), info.status.as_str()),
             ("10.00", "success")
         ),
         other => panic!("{other:?}"),
     }
+    let reference = match client.lookup_sale(Some(&tx), None).await {
+        SaleLookup::Found(info) => info.reference.unwrap(),
+        other => panic!("{other:?}"),
+    };
     assert!(matches!(
-        client.lookup_sale(None, s["reference"].as_str()).await,
+        client.lookup_sale(None, Some(&reference)).await,
         SaleLookup::Found(_)
     ));
     assert_eq!(
         client.lookup_sale(Some("1"), None).await,
         SaleLookup::NotFound
     );
+}
 
-    // Success.
-    let c = call(tx, None, 100, "USD");
+#[tokio::test]
+async fn pockyt_success() {
+    let (_base, sb, client, tx) = pockyt_fixture().await;
+    let c = call(&tx, None, 100, "USD");
     let a = client.refund(&c).await;
     assert_eq!(a.outcome, Outcome::Succeeded, "{a:?}");
     assert_eq!(a.provider_code.as_deref(), Some("000100"));
@@ -136,11 +178,16 @@ async fn pockyt_outcomes_against_the_sandbox() {
         (st.outcome, st.provider_refund_id.clone()),
         (Outcome::Succeeded, a.provider_refund_id.clone())
     );
+    assert_eq!(sb.refunded_total("pockyt", &tx), Some(100));
+}
 
-    // Pending, then success.
-    let c = call(tx, None, 194, "USD");
+#[tokio::test]
+async fn pockyt_pending_then_success() {
+    let (_base, _sb, client, tx) = pockyt_fixture().await;
+    let c = call(&tx, None, 194, "USD");
     assert_eq!(client.refund(&c).await.outcome, Outcome::Pending);
     let q = query_for(&c);
+    assert_eq!(client.refund_status(&q).await.outcome, Outcome::Pending);
     let cl = client.clone();
     let outcome = settle(move || {
         let (cl, q) = (cl.clone(), q.clone());
@@ -148,41 +195,61 @@ async fn pockyt_outcomes_against_the_sandbox() {
     })
     .await;
     assert_eq!(outcome, Outcome::Succeeded);
+}
 
-    // Decline.
-    let a = client.refund(&call(tx, None, 93, "USD")).await;
+#[tokio::test]
+async fn pockyt_decline() {
+    let (_base, sb, client, tx) = pockyt_fixture().await;
+    let a = client.refund(&call(&tx, None, 93, "USD")).await;
     assert_eq!(
         (a.outcome, a.provider_code.as_deref()),
         (Outcome::Failed, Some("000040"))
     );
+    assert_eq!(sb.refunded_total("pockyt", &tx), Some(0));
+}
 
-    // 503: unknown, and nothing was applied.
-    let c = call(tx, None, 92, "USD");
+#[tokio::test]
+async fn pockyt_503_is_unknown_and_not_applied() {
+    let (_base, sb, client, tx) = pockyt_fixture().await;
+    let c = call(&tx, None, 92, "USD");
     assert_eq!(client.refund(&c).await.outcome, Outcome::Unknown);
     assert_eq!(
         client.refund_status(&query_for(&c)).await.outcome,
         Outcome::NotFound
     );
+    assert_eq!(sb.refunded_total("pockyt", &tx), Some(0));
+}
 
-    // Timeout: unknown to the caller, applied at the provider.
-    let c = call(tx, None, 91, "USD");
+#[tokio::test]
+async fn pockyt_timeout_is_unknown_but_applied() {
+    let (_base, sb, client, tx) = pockyt_fixture().await;
+    let c = call(&tx, None, 91, "USD");
     assert_eq!(client.refund(&c).await.outcome, Outcome::Unknown);
     assert_eq!(
         client.refund_status(&query_for(&c)).await.outcome,
         Outcome::Succeeded
     );
+    assert_eq!(sb.refunded_total("pockyt", &tx), Some(91));
+}
 
-    // Wrong credentials: Pockyt's own error (HTTP 400, retMsg), a failure.
+#[tokio::test]
+async fn pockyt_wrong_credentials() {
+    let (base, sb, _client, tx) = pockyt_fixture().await;
+    // Pockyt's own error (HTTP 400, `retMsg`): a failure, nothing refunded.
     let wrong = pockyt(&base, "not-the-token");
-    let a = wrong.refund(&call(tx, None, 100, "USD")).await;
+    let a = wrong.refund(&call(&tx, None, 100, "USD")).await;
     assert_eq!(a.outcome, Outcome::Failed, "{a:?}");
     assert_eq!(a.message.as_deref(), Some("data error : verifySign"));
     assert!(matches!(
-        wrong.lookup_sale(Some(tx), None).await,
+        wrong.lookup_sale(Some(&tx), None).await,
         SaleLookup::Unavailable(_)
     ));
+    assert_eq!(sb.refunded_total("pockyt", &tx), Some(0));
+}
 
-    // A malformed request gets the provider's error, not a 500.
+#[tokio::test]
+async fn pockyt_malformed_body_gets_the_provider_error() {
+    let (base, _sb, _client, _tx) = pockyt_fixture().await;
     let raw = reqwest::Client::new()
         .post(format!("{base}/sandbox/pockyt/app-data-search/v3/refund"))
         .body("not json")
@@ -191,14 +258,21 @@ async fn pockyt_outcomes_against_the_sandbox() {
         .unwrap();
     assert_eq!(raw.status().as_u16(), 400);
     assert_eq!(raw.json::<Value>().await.unwrap()["ret_code"], "000023");
+}
 
-    // Over-refund is the provider's to refuse too.
-    let a = client.refund(&call(tx, None, 10_000, "USD")).await;
+#[tokio::test]
+async fn pockyt_over_refund_is_refused() {
+    let (_base, sb, client, tx) = pockyt_fixture().await;
+    assert_eq!(
+        client.refund(&call(&tx, None, 600, "USD")).await.outcome,
+        Outcome::Succeeded
+    );
+    let a = client.refund(&call(&tx, None, 401, "USD")).await;
     assert_eq!(
         (a.outcome, a.provider_code.as_deref()),
         (Outcome::Failed, Some("000022"))
     );
-    assert_eq!(sb.refunded_total("pockyt", tx), Some(100 + 194 + 91));
+    assert_eq!(sb.refunded_total("pockyt", &tx), Some(600));
 }
 
 #[tokio::test]
@@ -227,30 +301,27 @@ async fn pockyt_refuses_unsuccessful_sales_and_currency_mismatch() {
 }
 
 #[tokio::test]
-async fn pay10_outcomes_against_the_sandbox() {
-    let (base, sb) = spawn_sandbox(fast_sandbox()).await;
-    let client = pay10(&base);
-    let s = sale(
-        &base,
-        "pay10",
-        json!({"amount": "100.00", "currency": "AED"}),
-    )
-    .await;
-    let (pg, order) = (s["PG_REF_NUM"].as_str().unwrap(), s["ORDER_ID"].as_str());
-
-    let c = call(pg, order, 1000, "AED");
+async fn pay10_success() {
+    let (_base, sb, client, pg, order) = pay10_fixture().await;
+    let c = call(&pg, Some(&order), 1000, "AED");
     let a = client.refund(&c).await;
     assert_eq!(
         (a.outcome, a.provider_status.as_deref()),
         (Outcome::Succeeded, Some("Captured")),
         "{a:?}"
     );
+    assert_eq!(a.provider_code.as_deref(), Some("000"));
     assert_eq!(
         client.refund_status(&query_for(&c)).await.outcome,
         Outcome::Succeeded
     );
+    assert_eq!(sb.refunded_total("pay10", &pg), Some(1000));
+}
 
-    let c = call(pg, order, 94, "AED");
+#[tokio::test]
+async fn pay10_pending_then_success() {
+    let (_base, _sb, client, pg, order) = pay10_fixture().await;
+    let c = call(&pg, Some(&order), 94, "AED");
     let a = client.refund(&c).await;
     assert_eq!(
         (a.outcome, a.provider_status.as_deref()),
@@ -264,71 +335,122 @@ async fn pay10_outcomes_against_the_sandbox() {
     })
     .await;
     assert_eq!(outcome, Outcome::Succeeded);
+}
 
-    let a = client.refund(&call(pg, order, 93, "AED")).await;
+#[tokio::test]
+async fn pay10_decline() {
+    let (_base, sb, client, pg, order) = pay10_fixture().await;
+    let a = client.refund(&call(&pg, Some(&order), 93, "AED")).await;
     assert_eq!(
         (a.outcome, a.provider_code.as_deref()),
         (Outcome::Failed, Some("004"))
     );
+    assert_eq!(sb.refunded_total("pay10", &pg), Some(0));
+}
 
-    let c = call(pg, order, 92, "AED");
+#[tokio::test]
+async fn pay10_503_is_unknown_and_not_applied() {
+    let (_base, sb, client, pg, order) = pay10_fixture().await;
+    let c = call(&pg, Some(&order), 92, "AED");
     assert_eq!(client.refund(&c).await.outcome, Outcome::Unknown);
     assert_eq!(
         client.refund_status(&query_for(&c)).await.outcome,
         Outcome::NotFound
     );
+    assert_eq!(sb.refunded_total("pay10", &pg), Some(0));
+}
 
-    let c = call(pg, order, 91, "AED");
+#[tokio::test]
+async fn pay10_timeout_is_unknown_but_applied_and_duplicates_are_not_failures() {
+    let (_base, sb, client, pg, order) = pay10_fixture().await;
+    let c = call(&pg, Some(&order), 91, "AED");
     assert_eq!(client.refund(&c).await.outcome, Outcome::Unknown);
     assert_eq!(
         client.refund_status(&query_for(&c)).await.outcome,
         Outcome::Succeeded
     );
-
-    // Duplicate REFUND_ORDER_ID: settled by status query, never taken as a failure.
+    // Duplicate REFUND_ORDER_ID (019): settled by status query, never taken as a failure.
     let dup = client.refund(&c).await;
     assert_eq!(
         (dup.outcome, dup.provider_code.as_deref()),
         (Outcome::Unknown, Some("019"))
     );
+    assert_eq!(sb.refunded_total("pay10", &pg), Some(91));
+}
 
-    // Over the sale: 013.
-    let a = client.refund(&call(pg, order, 1_000_000, "AED")).await;
+#[tokio::test]
+async fn pay10_over_refund_is_refused() {
+    let (_base, sb, client, pg, order) = pay10_fixture().await;
+    let a = client
+        .refund(&call(&pg, Some(&order), 1_000_000, "AED"))
+        .await;
     assert_eq!(
         (a.outcome, a.provider_code.as_deref()),
         (Outcome::Failed, Some("013"))
     );
+    assert_eq!(sb.refunded_total("pay10", &pg), Some(0));
+}
 
-    // Wrong PAY_ID: 324, a failure. Wrong key: the provider's "Something goes
-    // wrong!" cannot be read with our key either, so the outcome is unknown.
+#[tokio::test]
+async fn pay10_wrong_credentials() {
+    let (base, sb, _client, pg, order) = pay10_fixture().await;
+    // Wrong PAY_ID: 324, a failure.
     let wrong_id = pay10_with(
         &base,
         "1111111111111111",
         creds::PAY10_SALT,
         creds::PAY10_KEY,
     );
-    let a = wrong_id.refund(&call(pg, order, 100, "AED")).await;
+    let a = wrong_id.refund(&call(&pg, Some(&order), 100, "AED")).await;
     assert_eq!(
         (a.outcome, a.provider_code.as_deref()),
         (Outcome::Failed, Some("324"))
     );
+    // Wrong key: the provider answers "Something goes wrong!" under the real
+    // key, which ours cannot read either, so the outcome is unknown.
     let wrong_key = pay10_with(
         &base,
         creds::PAY10_PAY_ID,
         creds::PAY10_SALT,
         "ffffffffffffffffffffffffffffffff",
     );
-    assert_eq!(
-        wrong_key.refund(&call(pg, order, 100, "AED")).await.outcome,
-        Outcome::Unknown
-    );
+    let c = call(&pg, Some(&order), 100, "AED");
+    assert_eq!(wrong_key.refund(&c).await.outcome, Outcome::Unknown);
     // Wrong salt: the status query is refused, which says nothing about the refund.
     let wrong_salt = pay10_with(&base, creds::PAY10_PAY_ID, "bad-salt", creds::PAY10_KEY);
     assert_eq!(
         wrong_salt.refund_status(&query_for(&c)).await.outcome,
         Outcome::Unknown
     );
-    assert_eq!(sb.refunded_total("pay10", pg), Some(1000 + 94 + 91));
+    assert_eq!(sb.refunded_total("pay10", &pg), Some(0));
+}
+
+#[tokio::test]
+async fn pay10_malformed_body_gets_the_provider_error() {
+    let (base, _sb, _client, _pg, _order) = pay10_fixture().await;
+    let raw = reqwest::Client::new()
+        .post(format!("{base}/sandbox/pay10/pgws/merchant/refund"))
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.json::<Value>().await.unwrap()["RESPONSE_CODE"], "300");
+    // Well-formed envelope, undecryptable ENCDATA: Pay10's encrypted error text.
+    let garbled = reqwest::Client::new()
+        .post(format!("{base}/sandbox/pay10/pgws/merchant/refund"))
+        .json(&json!({"PAY_ID": creds::PAY10_PAY_ID, "ENCDATA": "AAAA"}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let key =
+        refund_gateway::providers::pay10::crypto::EncryptionKey::new(creds::PAY10_KEY).unwrap();
+    assert_eq!(
+        key.decrypt(garbled["ENCDATA"].as_str().unwrap()).unwrap(),
+        "Something goes wrong!"
+    );
 }
 
 #[tokio::test]
