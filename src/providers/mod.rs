@@ -278,7 +278,7 @@ where
     })
 }
 
-/// The base URL with a redacted form for logs (no credentials, no query).
+/// `base` + `path`, tolerating a trailing slash on the configured base URL.
 pub(crate) fn join_url(base: &str, path: &str) -> String {
     format!("{}{}", base.trim_end_matches('/'), path)
 }

@@ -275,3 +275,168 @@ macro_rules! both_backends {
         }
     };
 }
+
+/// Every refund of the demo client, through the paginated list.
+pub async fn all_refunds(app: &TestApp) -> Vec<Value> {
+    let mut out = vec![];
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(id) => format!("/v1/refunds?limit=100&starting_after={id}"),
+            None => "/v1/refunds?limit=100".to_string(),
+        };
+        let r = app.get(&path).await;
+        let data = r.body["data"].as_array().cloned().unwrap_or_default();
+        after = data
+            .last()
+            .and_then(|d| d["id"].as_str())
+            .map(str::to_string);
+        out.extend(data);
+        if r.body["has_more"] != true {
+            return out;
+        }
+    }
+}
+
+/// A database outage while refunds flow: `cut` takes the database away and
+/// `restore` brings it back. Checks `/readyz` reports it, requests fail with a
+/// clear 503 problem (never a hang), the gateway recovers by itself, every
+/// acknowledged refund is intact, and the books agree with the provider.
+pub async fn outage_drill(
+    app: std::sync::Arc<TestApp>,
+    cut: impl FnOnce(),
+    restore: impl FnOnce(),
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let sale = app.pockyt_sale("100.00", "USD", "success").await;
+
+    // Refunds flow continuously from a background task through the outage.
+    let flowing = Arc::new(AtomicBool::new(true));
+    let acknowledged: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
+    let outage_answers: Arc<std::sync::Mutex<Vec<(u16, String)>>> = Arc::default();
+    let pump = {
+        let (app, flowing, acknowledged, answers, sale) = (
+            app.clone(),
+            flowing.clone(),
+            acknowledged.clone(),
+            outage_answers.clone(),
+            sale.clone(),
+        );
+        tokio::spawn(async move {
+            let mut i = 0;
+            while flowing.load(Ordering::SeqCst) {
+                i += 1;
+                let started = tokio::time::Instant::now();
+                let r = app
+                    .post_refund(Some(&format!("flow-{i}")), &pockyt_refund(&sale, "0.10"))
+                    .await;
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "a request hung for {:?}",
+                    started.elapsed()
+                );
+                if r.status == 201 {
+                    acknowledged.lock().unwrap().push(r.body);
+                } else {
+                    answers
+                        .lock()
+                        .unwrap()
+                        .push((r.status, r.body["code"].as_str().unwrap_or("").to_string()));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !acknowledged.lock().unwrap().is_empty(),
+        "refunds flow before the outage"
+    );
+
+    cut();
+    let end = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = app.get("/readyz").await;
+        if r.status == 503 {
+            assert_eq!(r.body["code"], "database_unavailable");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "/readyz never reported the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        app.get("/healthz").await.status,
+        200,
+        "the process stays up"
+    );
+
+    restore();
+    let end = tokio::time::Instant::now() + Duration::from_secs(30);
+    while app.get("/readyz").await.status != 200 {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the gateway did not recover by itself"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    flowing.store(false, Ordering::SeqCst);
+    pump.await.unwrap();
+
+    let answers = outage_answers.lock().unwrap().clone();
+    assert!(!answers.is_empty(), "some requests met the outage");
+    for (status, code) in &answers {
+        assert!(
+            (*status == 503 && code == "database_unavailable")
+                || (*status == 409 && code == "request_in_progress"),
+            "an outage answer must be a clear problem: {status} {code}"
+        );
+    }
+    let r = app
+        .post_refund(Some("after"), &pockyt_refund(&sale, "0.10"))
+        .await;
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (201, Some("succeeded")),
+        "{}",
+        r.text
+    );
+    // Every refund acknowledged before or around the outage is intact.
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    for a in &acknowledged {
+        let got = app
+            .get(&format!("/v1/refunds/{}", a["id"].as_str().unwrap()))
+            .await;
+        assert_eq!((got.status, &got.body["amount"]), (200, &a["amount"]));
+    }
+    // And the books agree once refunds cut by the outage are reconciled.
+    let tx = sale["transactionNo"].as_str().unwrap().to_string();
+    let end = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let refunds = all_refunds(&app).await;
+        let pending = refunds.iter().filter(|r| r["status"] == "pending").count();
+        let succeeded: i64 = refunds
+            .iter()
+            .filter(|r| r["status"] == "succeeded")
+            .count() as i64
+            * 10;
+        if pending == 0 {
+            assert_eq!(
+                Some(succeeded),
+                app.sandbox().refunded_total("pockyt", &tx),
+                "gateway and provider agree"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "{pending} refunds never settled after the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
