@@ -369,10 +369,10 @@ async fn event_before_its_refund_is_kept_and_applied(db: Db) {
         .await
         .unwrap();
     assert_eq!(created, refund_gateway::store::CreateOutcome::Created);
-    // The reconciliation loop retries waiting events and applies it.
+    // The reconciliation loop retries waiting events and applies it (the
+    // refund changes first, then the event is marked applied).
     let end = tokio::time::Instant::now() + Duration::from_secs(10);
-    while row.status != "succeeded" && tokio::time::Instant::now() < end {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    loop {
         row = app
             .gateway
             .store
@@ -380,15 +380,31 @@ async fn event_before_its_refund_is_kept_and_applied(db: Db) {
             .await
             .unwrap()
             .unwrap();
+        let waiting = app
+            .gateway
+            .store
+            .events_by_state("unmatched")
+            .await
+            .unwrap();
+        if (row.status == "succeeded" && waiting.is_empty()) || tokio::time::Instant::now() > end {
+            assert_eq!(row.status, "succeeded");
+            assert!(
+                waiting.is_empty(),
+                "the event is no longer waiting: {waiting:?}"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(row.status, "succeeded");
-    assert!(app
-        .gateway
-        .store
-        .events_by_state("unmatched")
-        .await
-        .unwrap()
-        .is_empty());
+    assert_eq!(
+        app.gateway
+            .store
+            .events_for_refund("rf_early")
+            .await
+            .unwrap()[0]
+            .state,
+        "applied"
+    );
     app.stop().await;
 }
 
@@ -425,10 +441,19 @@ async fn pending_settles_by_ipn_and_by_query(db: Db) {
             .await["status"],
         "succeeded"
     );
-    assert_eq!(
-        app.gateway.store.events_for_refund(id).await.unwrap()[0].state,
-        "applied"
-    );
+    // The webhook settled it: its event is marked applied right after the refund changes.
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let events = app.gateway.store.events_for_refund(id).await.unwrap();
+        if events.first().is_some_and(|e| e.state == "applied") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "no applied webhook event: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let p = app.pay10_sale("10.00", "AED").await;
     let r = app
         .post_refund(Some("ipn10"), &pay10_refund(&p, "0.94"))
@@ -599,10 +624,13 @@ async fn receipt_email_sent_once_and_retried(db: Db) {
     let id = r.body["id"].as_str().unwrap().to_string();
     // The first attempt fails with 451; the retry (2 s later) succeeds.
     let end = tokio::time::Instant::now() + Duration::from_secs(15);
-    while inbox.lock().unwrap().is_empty() && tokio::time::Instant::now() < end {
+    let entry = loop {
+        let entry = app.gateway.store.outbox_entry(&id).await.unwrap().unwrap();
+        if entry.state == "sent" || tokio::time::Instant::now() > end {
+            break entry;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let entry = app.gateway.store.outbox_entry(&id).await.unwrap().unwrap();
+    };
     assert_eq!(
         (entry.state.as_str(), entry.attempts),
         ("sent", 2),
