@@ -124,3 +124,63 @@ async fn the_healthcheck_probe_tells_up_from_down() {
         .unwrap();
     assert_ne!(down, 0);
 }
+
+#[tokio::test]
+async fn migrate_subcommand_prepares_both_backends() {
+    for db in [common::Db::Sqlite, common::Db::Postgres] {
+        let url = common::fresh_db(db).await;
+        let out = tokio::task::spawn_blocking({
+            let url = url.clone();
+            move || {
+                Command::new(env!("CARGO_BIN_EXE_refund-gateway"))
+                    .args(["migrate", "--database-url", &url])
+                    .env_remove("REFUND_GATEWAY_CONFIG")
+                    .output()
+                    .unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("migrations applied"));
+        // The schema is there: a store opens it and can count pending refunds.
+        let store = refund_gateway::store::Store::connect(&url, 1)
+            .await
+            .unwrap();
+        assert_eq!(store.pending_summary().await.unwrap(), (0, None));
+        store.close().await;
+    }
+}
+
+#[test]
+fn an_incomplete_production_config_refuses_to_start_naming_the_field() {
+    let dir = std::env::temp_dir().join(format!("rg-bad-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[accounts]]\nname = \"p\"\nprovider = \"pay10\"\nbase_url = \"https://pg.pay10.ae\"\npay_id = \"1009120125180122\"\nsalt = \"s\"\nencryption_key = \"too-short\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_refund-gateway"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("accounts[0].encryption_key"), "{err}");
+    assert!(
+        !err.contains("too-short"),
+        "the secret is not echoed: {err}"
+    );
+}
