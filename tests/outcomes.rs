@@ -324,44 +324,7 @@ async fn event_before_its_refund_is_kept_and_applied(db: Db) {
         1
     );
     // The refund appears (as when the webhook beats the provider's answer).
-    let now = refund_gateway::refunds::now_ms();
-    let mut row = refund_gateway::store::RefundRow {
-        id: "rf_early".into(),
-        client: "demo".into(),
-        account: "pockyt-sandbox".into(),
-        provider: "pockyt".into(),
-        livemode: 0,
-        status: "pending".into(),
-        amount_minor: 100,
-        currency: "USD".into(),
-        settle_currency: Some("USD".into()),
-        transaction_no: tx.into(),
-        reference: None,
-        refund_reference: None,
-        provider_reference: "EARLYREF0000000001".into(),
-        provider_refund_id: None,
-        provider_status: None,
-        provider_code: None,
-        provider_message: None,
-        failure_code: None,
-        failure_message: None,
-        reason: None,
-        receipt_email: None,
-        metadata: "{}".into(),
-        idempotency_key: Some("early".into()),
-        request_hash: "h".into(),
-        submission: "sent".into(),
-        response_code: None,
-        response_body: None,
-        inflight_until: None,
-        check_attempts: 0,
-        next_check_at: None,
-        lease_until: None,
-        review_reason: None,
-        created_at: now,
-        updated_at: now,
-        version: 0,
-    };
+    let mut row = stored_refund("rf_early", "pockyt-sandbox", tx, "EARLYREF0000000001");
     let created = app
         .gateway
         .store

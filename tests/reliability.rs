@@ -148,41 +148,13 @@ async fn reconciliation_leases_are_exclusive(db: Db) {
     let now = refund_gateway::refunds::now_ms();
     for i in 0..60 {
         let row = refund_gateway::store::RefundRow {
-            id: format!("rf_lease_{i}"),
-            client: "c".into(),
-            account: "acct".into(),
-            provider: "pockyt".into(),
-            livemode: 0,
-            status: "pending".into(),
-            amount_minor: 1,
-            currency: "USD".into(),
-            settle_currency: None,
-            transaction_no: format!("tx{i}"),
-            reference: None,
-            refund_reference: None,
-            provider_reference: format!("REF{i}"),
-            provider_refund_id: None,
-            provider_status: None,
-            provider_code: None,
-            provider_message: None,
-            failure_code: None,
-            failure_message: None,
-            reason: None,
-            receipt_email: None,
-            metadata: "{}".into(),
-            idempotency_key: Some(format!("k{i}")),
-            request_hash: "h".into(),
-            submission: "sent".into(),
-            response_code: None,
-            response_body: None,
-            inflight_until: None,
-            check_attempts: 0,
             next_check_at: Some(now - 1),
-            lease_until: None,
-            review_reason: None,
-            created_at: now,
-            updated_at: now,
-            version: 0,
+            ..stored_refund(
+                &format!("rf_lease_{i}"),
+                "acct",
+                &format!("tx{i}"),
+                &format!("REF{i}"),
+            )
         };
         a.create_refund(&row, &Default::default()).await.unwrap();
     }

@@ -440,3 +440,51 @@ pub async fn outage_drill(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A pending 1.00 USD Pockyt refund row as the gateway stores it once sent,
+/// for tests that write rows straight to the store.
+pub fn stored_refund(
+    id: &str,
+    account: &str,
+    transaction_no: &str,
+    provider_reference: &str,
+) -> refund_gateway::store::RefundRow {
+    let now = refund_gateway::refunds::now_ms();
+    refund_gateway::store::RefundRow {
+        id: id.into(),
+        client: "demo".into(),
+        account: account.into(),
+        provider: "pockyt".into(),
+        livemode: 0,
+        status: "pending".into(),
+        amount_minor: 100,
+        currency: "USD".into(),
+        settle_currency: Some("USD".into()),
+        transaction_no: transaction_no.into(),
+        reference: None,
+        refund_reference: None,
+        provider_reference: provider_reference.into(),
+        provider_refund_id: None,
+        provider_status: None,
+        provider_code: None,
+        provider_message: None,
+        failure_code: None,
+        failure_message: None,
+        reason: None,
+        receipt_email: None,
+        metadata: "{}".into(),
+        idempotency_key: Some(format!("key-{id}")),
+        request_hash: "h".into(),
+        submission: "sent".into(),
+        response_code: None,
+        response_body: None,
+        inflight_until: None,
+        check_attempts: 0,
+        next_check_at: None,
+        lease_until: None,
+        review_reason: None,
+        created_at: now,
+        updated_at: now,
+        version: 0,
+    }
+}
