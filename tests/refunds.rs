@@ -524,6 +524,63 @@ async fn restart_keeps_every_acknowledged_refund(db: Db) {
     again.stop().await;
 }
 
+async fn refunds_made_outside_the_gateway_count(db: Db) {
+    use refund_gateway::money::{Currency, Minor};
+    use refund_gateway::providers::pockyt::{PockytAccount, PockytClient};
+    use refund_gateway::providers::{http_client, HttpSettings, Outcome, RefundCall};
+    use refund_gateway::sandbox::demo_credentials as creds;
+    let app = spawn_app(&fresh_db(db).await).await;
+    let sale = app.pockyt_sale("10.00", "USD", "success").await;
+    let tx = sale["transactionNo"].as_str().unwrap();
+    // 6.00 refunded elsewhere (another system, the provider's dashboard).
+    let elsewhere = PockytClient::new(
+        http_client(HttpSettings::default()),
+        PockytAccount {
+            base_url: format!("{}/sandbox/pockyt", app.base),
+            merchant_no: creds::POCKYT_MERCHANT_NO.into(),
+            store_no: creds::POCKYT_STORE_NO.into(),
+            token: secrecy::SecretString::from(creds::POCKYT_TOKEN.to_string()),
+        },
+    );
+    let outside = elsewhere
+        .refund(&RefundCall {
+            refund_id: "outside".into(),
+            provider_reference: "OUTSIDE00001".into(),
+            transaction_no: Some(tx.into()),
+            reference: None,
+            amount: Minor(600),
+            currency: Currency::from_code("USD").unwrap(),
+            settle_currency: None,
+        })
+        .await;
+    assert_eq!(outside.outcome, Outcome::Succeeded);
+    let r = app
+        .post_refund(Some("too-much"), &pockyt_refund(&sale, "5.00"))
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (422, Some("amount_exceeds_refundable")),
+        "{}",
+        r.text
+    );
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("4.00 USD left"),
+        "{}",
+        r.text
+    );
+    let r = app
+        .post_refund(Some("the-rest"), &pockyt_refund(&sale, "4.00"))
+        .await;
+    assert_eq!(r.body["status"], "succeeded", "{}", r.text);
+    assert_eq!(app.sandbox().refunded_total("pockyt", tx), Some(1000));
+    assert_eq!(
+        app.sandbox().stats().pockyt_refunds_applied,
+        2,
+        "the refused request never reached the provider"
+    );
+    app.stop().await;
+}
+
 /// Runs `n` futures concurrently and collects their outputs in order.
 async fn futures_join<F, Fut, T>(n: usize, f: F) -> Vec<T>
 where
@@ -574,6 +631,7 @@ both_backends!(
     list_filters_and_pagination,
     pending_then_success_by_sync,
     restart_keeps_every_acknowledged_refund,
+    refunds_made_outside_the_gateway_count,
 );
 
 /// Two gateway instances (separate pools, no shared memory) on one Postgres

@@ -156,6 +156,9 @@ pub struct SaleInfo {
     pub amount: String,
     pub currency: String,
     pub status: String,
+    /// Amounts of the refunds the provider lists for this sale (any channel:
+    /// this gateway, another one, the provider's dashboard), failed ones left out.
+    pub refunded: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -264,6 +264,26 @@ impl Gateway {
                     tracing::warn!(amount = %sale.amount, "provider reported an unreadable sale amount");
                     return Err(Refusal::ProviderUnavailable);
                 };
+                // Refunds the provider already lists count too, whoever made
+                // them (this gateway's own reservations are checked atomically
+                // when the refund is recorded).
+                let refunded: i64 = sale
+                    .refunded
+                    .iter()
+                    .filter_map(|a| match req.currency.parse_amount(a) {
+                        Ok(m) => Some(m.0),
+                        Err(_) => {
+                            tracing::warn!(amount = %a, "provider listed an unreadable refund amount");
+                            None
+                        }
+                    })
+                    .sum();
+                if refunded + req.amount.0 > amount.0 {
+                    return Err(Refusal::ExceedsRefundable {
+                        refundable: req.currency.format(Minor((amount.0 - refunded).max(0))),
+                        currency: req.currency.code().into(),
+                    });
+                }
                 (
                     sale.transaction_no,
                     sale.reference,

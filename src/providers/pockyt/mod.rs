@@ -155,12 +155,22 @@ impl PockytClient {
             (Some(RET_SUCCESS), Some(r)) => {
                 match (r.transaction_no, r.amount, r.currency, r.status) {
                     (Some(transaction_no), Some(amount), Some(currency), Some(status)) => {
+                        let refunded = r
+                            .refund_info
+                            .into_vec()
+                            .into_iter()
+                            .filter(|i| {
+                                i.status.as_deref().map(status_outcome) != Some(Outcome::Failed)
+                            })
+                            .filter_map(|i| i.refund_amount)
+                            .collect();
                         SaleLookup::Found(SaleInfo {
                             transaction_no,
                             reference: r.reference,
                             amount,
                             currency,
                             status,
+                            refunded,
                         })
                     }
                     _ => SaleLookup::Unavailable("pockyt tran-query result lacks fields".into()),
