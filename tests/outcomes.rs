@@ -334,31 +334,26 @@ async fn event_before_its_refund_is_kept_and_applied(db: Db) {
     assert_eq!(created, refund_gateway::store::CreateOutcome::Created);
     // The reconciliation loop retries waiting events and applies it (the
     // refund changes first, then the event is marked applied).
-    let end = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        row = app
-            .gateway
-            .store
+    let store = &app.gateway.store;
+    let (settled, waiting) = eventually(Duration::from_secs(10), || async {
+        let row = store
             .get_refund_any_client("rf_early")
             .await
             .unwrap()
             .unwrap();
-        let waiting = app
-            .gateway
-            .store
-            .events_by_state("unmatched")
-            .await
-            .unwrap();
-        if (row.status == "succeeded" && waiting.is_empty()) || tokio::time::Instant::now() > end {
-            assert_eq!(row.status, "succeeded");
-            assert!(
-                waiting.is_empty(),
-                "the event is no longer waiting: {waiting:?}"
-            );
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let waiting = store.events_by_state("unmatched").await.unwrap();
+        (
+            row.status == "succeeded" && waiting.is_empty(),
+            (row, waiting),
+        )
+    })
+    .await;
+    row = settled;
+    assert_eq!(row.status, "succeeded");
+    assert!(
+        waiting.is_empty(),
+        "the event is no longer waiting: {waiting:?}"
+    );
     assert_eq!(
         app.gateway
             .store
@@ -405,18 +400,15 @@ async fn pending_settles_by_ipn_and_by_query(db: Db) {
         "succeeded"
     );
     // The webhook settled it: its event is marked applied right after the refund changes.
-    let end = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    let events = eventually(Duration::from_secs(5), || async {
         let events = app.gateway.store.events_for_refund(id).await.unwrap();
-        if events.first().is_some_and(|e| e.state == "applied") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < end,
-            "no applied webhook event: {events:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (events.first().is_some_and(|e| e.state == "applied"), events)
+    })
+    .await;
+    assert!(
+        events.first().is_some_and(|e| e.state == "applied"),
+        "no applied webhook event: {events:?}"
+    );
     let p = app.pay10_sale("10.00", "AED").await;
     let r = app
         .post_refund(Some("ipn10"), &pay10_refund(&p, "0.94"))
@@ -586,14 +578,11 @@ async fn receipt_email_sent_once_and_retried(db: Db) {
     assert_eq!(r.body["status"], "succeeded");
     let id = r.body["id"].as_str().unwrap().to_string();
     // The first attempt fails with 451; the retry (2 s later) succeeds.
-    let end = tokio::time::Instant::now() + Duration::from_secs(15);
-    let entry = loop {
+    let entry = eventually(Duration::from_secs(15), || async {
         let entry = app.gateway.store.outbox_entry(&id).await.unwrap().unwrap();
-        if entry.state == "sent" || tokio::time::Instant::now() > end {
-            break entry;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        (entry.state == "sent", entry)
+    })
+    .await;
     assert_eq!(
         (entry.state.as_str(), entry.attempts),
         ("sent", 2),

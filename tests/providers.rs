@@ -10,7 +10,7 @@ use refund_gateway::money::{Currency, Minor};
 use refund_gateway::providers::pay10::{Pay10Account, Pay10Client};
 use refund_gateway::providers::pockyt::{PockytAccount, PockytClient};
 use refund_gateway::providers::{
-    http_client, HttpSettings, Outcome, RefundCall, SaleLookup, StatusQuery,
+    http_client, HttpSettings, Outcome, ProviderClient, RefundCall, SaleLookup, StatusQuery,
 };
 use refund_gateway::sandbox::{demo_credentials as creds, demo_sales, SandboxConfig};
 use secrecy::SecretString;
@@ -83,12 +83,11 @@ fn query_for(c: &RefundCall) -> StatusQuery {
     }
 }
 
-async fn settle(
-    status: impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>,
-) -> Outcome {
+/// Asks for the refund's status until it is no longer pending (5 s at most).
+async fn settle(client: &ProviderClient, q: &StatusQuery) -> Outcome {
     let end = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let o = status().await;
+        let o = client.refund_status(q).await.outcome;
         if o != Outcome::Pending || tokio::time::Instant::now() > end {
             return o;
         }
@@ -188,12 +187,7 @@ async fn pockyt_pending_then_success() {
     assert_eq!(client.refund(&c).await.outcome, Outcome::Pending);
     let q = query_for(&c);
     assert_eq!(client.refund_status(&q).await.outcome, Outcome::Pending);
-    let cl = client.clone();
-    let outcome = settle(move || {
-        let (cl, q) = (cl.clone(), q.clone());
-        Box::pin(async move { cl.refund_status(&q).await.outcome })
-    })
-    .await;
+    let outcome = settle(&ProviderClient::Pockyt(client.clone()), &q).await;
     assert_eq!(outcome, Outcome::Succeeded);
 }
 
@@ -328,12 +322,7 @@ async fn pay10_pending_then_success() {
         (Outcome::Pending, Some("REFUND_INITIATED"))
     );
     let q = query_for(&c);
-    let cl = client.clone();
-    let outcome = settle(move || {
-        let (cl, q) = (cl.clone(), q.clone());
-        Box::pin(async move { cl.refund_status(&q).await.outcome })
-    })
-    .await;
+    let outcome = settle(&ProviderClient::Pay10(client.clone()), &q).await;
     assert_eq!(outcome, Outcome::Succeeded);
 }
 

@@ -187,32 +187,32 @@ impl Gateway {
             provider_code: None,
             message: None,
         };
-        let current_status = Status::parse(&refund.status).unwrap_or(Status::Pending);
-        let decision = decide(current_status, outcome);
         let policy = self.reconcile;
-        let mut conflict = false;
+        // What the event did, decided against the row as the write found it.
+        let mut decision = Decision::Stay;
         self.store
             .update_refund(&refund.id, Some(refund), |current| {
                 let now = now_ms();
                 let mut u = super::apply_answer(current, &answer, now, &policy);
-                if Status::parse(&current.status)
-                    .is_some_and(|s| decide(s, outcome) == Decision::Conflict)
-                {
+                decision = decide(
+                    Status::parse(&current.status).unwrap_or(Status::Pending),
+                    outcome,
+                );
+                if decision == Decision::Conflict {
                     // Settle the contradiction by asking the provider.
-                    conflict = true;
                     u.next_check_at = Some(now);
                 }
                 let u = self.with_receipt(current, u);
                 (u != crate::store::RefundUpdate::from_row(current, u.updated_at)).then_some(u)
             })
             .await?;
-        if conflict {
-            crate::metrics::webhook(&ev.provider, "conflict");
-        }
         let state = match decision {
-            _ if conflict => "conflict",
+            Decision::Conflict => {
+                crate::metrics::webhook(&ev.provider, "conflict");
+                "conflict"
+            }
             Decision::Move(_) => "applied",
-            _ => "stale",
+            Decision::Stay => "stale",
         };
         self.store
             .set_event_state(&ev.id, state, Some(&refund.id), None)

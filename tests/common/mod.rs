@@ -231,14 +231,11 @@ impl TestApp {
         deadline: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
-        let end = tokio::time::Instant::now() + deadline;
-        loop {
-            let r = self.get(&format!("/v1/refunds/{id}")).await;
-            if pred(&r.body) || tokio::time::Instant::now() > end {
-                return r.body;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(deadline, || async {
+            let body = self.get(&format!("/v1/refunds/{id}")).await.body;
+            (pred(&body), body)
+        })
+        .await
     }
 }
 
@@ -486,5 +483,22 @@ pub fn stored_refund(
         created_at: now,
         updated_at: now,
         version: 0,
+    }
+}
+
+/// Polls `probe` every 50 ms until it reports done or `deadline` passes, and
+/// returns its last value (for background work; never a bare sleep).
+pub async fn eventually<T, F, Fut>(deadline: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = (bool, T)>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        let (done, value) = probe().await;
+        if done || tokio::time::Instant::now() > end {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
