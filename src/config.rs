@@ -45,6 +45,9 @@ pub struct FileConfig {
     pub provider_connect_timeout_ms: Option<u64>,
     pub provider_timeout_ms: Option<u64>,
     pub request_timeout_ms: Option<u64>,
+    /// How long after a refund's send deadline the provider may still be
+    /// processing it; after that, repeated "no such refund" answers fail it.
+    pub not_found_after_ms: Option<u64>,
     pub db_max_connections: Option<u32>,
     pub merchant_name: Option<String>,
     pub smtp: Option<SmtpEntry>,
@@ -169,6 +172,11 @@ pub struct Config {
     pub reconcile_max_attempts: u32,
     pub reconcile_base_delay: Duration,
     pub reconcile_max_delay: Duration,
+    /// A sent refund the provider has never heard of is failed
+    /// (`not_received_by_provider`) only once this long has passed since its
+    /// send deadline and `reconcile_not_found_checks` queries in a row said so.
+    pub reconcile_not_found_after: Duration,
+    pub reconcile_not_found_checks: u32,
     pub smtp: Option<Smtp>,
     /// How often the email worker looks for due receipts.
     pub email_interval: Duration,
@@ -290,6 +298,10 @@ impl Config {
             reconcile_max_attempts: 30,
             reconcile_base_delay: Duration::from_secs(1),
             reconcile_max_delay: Duration::from_secs(300),
+            reconcile_not_found_after: Duration::from_millis(
+                f.not_found_after_ms.unwrap_or(15 * 60_000),
+            ),
+            reconcile_not_found_checks: 3,
         })
     }
 

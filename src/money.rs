@@ -65,11 +65,22 @@ impl Currency {
         if !valid {
             return Err(MoneyError::NotDecimal);
         }
+        let digits = self.minor_digits();
+        // Decimal places are counted on the text: the decimal type keeps at
+        // most 28 and would round "1.000…0001" to 1 instead of refusing it.
+        if let Some((_, fraction)) = s.split_once('.') {
+            let significant = fraction.trim_end_matches('0').len();
+            if significant > digits as usize {
+                return Err(MoneyError::TooPrecise(digits));
+            }
+        }
+        if s.len() > 40 {
+            return Err(MoneyError::TooLarge);
+        }
         let d = Decimal::from_str(s).map_err(|_| MoneyError::NotDecimal)?;
         if d <= Decimal::ZERO {
             return Err(MoneyError::NotPositive);
         }
-        let digits = self.minor_digits();
         if d.normalize().scale() > digits {
             return Err(MoneyError::TooPrecise(digits));
         }

@@ -140,6 +140,9 @@ impl From<Refusal> for ApiError {
             Refusal::CurrencyMismatch { .. } => {
                 ApiError::new(unprocessable, "currency_mismatch", r.to_string())
             }
+            Refusal::SettleCurrencyMismatch { .. } => {
+                ApiError::new(unprocessable, "settle_currency_mismatch", r.to_string())
+            }
             Refusal::ExceedsRefundable { .. } => {
                 ApiError::new(unprocessable, "amount_exceeds_refundable", r.to_string())
             }

@@ -351,6 +351,8 @@ fn floor_row(n: u64) -> refund_gateway::store::RefundRow {
         next_check_at: Some(now + 32_000),
         lease_until: None,
         review_reason: None,
+        send_by: None,
+        not_found_streak: 0,
         created_at: now,
         updated_at: now,
         version: 0,

@@ -34,6 +34,30 @@ impl ProviderKind {
             _ => None,
         }
     }
+
+    /// Whether the provider can be asked about the original sale before a
+    /// refund (and so confirms its amount and currency).
+    pub fn has_sale_lookup(&self) -> bool {
+        matches!(self, ProviderKind::Pockyt)
+    }
+
+    /// The `failure_code` a POS can act on, from the provider's code for a
+    /// declined refund.
+    pub fn failure_code(&self, code: Option<&str>) -> &'static str {
+        match (self, code.unwrap_or("")) {
+            (ProviderKind::Pay10, "013" | "014" | "016") => "amount_exceeds_refundable",
+            (ProviderKind::Pockyt, "000022") => "parameters_mismatch",
+            (ProviderKind::Pockyt, "000020" | "000023") => "invalid_provider_request",
+            (ProviderKind::Pay10, "300" | "323" | "324")
+            | (ProviderKind::Pockyt, "000000" | "000010" | "000030") => {
+                "provider_configuration_error"
+            }
+            (ProviderKind::Pay10, "015" | "302") | (ProviderKind::Pockyt, "000021") => {
+                "transaction_not_found"
+            }
+            _ => "provider_declined",
+        }
+    }
 }
 
 impl fmt::Display for ProviderKind {
@@ -155,10 +179,20 @@ pub struct SaleInfo {
     pub reference: Option<String>,
     pub amount: String,
     pub currency: String,
+    /// The currency the sale settles in (Pockyt `settleCurrency`), if given.
+    pub settle_currency: Option<String>,
     pub status: String,
-    /// Amounts of the refunds the provider lists for this sale (any channel:
-    /// this gateway, another one, the provider's dashboard), failed ones left out.
-    pub refunded: Vec<String>,
+    /// The refunds the provider lists for this sale (any channel: this
+    /// gateway, another one, the provider's dashboard), failed ones left out.
+    pub refunded: Vec<ListedRefund>,
+}
+
+/// One refund a provider lists for a sale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedRefund {
+    pub amount: String,
+    /// The merchant's reference for it (ours are `RefundCall::provider_reference`).
+    pub reference: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,6 +290,22 @@ impl ProviderClient {
             started,
         );
         answer
+    }
+
+    /// Whether two accounts hold the very same credentials (so a webhook that
+    /// one of them verifies, the other verifies too).
+    pub fn same_credentials(&self, other: &ProviderClient) -> bool {
+        use secrecy::ExposeSecret;
+        match (self, other) {
+            (ProviderClient::Pockyt(a), ProviderClient::Pockyt(b)) => {
+                let (a, b) = (a.account(), b.account());
+                a.merchant_no == b.merchant_no
+                    && a.store_no == b.store_no
+                    && a.token.expose_secret() == b.token.expose_secret()
+            }
+            (ProviderClient::Pay10(a), ProviderClient::Pay10(b)) => a.same_credentials(b),
+            _ => false,
+        }
     }
 
     pub fn verify_webhook(&self, body: &[u8]) -> Result<WebhookEvent, WebhookError> {

@@ -2,27 +2,29 @@
 //! guard, the write-before-call rule, outcome recording and reconciliation.
 
 pub mod email;
+pub mod lifecycle;
 pub mod object;
 pub mod receipt;
 pub mod reconcile;
-pub mod status;
 pub mod webhooks;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::future::BoxFuture;
 
 use crate::config::{Account, AccountCredentials, Client, Config};
 use crate::money::{Currency, Minor};
 use crate::providers::pay10::Pay10Client;
 use crate::providers::pockyt::PockytClient;
 use crate::providers::{
-    http_client, Outcome, ProviderAnswer, ProviderClient, ProviderKind, RefundCall, SaleLookup,
-    StatusQuery,
+    http_client, ProviderClient, ProviderKind, RefundCall, SaleInfo, SaleLookup, StatusQuery,
 };
 use crate::store::{CreateOutcome, RefundRow, RefundUpdate, SaleTerms, Store, StoreError};
+use lifecycle::Status;
 pub use object::RefundObject;
-use status::{decide, Decision, Status};
 
 pub fn now_ms() -> i64 {
     let d = std::time::SystemTime::now()
@@ -30,6 +32,42 @@ pub fn now_ms() -> i64 {
         .unwrap_or_default();
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
+
+/// The gateway's clock: the system time, plus an offset that tests move
+/// forward to play a process pause of any length (shared by the gateways of
+/// one test, so the paused one wakes up as late as the world around it).
+#[derive(Debug, Clone, Default)]
+pub struct Clock {
+    offset_ms: Arc<AtomicI64>,
+}
+
+impl Clock {
+    pub fn now(&self) -> i64 {
+        now_ms().saturating_add(self.offset_ms.load(Ordering::SeqCst))
+    }
+
+    pub fn advance(&self, by: Duration) {
+        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+        self.offset_ms.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+/// The points between a request's writes and its provider call where a
+/// process may be paused (the stall-injection tests hold a request at each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// The sale was checked with the provider; nothing is recorded yet.
+    BeforeRecord,
+    /// The refund is recorded and reserved; not yet claimed for sending.
+    BeforeClaim,
+    /// The send is claimed; the provider has not been called.
+    BeforeCall,
+    /// The provider answered; the answer is not yet recorded.
+    BeforeOutcome,
+}
+
+/// Called at each [`Step`]; `None` in production.
+pub type PauseHook = Arc<dyn Fn(Step) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// A validated refund request (the API layer builds it).
 #[derive(Debug, Clone)]
@@ -60,6 +98,8 @@ pub enum Refusal {
     NotRefundable(String),
     #[error("the refund currency {requested} does not match the sale currency {sale}")]
     CurrencyMismatch { requested: String, sale: String },
+    #[error("the settle currency {requested} does not match the sale's settle currency {sale}")]
+    SettleCurrencyMismatch { requested: String, sale: String },
     #[error("the refund exceeds the refundable amount ({refundable} {currency} left)")]
     ExceedsRefundable {
         refundable: String,
@@ -95,7 +135,6 @@ pub struct AccountHandle {
     pub client: ProviderClient,
 }
 
-#[derive(Debug)]
 pub struct Gateway {
     pub store: Store,
     pub accounts: HashMap<String, Arc<AccountHandle>>,
@@ -105,6 +144,21 @@ pub struct Gateway {
     pub merchant_name: String,
     /// Receipt emails are enqueued only when SMTP is configured.
     pub email_enabled: bool,
+    pub clock: Clock,
+    /// Test hook: pauses a request between its steps.
+    pub pause: Option<PauseHook>,
+    /// For each account, the accounts with the very same credentials (itself
+    /// included, sorted): a webhook one of them verifies, all of them verify.
+    credential_groups: HashMap<String, Vec<String>>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("store", &self.store)
+            .field("accounts", &self.accounts.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Gateway {
@@ -130,10 +184,25 @@ impl Gateway {
                     }),
                 )
             })
+            .collect::<HashMap<String, Arc<AccountHandle>>>();
+        let credential_groups = accounts
+            .iter()
+            .map(|(name, h)| {
+                let mut group: Vec<String> = accounts
+                    .iter()
+                    .filter(|(_, o)| o.client.same_credentials(&h.client))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                group.sort();
+                (name.clone(), group)
+            })
             .collect();
         Gateway {
             store,
             accounts,
+            credential_groups,
+            clock: Clock::default(),
+            pause: None,
             clients: config.clients.iter().cloned().map(Arc::new).collect(),
             provider_timeout: config.http.timeout,
             reconcile: reconcile::Policy::from_config(config),
@@ -150,9 +219,16 @@ impl Gateway {
             .unwrap_or_else(|| self.merchant_name.clone())
     }
 
-    /// Adds the receipt email to an update that makes a refund succeed.
-    pub fn with_receipt(&self, current: &RefundRow, mut u: RefundUpdate) -> RefundUpdate {
-        if self.email_enabled && current.status != "succeeded" && u.status == "succeeded" {
+    /// Adds what goes with a refund's success to its update, in the same
+    /// transaction: the receipt email, and the sale's currency pinned where no
+    /// sale lookup confirmed it.
+    pub fn finish(&self, current: &RefundRow, mut u: RefundUpdate) -> RefundUpdate {
+        if current.status == Status::Succeeded.as_str() || u.status != Status::Succeeded.as_str() {
+            return u;
+        }
+        u.confirm_sale =
+            ProviderKind::parse(&current.provider).is_some_and(|k| !k.has_sale_lookup());
+        if self.email_enabled {
             if let Some(to) = &current.receipt_email {
                 let mut after = current.clone();
                 u.apply_to(&mut after);
@@ -165,6 +241,20 @@ impl Gateway {
             }
         }
         u
+    }
+
+    /// The accounts sharing `account`'s credentials (at least `account`).
+    pub fn credential_group(&self, account: &str) -> Vec<String> {
+        self.credential_groups
+            .get(account)
+            .cloned()
+            .unwrap_or_else(|| vec![account.to_string()])
+    }
+
+    async fn pause_at(&self, step: Step) {
+        if let Some(hook) = &self.pause {
+            hook(step).await;
+        }
     }
 
     /// How long a first request may hold its idempotency key before another
@@ -210,7 +300,7 @@ impl Gateway {
                     Some(existing) => Ok(Self::answer_duplicate(
                         existing,
                         &req.request_hash,
-                        now_ms(),
+                        self.clock.now(),
                     )),
                     None => Err(refusal),
                 }
@@ -219,84 +309,114 @@ impl Gateway {
         }
     }
 
-    async fn create_new(&self, client: &Client, req: &NewRefund) -> Result<Created, Refusal> {
-        let now = now_ms();
-        let handle = client
-            .accounts
-            .get(&req.provider)
-            .and_then(|name| self.accounts.get(name))
-            .ok_or(Refusal::ProviderNotConfigured(req.provider))?
-            .clone();
-
-        // Pre-check with the provider where it can tell us about the sale.
-        let (transaction_no, reference, terms) = match handle
+    /// Checks the sale with the provider where it can be asked (Pockyt):
+    /// what the refund may be made against, or a refusal.
+    async fn check_sale(
+        &self,
+        handle: &AccountHandle,
+        req: &NewRefund,
+    ) -> Result<SaleCheck, Refusal> {
+        match handle
             .client
             .lookup_sale(req.transaction_no.as_deref(), req.reference.as_deref())
             .await
         {
-            None => (
-                req.transaction_no.clone().unwrap_or_default(),
-                req.reference.clone(),
-                SaleTerms::default(),
-            ),
-            Some(SaleLookup::NotFound) => return Err(Refusal::TransactionNotFound),
+            None => Ok(SaleCheck {
+                transaction_no: req.transaction_no.clone().unwrap_or_default(),
+                reference: req.reference.clone(),
+                settle_currency: req.settle_currency,
+                terms: SaleTerms::default(),
+            }),
+            Some(SaleLookup::NotFound) => Err(Refusal::TransactionNotFound),
             Some(SaleLookup::Unavailable(reason)) => {
                 tracing::warn!(%reason, "sale lookup failed before refund");
-                return Err(Refusal::ProviderUnavailable);
+                Err(Refusal::ProviderUnavailable)
             }
-            Some(SaleLookup::Found(sale)) => {
-                if req.reference.is_some()
-                    && sale.reference.is_some()
-                    && req.reference != sale.reference
-                {
-                    return Err(Refusal::TransactionNotFound);
-                }
-                if sale.status != "success" {
-                    return Err(Refusal::NotRefundable(sale.status));
-                }
-                if sale.currency != req.currency.code() {
-                    return Err(Refusal::CurrencyMismatch {
-                        requested: req.currency.code().into(),
-                        sale: sale.currency,
-                    });
-                }
-                let Ok(amount) = req.currency.parse_amount(&sale.amount) else {
-                    tracing::warn!(amount = %sale.amount, "provider reported an unreadable sale amount");
-                    return Err(Refusal::ProviderUnavailable);
-                };
-                // Refunds the provider already lists count too, whoever made
-                // them (this gateway's own reservations are checked atomically
-                // when the refund is recorded).
-                let refunded: i64 = sale
-                    .refunded
-                    .iter()
-                    .filter_map(|a| match req.currency.parse_amount(a) {
-                        Ok(m) => Some(m.0),
-                        Err(_) => {
-                            tracing::warn!(amount = %a, "provider listed an unreadable refund amount");
-                            None
-                        }
-                    })
-                    .sum();
-                if refunded + req.amount.0 > amount.0 {
-                    return Err(Refusal::ExceedsRefundable {
-                        refundable: req.currency.format(Minor((amount.0 - refunded).max(0))),
-                        currency: req.currency.code().into(),
-                    });
-                }
-                (
-                    sale.transaction_no,
-                    sale.reference,
-                    SaleTerms {
-                        amount_minor: Some(amount.0),
-                    },
-                )
-            }
-        };
+            Some(SaleLookup::Found(sale)) => self.check_found_sale(handle, req, sale).await,
+        }
+    }
 
-        let id = format!("rf_{}", ulid::Ulid::new());
-        let row = RefundRow {
-            id: id.clone(),
+    async fn check_found_sale(
+        &self,
+        handle: &AccountHandle,
+        req: &NewRefund,
+        sale: SaleInfo,
+    ) -> Result<SaleCheck, Refusal> {
+        if req.reference.is_some() && sale.reference.is_some() && req.reference != sale.reference {
+            return Err(Refusal::TransactionNotFound);
+        }
+        if sale.status != "success" {
+            return Err(Refusal::NotRefundable(sale.status));
+        }
+        if sale.currency != req.currency.code() {
+            return Err(Refusal::CurrencyMismatch {
+                requested: req.currency.code().into(),
+                sale: sale.currency,
+            });
+        }
+        let sale_settle = match sale.settle_currency.as_deref() {
+            Some(code) => match crate::money::Currency::from_code(code) {
+                Ok(c) => Some(c),
+                Err(_) => {
+                    tracing::warn!(settle_currency = %code, "provider reported an unknown settle currency");
+                    return Err(Refusal::ProviderUnavailable);
+                }
+            },
+            None => None,
+        };
+        if let (Some(asked), Some(settles)) = (req.settle_currency, sale_settle) {
+            if asked != settles {
+                return Err(Refusal::SettleCurrencyMismatch {
+                    requested: asked.code().into(),
+                    sale: settles.code().into(),
+                });
+            }
+        }
+        let Ok(amount) = req.currency.parse_amount(&sale.amount) else {
+            tracing::warn!(amount = %sale.amount, "provider reported an unreadable sale amount");
+            return Err(Refusal::ProviderUnavailable);
+        };
+        // Refunds the provider lists that this gateway did not make count
+        // against the sale too (ours are counted by their reservations). Ours
+        // are recorded before the provider hears of them, so none is missed.
+        let ours = self
+            .store
+            .provider_references_on_transaction(&handle.account.name, &sale.transaction_no)
+            .await?;
+        let external: i64 = sale
+            .refunded
+            .iter()
+            .filter(|r| r.reference.as_ref().is_none_or(|x| !ours.contains(x)))
+            .filter_map(|r| match req.currency.parse_amount(&r.amount) {
+                Ok(m) => Some(m.0),
+                Err(_) => {
+                    tracing::warn!(amount = %r.amount, "provider listed an unreadable refund amount");
+                    None
+                }
+            })
+            .sum();
+        Ok(SaleCheck {
+            transaction_no: sale.transaction_no,
+            reference: sale.reference,
+            settle_currency: req.settle_currency.or(sale_settle).or(Some(req.currency)),
+            terms: SaleTerms {
+                amount_minor: Some(amount.0),
+                currency_confirmed: true,
+                external_minor: external,
+            },
+        })
+    }
+
+    fn new_row(
+        &self,
+        client: &Client,
+        handle: &AccountHandle,
+        req: &NewRefund,
+        sale: &SaleCheck,
+        now: i64,
+    ) -> RefundRow {
+        RefundRow {
+            id: format!("rf_{}", ulid::Ulid::new()),
             client: client.name.clone(),
             account: handle.account.name.clone(),
             provider: req.provider.as_str().into(),
@@ -304,17 +424,9 @@ impl Gateway {
             status: Status::Pending.as_str().into(),
             amount_minor: req.amount.0,
             currency: req.currency.code().into(),
-            settle_currency: match req.provider {
-                ProviderKind::Pockyt => Some(
-                    req.settle_currency
-                        .map(|c| c.code())
-                        .unwrap_or("USD")
-                        .into(),
-                ),
-                ProviderKind::Pay10 => None,
-            },
-            transaction_no,
-            reference,
+            settle_currency: sale.settle_currency.map(|c| c.code().into()),
+            transaction_no: sale.transaction_no.clone(),
+            reference: sale.reference.clone(),
             refund_reference: req.refund_reference.clone(),
             provider_reference: provider_reference(),
             provider_refund_id: None,
@@ -337,11 +449,30 @@ impl Gateway {
             next_check_at: Some(now + self.inflight_window()),
             lease_until: None,
             review_reason: None,
+            send_by: None,
+            not_found_streak: 0,
             created_at: now,
             updated_at: now,
             version: 0,
-        };
-        match self.store.create_refund(&row, &terms).await? {
+        }
+    }
+
+    /// The flow after validation: check the sale, record and reserve (one
+    /// atomic write), claim the send (a compare-and-swap), call the provider,
+    /// record its answer (a compare-and-swap). A process may pause between any
+    /// two of these for any time; see [`lifecycle`] for why that is safe.
+    async fn create_new(&self, client: &Client, req: &NewRefund) -> Result<Created, Refusal> {
+        let handle = client
+            .accounts
+            .get(&req.provider)
+            .and_then(|name| self.accounts.get(name))
+            .ok_or(Refusal::ProviderNotConfigured(req.provider))?
+            .clone();
+        let sale = self.check_sale(&handle, req).await?;
+        self.pause_at(Step::BeforeRecord).await;
+
+        let row = self.new_row(client, &handle, req, &sale, self.clock.now());
+        match self.store.create_refund(&row, &sale.terms).await? {
             CreateOutcome::Created => {}
             CreateOutcome::Duplicate => {
                 let existing = self
@@ -353,7 +484,11 @@ impl Gateway {
                     )
                     .await?;
                 return match existing {
-                    Some(e) => Ok(Self::answer_duplicate(e, &req.request_hash, now)),
+                    Some(e) => Ok(Self::answer_duplicate(
+                        e,
+                        &req.request_hash,
+                        self.clock.now(),
+                    )),
                     None => Ok(Created::InProgress),
                 };
             }
@@ -365,37 +500,78 @@ impl Gateway {
             }
             CreateOutcome::ExceedsRefundable { refundable_minor } => {
                 return Err(Refusal::ExceedsRefundable {
-                    refundable: req.currency.format(Minor(refundable_minor)),
+                    refundable: req.currency.format(crate::money::Minor(refundable_minor)),
                     currency: req.currency.code().into(),
                 })
             }
         }
+        self.pause_at(Step::BeforeClaim).await;
 
-        let sent_at = now_ms();
-        self.store.mark_sent(&id, sent_at).await?;
+        let claimed_at = self.clock.now();
+        let send_by = claimed_at + self.send_budget();
+        if !self
+            .store
+            .claim_send(&row.id, row.version, claimed_at, send_by)
+            .await?
+        {
+            // Someone decided this refund before it was claimed (it was taken
+            // as never submitted): the provider must not be called.
+            tracing::warn!(refund_id = %row.id, "send claim lost; the provider is not called");
+            let current = self
+                .store
+                .get_refund_any_client(&row.id)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt(format!("refund {} vanished", row.id)))?;
+            return Ok(Created::Current(current));
+        }
         let row = RefundRow {
             submission: "sent".into(),
-            updated_at: sent_at,
+            send_by: Some(send_by),
+            updated_at: claimed_at,
             version: row.version + 1,
             ..row
         };
+        self.pause_at(Step::BeforeCall).await;
+
+        if self.clock.now() > send_by {
+            // Paused past the deadline that others rely on: do not send.
+            tracing::warn!(refund_id = %row.id, "send deadline passed before the call; abandoning it");
+            return self
+                .record_response(&row, lifecycle::sender_abandoned)
+                .await;
+        }
         let call = RefundCall {
-            refund_id: id.clone(),
+            refund_id: row.id.clone(),
             provider_reference: row.provider_reference.clone(),
             transaction_no: Some(row.transaction_no.clone()).filter(|t| !t.is_empty()),
             reference: row.reference.clone(),
             amount: req.amount,
             currency: req.currency,
-            settle_currency: req.settle_currency,
+            settle_currency: sale.settle_currency,
         };
         let answer = handle.client.refund(&call).await;
+        self.pause_at(Step::BeforeOutcome).await;
         let policy = self.reconcile;
+        self.record_response(&row, |current, now| {
+            Some(lifecycle::answer(current, &answer, now, &policy))
+        })
+        .await
+    }
+
+    /// Applies the request's own final write and stores the response that a
+    /// replay of the request will get.
+    async fn record_response(
+        &self,
+        row: &RefundRow,
+        transition: impl Fn(&RefundRow, i64) -> Option<RefundUpdate>,
+    ) -> Result<Created, Refusal> {
         let updated = self
             .store
-            .update_refund(&id, Some(&row), |current| {
-                let now = now_ms();
-                let mut u =
-                    self.with_receipt(current, apply_answer(current, &answer, now, &policy));
+            .update_refund(&row.id, Some(row), |current| {
+                let mut u = match transition(current, self.clock.now()) {
+                    Some(u) => self.finish(current, u),
+                    None => RefundUpdate::from_row(current, self.clock.now()),
+                };
                 let mut after = current.clone();
                 u.apply_to(&mut after);
                 u.response_code = Some(201);
@@ -405,7 +581,7 @@ impl Gateway {
             })
             .await?;
         let (row, _) =
-            updated.ok_or_else(|| StoreError::Corrupt(format!("refund {id} vanished")))?;
+            updated.ok_or_else(|| StoreError::Corrupt(format!("refund {} vanished", row.id)))?;
         Ok(Created::New(row))
     }
 
@@ -419,13 +595,30 @@ impl Gateway {
         let updated = self
             .store
             .update_refund(&row.id, Some(row), |current| {
-                let u =
-                    self.with_receipt(current, apply_answer(current, &answer, now_ms(), &policy));
+                let now = self.clock.now();
+                let u = self.finish(
+                    current,
+                    lifecycle::status_query(current, &answer, now, &policy),
+                );
                 (u != RefundUpdate::from_row(current, u.updated_at)).then_some(u)
             })
             .await?;
         Ok(updated.map(|(r, _)| r).unwrap_or_else(|| row.clone()))
     }
+
+    /// How long after its claim a sender may still call the provider.
+    fn send_budget(&self) -> i64 {
+        i64::try_from(self.provider_timeout.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+/// What a refund is made against, after the sale check.
+#[derive(Debug)]
+struct SaleCheck {
+    transaction_no: String,
+    reference: Option<String>,
+    settle_currency: Option<crate::money::Currency>,
+    terms: SaleTerms,
 }
 
 pub fn status_query(row: &RefundRow) -> StatusQuery {
@@ -443,69 +636,4 @@ pub fn status_query(row: &RefundRow) -> StatusQuery {
 fn provider_reference() -> String {
     let u = ulid::Ulid::new().to_string();
     format!("{}{}", &u[..10], &u[16..])
-}
-
-/// Failure codes the POS can act on, from the provider's answer.
-fn failure_code(provider: &str, code: Option<&str>) -> &'static str {
-    match (provider, code.unwrap_or("")) {
-        ("pay10", "013" | "014" | "016") | ("pockyt", "000022") => "amount_exceeds_refundable",
-        ("pay10", "300" | "323" | "324") | ("pockyt", "000000" | "000030") => {
-            "provider_configuration_error"
-        }
-        ("pay10", "015" | "302") | ("pockyt", "000021") => "transaction_not_found",
-        _ => "provider_declined",
-    }
-}
-
-/// The update a provider answer makes to a refund, through the state machine.
-pub fn apply_answer(
-    current: &RefundRow,
-    answer: &ProviderAnswer,
-    now: i64,
-    policy: &reconcile::Policy,
-) -> RefundUpdate {
-    let mut u = RefundUpdate::from_row(current, now);
-    let status = Status::parse(&current.status).unwrap_or(Status::Pending);
-    if answer.provider_refund_id.is_some() && u.provider_refund_id.is_none() {
-        u.provider_refund_id = answer.provider_refund_id.clone();
-    }
-    match decide(status, answer.outcome) {
-        Decision::Move(next) => {
-            u.status = next.as_str().into();
-            u.provider_status = answer.provider_status.clone().or(u.provider_status);
-            u.provider_code = answer.provider_code.clone().or(u.provider_code);
-            u.provider_message = answer.message.clone();
-            if next == Status::Failed {
-                u.failure_code =
-                    Some(failure_code(&current.provider, answer.provider_code.as_deref()).into());
-                u.failure_message = answer
-                    .message
-                    .clone()
-                    .or_else(|| Some("the provider declined the refund".into()));
-            }
-            u.next_check_at = None;
-            u.lease_until = None;
-        }
-        Decision::Stay if status == Status::Pending => {
-            if answer.outcome == Outcome::Pending {
-                u.provider_status = answer.provider_status.clone().or(u.provider_status);
-                u.provider_code = answer.provider_code.clone().or(u.provider_code);
-            }
-            u.next_check_at = Some(now + policy.delay_after(current.check_attempts));
-        }
-        Decision::Stay => {}
-        Decision::Conflict => {
-            tracing::error!(
-                refund_id = %current.id,
-                recorded = %current.status,
-                reported = ?answer.outcome,
-                "provider contradicts a final refund status; keeping it and flagging for review"
-            );
-            u.review_reason = Some(format!(
-                "provider reported {:?} after the refund was {}",
-                answer.outcome, current.status
-            ));
-        }
-    }
-    u
 }

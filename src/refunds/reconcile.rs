@@ -5,9 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{apply_answer, now_ms, status_query, Gateway};
+use super::{lifecycle, status_query, Gateway};
 use crate::config::Config;
-use crate::providers::Outcome;
 use crate::store::{RefundRow, StoreError};
 
 #[derive(Debug, Clone, Copy)]
@@ -18,6 +17,11 @@ pub struct Policy {
     pub max_attempts: u32,
     /// How long a claimed refund is reserved for the claiming process.
     pub lease: Duration,
+    /// After a sent refund's send deadline, how long the provider may still
+    /// be processing it (see [`lifecycle::status_query`]).
+    pub not_found_after: Duration,
+    /// "No such refund" answers in a row needed to fail a sent refund.
+    pub not_found_checks: u32,
 }
 
 impl Policy {
@@ -28,7 +32,13 @@ impl Policy {
             max_delay: c.reconcile_max_delay,
             max_attempts: c.reconcile_max_attempts,
             lease: c.http.timeout * 2 + Duration::from_secs(5),
+            not_found_after: c.reconcile_not_found_after,
+            not_found_checks: c.reconcile_not_found_checks.max(1),
         }
+    }
+
+    pub fn not_found_after_ms(&self) -> i64 {
+        i64::try_from(self.not_found_after.as_millis()).unwrap_or(i64::MAX)
     }
 
     /// Milliseconds to wait before the next check after `attempts` checks.
@@ -45,7 +55,7 @@ impl Policy {
 impl Gateway {
     /// One pass: claims due refunds and checks each. Returns how many were checked.
     pub async fn reconcile_due(self: &Arc<Self>) -> Result<usize, StoreError> {
-        let now = now_ms();
+        let now = self.clock.now();
         let lease = i64::try_from(self.reconcile.lease.as_millis()).unwrap_or(i64::MAX);
         let due = self.store.claim_due(now, now + lease, 32).await?;
         let n = due.len();
@@ -75,32 +85,11 @@ impl Gateway {
         let policy = self.reconcile;
         self.store
             .update_refund(&row.id, Some(&row), |current| {
-                let now = now_ms();
-                let mut u = apply_answer(current, &answer, now, &policy);
-                u.lease_until = None;
-                if current.status != "pending" {
-                    return Some(u);
-                }
-                u.check_attempts = current.check_attempts + 1;
-                if answer.outcome == Outcome::NotFound && current.submission == "prepared" {
-                    // The request provably never left this gateway: nothing to find.
-                    u.status = "failed".into();
-                    u.failure_code = Some("not_submitted".into());
-                    u.failure_message = Some("the refund was never sent to the provider".into());
-                    u.next_check_at = None;
-                    tracing::info!(refund_id = %current.id, "refund was never submitted; marked failed");
-                } else if u.status == "pending" && u.check_attempts >= i64::from(policy.max_attempts) {
-                    let reason = format!(
-                        "still pending after {} status queries; last answer {:?} {}",
-                        u.check_attempts,
-                        answer.outcome,
-                        answer.message.as_deref().unwrap_or("")
-                    );
-                    tracing::warn!(refund_id = %current.id, %reason, "reconciliation gave up; refund needs review");
-                    u.next_check_at = None;
-                    u.review_reason = Some(reason);
-                }
-                Some(self.with_receipt(current, u))
+                let now = self.clock.now();
+                Some(self.finish(
+                    current,
+                    lifecycle::status_query(current, &answer, now, &policy),
+                ))
             })
             .await?;
         Ok(())

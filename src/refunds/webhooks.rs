@@ -1,10 +1,15 @@
-//! Provider webhooks (IPNs): verified, stored once, matched to a refund,
-//! validated against it, and applied through the state machine.
+//! Provider webhooks (IPNs): evidence, not commands. Verified, stored once
+//! (de-duplicated on the verified fields), matched to a refund only by what
+//! names that refund (the provider's refund id or our reference), checked
+//! against it, and applied through the lifecycle. An event that names no
+//! refund we know changes nothing by itself: it makes the gateway ask the
+//! provider about the sale's pending refunds, and is retried with backoff
+//! until a refund appears or it gives up.
 
 use sha2::{Digest, Sha256};
 
-use super::status::{decide, Decision, Status};
-use super::{now_ms, Gateway};
+use super::lifecycle::{self, decide, Decision, Status};
+use super::Gateway;
 use crate::money::Currency;
 use crate::providers::{Outcome, ProviderKind, WebhookError, WebhookEvent};
 use crate::store::{RefundRow, StoreError, WebhookRow};
@@ -29,6 +34,16 @@ pub enum WebhookFailure {
     UnknownAccount,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Matching attempts for an event that names no refund we know, before it is
+/// left as `expired`: retried after 1 s, 2 s, 4 s, ... (about 68 minutes in
+/// all), which covers a webhook that beats the provider's answer to our call.
+const MAX_MATCH_ATTEMPTS: i64 = 12;
+
+/// Milliseconds before the next matching attempt after `attempts` attempts.
+fn match_delay(attempts: i64) -> i64 {
+    1000 << attempts.clamp(1, 12).saturating_sub(1)
 }
 
 /// Fields that change between deliveries of the same event.
@@ -86,6 +101,14 @@ impl Gateway {
                 WebhookFailure::BadSignature
             });
         };
+        // Accounts sharing credentials verify the same events: store the event
+        // once, under the first of them, and match it across all of them.
+        let account = self
+            .credential_group(&account)
+            .into_iter()
+            .next()
+            .unwrap_or(account);
+        let now = self.clock.now();
         let row = WebhookRow {
             id: format!("evt_{}", ulid::Ulid::new()),
             provider: provider.as_str().into(),
@@ -101,7 +124,9 @@ impl Gateway {
             refund_id: None,
             state: if ev.is_refund { "received" } else { "ignored" }.into(),
             note: (!ev.is_refund).then(|| "not a refund event".to_string()),
-            received_at: now_ms(),
+            received_at: now,
+            attempts: 0,
+            next_attempt_at: None,
         };
         if !self.store.insert_event(&row).await? {
             tracing::info!(provider = %provider, "duplicate webhook ignored");
@@ -113,55 +138,51 @@ impl Gateway {
         self.process_event(&row).await
     }
 
-    /// Matches a stored event to its refund and applies it.
+    /// Matches a stored event to the refund it names and applies it; an event
+    /// naming no refund we know makes us ask the provider instead.
     async fn process_event(&self, ev: &WebhookRow) -> Result<WebhookReply, WebhookFailure> {
-        let mut refund = self
+        let group = self.credential_group(&ev.account);
+        let refund = self
             .store
             .find_refund_by_provider_ids(
-                &ev.account,
+                &group,
                 ev.provider_refund_id.as_deref(),
                 ev.provider_reference.as_deref(),
             )
             .await?;
-        let names_a_refund = ev.provider_refund_id.is_some() || ev.provider_reference.is_some();
-        if refund.is_none() && !names_a_refund {
-            if let Some(tx) = &ev.transaction_no {
-                let mut on_tx = self.store.refunds_on_transaction(&ev.account, tx).await?;
-                if on_tx.len() == 1 {
-                    refund = on_tx.pop();
-                } else if on_tx.len() > 1 {
-                    // Ambiguous: ask the provider about each pending refund instead of guessing.
-                    let pending: Vec<String> = on_tx
-                        .into_iter()
-                        .filter(|r| r.status == "pending")
-                        .map(|r| r.id)
-                        .collect();
-                    self.store.check_now(&pending, now_ms()).await?;
-                    self.store
-                        .set_event_state(
-                            &ev.id,
-                            "ambiguous",
-                            None,
-                            Some("several refunds on this transaction; reconciling by query"),
-                        )
-                        .await?;
-                    return Ok(WebhookReply::Accepted);
-                }
-            }
+        if let Some(refund) = refund {
+            return self.apply_event(ev, &refund).await;
         }
-        let Some(refund) = refund else {
-            self.store
-                .set_event_state(
-                    &ev.id,
-                    "unmatched",
-                    None,
-                    Some("no refund yet; kept until one appears"),
-                )
-                .await?;
-            tracing::info!(event = %ev.id, "webhook matches no refund yet; kept");
-            return Ok(WebhookReply::Accepted);
+        // Not a refund we know (yet): the provider's answer to a status query
+        // decides, never the event. Ask about the sale's pending refunds now.
+        let now = self.clock.now();
+        let mut asked = 0;
+        if let Some(tx) = &ev.transaction_no {
+            let pending = self.store.pending_on_transaction(&group, tx).await?;
+            asked = pending.len();
+            self.store.check_now(&pending, now).await?;
+        }
+        let attempts = ev.attempts + 1;
+        let (state, next) = if attempts >= MAX_MATCH_ATTEMPTS {
+            ("expired", None)
+        } else {
+            ("unmatched", Some(now + match_delay(attempts)))
         };
-        self.apply_event(ev, &refund).await
+        let note = format!(
+            "names no refund this gateway knows; {attempts} matching attempts, {asked} pending refunds on the sale queried{}",
+            if next.is_none() { "; given up" } else { "" }
+        );
+        self.store
+            .event_not_matched(&ev.id, state, attempts, next, &note)
+            .await?;
+        if attempts == 1 {
+            tracing::info!(event = %ev.id, asked, "webhook names no refund we know; asking the provider instead");
+        } else if next.is_none() {
+            tracing::info!(event = %ev.id, attempts, "webhook never matched a refund; no more attempts");
+        } else {
+            tracing::debug!(event = %ev.id, attempts, "webhook still matches no refund");
+        }
+        Ok(WebhookReply::Accepted)
     }
 
     async fn apply_event(
@@ -192,8 +213,8 @@ impl Gateway {
         let mut decision = Decision::Stay;
         self.store
             .update_refund(&refund.id, Some(refund), |current| {
-                let now = now_ms();
-                let mut u = super::apply_answer(current, &answer, now, &policy);
+                let now = self.clock.now();
+                let mut u = lifecycle::answer(current, &answer, now, &policy);
                 decision = decide(
                     Status::parse(&current.status).unwrap_or(Status::Pending),
                     outcome,
@@ -202,7 +223,7 @@ impl Gateway {
                     // Settle the contradiction by asking the provider.
                     u.next_check_at = Some(now);
                 }
-                let u = self.with_receipt(current, u);
+                let u = self.finish(current, u);
                 (u != crate::store::RefundUpdate::from_row(current, u.updated_at)).then_some(u)
             })
             .await?;
@@ -222,22 +243,25 @@ impl Gateway {
 
     /// Retries stored events that matched no refund when they arrived (the
     /// webhook beat the provider's answer that told us its refund id). Runs
-    /// in the reconciliation loop; events older than a day are left alone.
+    /// in the reconciliation loop; each event is claimed by one process, backs
+    /// off, and stops after [`MAX_MATCH_ATTEMPTS`].
     pub async fn retry_unmatched_events(&self) -> Result<usize, StoreError> {
+        let now = self.clock.now();
+        let lease = i64::try_from(self.reconcile.lease.as_millis()).unwrap_or(i64::MAX);
         let events = self
             .store
-            .unmatched_events(now_ms() - 86_400_000, 50)
+            .claim_unmatched_events(now, now + lease, 50)
             .await?;
-        let mut applied = 0;
+        let mut processed = 0;
         for ev in &events {
             match self.process_event(ev).await {
-                Ok(_) => applied += 1,
+                Ok(_) => processed += 1,
                 Err(e) => {
-                    tracing::warn!(event = %ev.id, error = %e, "waiting webhook could not be applied")
+                    tracing::warn!(event = %ev.id, error = %e, "waiting webhook could not be processed")
                 }
             }
         }
-        Ok(applied)
+        Ok(processed)
     }
 }
 

@@ -220,6 +220,36 @@ impl Sandbox {
         book.sales.get(transaction_no).map(|s| s.refunded().0)
     }
 
+    /// The refunds applied on a sale: (merchant refund reference, minor
+    /// units, settled successfully yet).
+    pub fn refunds_of(
+        &self,
+        provider: &str,
+        transaction_no: &str,
+    ) -> Vec<(Option<String>, i64, bool)> {
+        let b = self.lock();
+        let book = if provider == "pay10" {
+            &b.pay10
+        } else {
+            &b.pockyt
+        };
+        book.sales
+            .get(transaction_no)
+            .map(|s| {
+                s.refunds
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.refund_reference.clone(),
+                            r.amount.0,
+                            r.state == RefundState::Success,
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Routes under `/sandbox/pockyt` and `/sandbox/pay10`.
     pub fn router(&self) -> Router {
         Router::new()

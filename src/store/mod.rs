@@ -90,14 +90,25 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// Reserve a refund's amount against its sale (binds: see `bind_new_refund`).
-const RESERVE: &str = "INSERT INTO sales (account, transaction_no, amount_minor, currency, reserved_minor) \
-    VALUES ($3, $10, $22, $8, $7) \
+///
+/// A new sale row is inserted only if the refund alone fits; an existing one
+/// is added to only while every reservation plus the refunds made elsewhere
+/// stay within the sale, and only in the sale's currency once the provider
+/// confirmed it. An unconfirmed currency (Pay10, which has no sale lookup)
+/// pins nothing: it is overwritten until a confirmed fact arrives.
+const RESERVE: &str = "INSERT INTO sales (account, transaction_no, amount_minor, currency, reserved_minor, currency_confirmed, external_minor) \
+    SELECT $3, $10, $22, $8, $7, $23, $24 WHERE $22 IS NULL OR $7 + $24 <= $22 \
     ON CONFLICT (account, transaction_no) DO UPDATE \
     SET reserved_minor = sales.reserved_minor + excluded.reserved_minor, \
-        amount_minor = COALESCE(sales.amount_minor, excluded.amount_minor) \
-    WHERE sales.currency = excluded.currency \
+        amount_minor = COALESCE(sales.amount_minor, excluded.amount_minor), \
+        currency = CASE WHEN sales.currency_confirmed = 1 THEN sales.currency ELSE excluded.currency END, \
+        currency_confirmed = CASE WHEN sales.currency_confirmed = 1 THEN 1 ELSE excluded.currency_confirmed END, \
+        external_minor = CASE WHEN sales.external_minor > excluded.external_minor THEN sales.external_minor ELSE excluded.external_minor END \
+    WHERE (sales.currency_confirmed = 0 OR sales.currency = excluded.currency) \
       AND (COALESCE(sales.amount_minor, excluded.amount_minor) IS NULL \
-           OR sales.reserved_minor + excluded.reserved_minor <= COALESCE(sales.amount_minor, excluded.amount_minor))";
+           OR sales.reserved_minor + excluded.reserved_minor \
+              + CASE WHEN sales.external_minor > excluded.external_minor THEN sales.external_minor ELSE excluded.external_minor END \
+              <= COALESCE(sales.amount_minor, excluded.amount_minor))";
 
 const INSERT_REFUND: &str = "INSERT INTO refunds (id, client, account, provider, livemode, status, amount_minor, currency, \
     settle_currency, transaction_no, reference, refund_reference, provider_reference, reason, receipt_email, metadata, \
@@ -106,7 +117,7 @@ const INSERT_REFUND: &str = "INSERT INTO refunds (id, client, account, provider,
 const REFUND_VALUES: &str =
     "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, 'prepared', $19, 0, $20, $21, $21";
 
-/// Binds a new refund (and the sale's known amount as `$22`) for [`RESERVE`],
+/// Binds a new refund (and the sale's terms as `$22`-`$24`) for [`RESERVE`],
 /// [`INSERT_REFUND`] and [`REFUND_VALUES`], which share one numbering.
 fn bind_new_refund<'q>(
     q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
@@ -135,13 +146,16 @@ fn bind_new_refund<'q>(
         .bind(new.next_check_at)
         .bind(new.created_at)
         .bind(sale.amount_minor)
+        .bind(i64::from(sale.currency_confirmed))
+        .bind(sale.external_minor)
 }
 
 const SELECT_REFUND: &str = "SELECT id, client, account, provider, livemode, status, amount_minor, currency, \
     settle_currency, transaction_no, reference, refund_reference, provider_reference, provider_refund_id, \
     provider_status, provider_code, provider_message, failure_code, failure_message, reason, receipt_email, \
     metadata, idempotency_key, request_hash, submission, response_code, response_body, inflight_until, \
-    check_attempts, next_check_at, lease_until, review_reason, created_at, updated_at, version FROM refunds";
+    check_attempts, next_check_at, lease_until, review_reason, send_by, not_found_streak, created_at, updated_at, \
+    version FROM refunds";
 
 impl Store {
     /// Connects, creating the SQLite file if needed, and runs migrations.
@@ -318,53 +332,81 @@ impl Store {
         if inserted == 1 {
             return Ok(CreateOutcome::Created);
         }
-        // The reservation was refused: say why.
-        let row = sqlx::query("SELECT amount_minor, currency, reserved_minor FROM sales WHERE account = $1 AND transaction_no = $2")
+        // The reservation was refused: say why, counting every reservation
+        // (pending and succeeded) and the refunds made elsewhere.
+        let row = sqlx::query("SELECT amount_minor, currency, currency_confirmed, reserved_minor, external_minor FROM sales WHERE account = $1 AND transaction_no = $2")
             .bind(&new.account)
             .bind(&new.transaction_no)
-            .fetch_one(&self.pool)
+            .fetch_optional(&self.pool)
             .await?;
+        let Some(row) = row else {
+            // No sale row: the refund alone exceeds what the provider reported.
+            return Ok(CreateOutcome::ExceedsRefundable {
+                refundable_minor: sale
+                    .amount_minor
+                    .unwrap_or(0)
+                    .saturating_sub(sale.external_minor)
+                    .max(0),
+            });
+        };
         let currency: String = row.try_get("currency")?;
-        if currency != new.currency {
+        let confirmed: i64 = row.try_get("currency_confirmed")?;
+        if confirmed == 1 && currency != new.currency {
             return Ok(CreateOutcome::CurrencyMismatch {
                 sale_currency: currency,
             });
         }
         let amount: Option<i64> = row.try_get("amount_minor")?;
         let reserved: i64 = row.try_get("reserved_minor")?;
+        let external: i64 = row
+            .try_get::<i64, _>("external_minor")?
+            .max(sale.external_minor);
         Ok(CreateOutcome::ExceedsRefundable {
-            refundable_minor: amount.unwrap_or(0).saturating_sub(reserved).max(0),
+            refundable_minor: amount
+                .or(sale.amount_minor)
+                .unwrap_or(0)
+                .saturating_sub(reserved)
+                .saturating_sub(external)
+                .max(0),
         })
     }
 
-    /// Records that the request is about to leave for the provider. Until this
-    /// is written, the gateway can prove the provider never saw the refund.
-    pub async fn mark_sent(&self, id: &str, now: i64) -> Result<()> {
-        const SQL: &str = "UPDATE refunds SET submission = 'sent', updated_at = $2, version = version + 1 WHERE id = $1";
-        match &self.batch {
+    /// The send claim: moves a refund from `prepared` to `sent`, only if it is
+    /// still exactly the row the caller wrote (same version, pending, prepared).
+    /// `true` gives the caller the right to call the provider before `send_by`;
+    /// `false` means someone else decided the refund first (reconciliation
+    /// declared it never submitted): the caller must not call the provider.
+    pub async fn claim_send(&self, id: &str, version: i64, now: i64, send_by: i64) -> Result<bool> {
+        const SQL: &str = "UPDATE refunds SET submission = 'sent', send_by = $3, updated_at = $2, version = version + 1 \
+            WHERE id = $1 AND version = $4 AND status = 'pending' AND submission = 'prepared'";
+        let n = match &self.batch {
             Some(b) => {
                 let id = id.to_string();
                 b.run(move |conn| {
                     Box::pin(async move {
-                        sqlx::query(SQL)
+                        let n = sqlx::query(SQL)
                             .bind(&id)
                             .bind(now)
+                            .bind(send_by)
+                            .bind(version)
                             .execute(&mut *conn)
-                            .await?;
-                        Ok(((), true))
+                            .await?
+                            .rows_affected();
+                        Ok((n, true))
                     })
                 })
-                .await
+                .await?
             }
-            None => {
-                sqlx::query(SQL)
-                    .bind(id)
-                    .bind(now)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(())
-            }
-        }
+            None => sqlx::query(SQL)
+                .bind(id)
+                .bind(now)
+                .bind(send_by)
+                .bind(version)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        };
+        Ok(n == 1)
     }
 
     fn batcher(&self) -> Result<&batch::Batcher> {
@@ -377,28 +419,31 @@ impl Store {
     /// receipt email when they apply, all in one transaction. True if applied.
     async fn apply_update(&self, id: &str, current: &RefundRow, u: &RefundUpdate) -> Result<bool> {
         let releases = current.status != "failed" && u.status == "failed";
+        let confirms = u.confirm_sale && current.status != "succeeded" && u.status == "succeeded";
         if let Some(b) = &self.batch {
             let (id, current, u) = (id.to_string(), current.clone(), u.clone());
             return b
                 .run(move |conn| {
                     Box::pin(async move {
-                        let n = Self::write_update(&mut *conn, &id, current.version, &u).await?;
+                        let n = Self::write_update(&mut *conn, &id, &current, &u).await?;
                         if n == 1 {
-                            Self::write_side_effects(&mut *conn, &id, &current, &u, releases)
-                                .await?;
+                            Self::write_side_effects(
+                                &mut *conn, &id, &current, &u, releases, confirms,
+                            )
+                            .await?;
                         }
                         Ok((n == 1, n == 1))
                     })
                 })
                 .await;
         }
-        if !(releases || u.email.is_some()) {
-            return Ok(Self::write_update(&self.pool, id, current.version, u).await? == 1);
+        if !(releases || confirms || u.email.is_some()) {
+            return Ok(Self::write_update(&self.pool, id, current, u).await? == 1);
         }
         let mut tx = self.pool.begin().await?;
-        let n = Self::write_update(&mut *tx, id, current.version, u).await?;
+        let n = Self::write_update(&mut *tx, id, current, u).await?;
         if n == 1 {
-            Self::write_side_effects(&mut tx, id, current, u, releases).await?;
+            Self::write_side_effects(&mut tx, id, current, u, releases, confirms).await?;
             tx.commit().await?;
         } else {
             tx.rollback().await?;
@@ -412,6 +457,7 @@ impl Store {
         current: &RefundRow,
         u: &RefundUpdate,
         releases: bool,
+        confirms: bool,
     ) -> Result<()> {
         if let Some(e) = &u.email {
             sqlx::query(
@@ -431,6 +477,15 @@ impl Store {
                 .bind(&current.account)
                 .bind(&current.transaction_no)
                 .bind(current.amount_minor)
+                .execute(&mut *conn)
+                .await?;
+        }
+        if confirms {
+            // A refund the provider made confirms the sale's currency.
+            sqlx::query("UPDATE sales SET currency = $3, currency_confirmed = 1 WHERE account = $1 AND transaction_no = $2 AND currency_confirmed = 0")
+                .bind(&current.account)
+                .bind(&current.transaction_no)
+                .bind(&current.currency)
                 .execute(&mut *conn)
                 .await?;
         }
@@ -480,10 +535,12 @@ impl Store {
         }
     }
 
+    /// The compare-and-swap every refund change goes through: it applies only
+    /// to the row as its writer read it (version, status and submission).
     async fn write_update<'e, E>(
         executor: E,
         id: &str,
-        version: i64,
+        current: &RefundRow,
         u: &RefundUpdate,
     ) -> Result<u64>
     where
@@ -493,7 +550,8 @@ impl Store {
             "UPDATE refunds SET status = $2, provider_refund_id = $3, provider_status = $4, provider_code = $5, \
              provider_message = $6, failure_code = $7, failure_message = $8, response_code = $9, response_body = $10, \
              inflight_until = $11, check_attempts = $12, next_check_at = $13, lease_until = $14, review_reason = $15, \
-             updated_at = $16, version = version + 1 WHERE id = $1 AND version = $17",
+             updated_at = $16, not_found_streak = $20, version = version + 1 \
+             WHERE id = $1 AND version = $17 AND status = $18 AND submission = $19",
         )
         .bind(id)
         .bind(&u.status)
@@ -511,7 +569,10 @@ impl Store {
         .bind(u.lease_until)
         .bind(&u.review_reason)
         .bind(u.updated_at)
-        .bind(version)
+        .bind(current.version)
+        .bind(&current.status)
+        .bind(&current.submission)
+        .bind(u.not_found_streak)
         .execute(executor)
         .await?
         .rows_affected())
@@ -633,6 +694,8 @@ impl Store {
                 row,
                 &SaleTerms {
                     amount_minor: Some(row.amount_minor),
+                    currency_confirmed: true,
+                    external_minor: 0,
                 },
             )
             .await?;
@@ -642,13 +705,22 @@ impl Store {
                 row.id
             )));
         }
-        self.mark_sent(&row.id, row.created_at).await?;
+        if !self
+            .claim_send(&row.id, row.version, row.created_at, row.created_at)
+            .await?
+        {
+            return Err(StoreError::Corrupt(format!(
+                "floor refund {} not claimed",
+                row.id
+            )));
+        }
         let mut u = RefundUpdate::from_row(row, row.created_at);
         u.status = "succeeded".into();
         u.response_code = Some(201);
         u.response_body = Some("{}".into());
         let sent = RefundRow {
             version: row.version + 1,
+            submission: "sent".into(),
             ..row.clone()
         };
         self.apply_update(&row.id, &sent, &u).await?;
@@ -667,7 +739,8 @@ impl Store {
 }
 
 const SELECT_EVENT: &str = "SELECT id, provider, account, dedupe_key, transaction_no, provider_refund_id, \
-    provider_reference, amount, outcome, provider_status, fields, refund_id, state, note, received_at FROM webhook_events";
+    provider_reference, amount, outcome, provider_status, fields, refund_id, state, note, received_at, attempts, \
+    next_attempt_at FROM webhook_events";
 
 impl Store {
     /// Stores a verified webhook; `false` if the same event was stored before.
@@ -675,8 +748,9 @@ impl Store {
         let _gate = self.gate().await;
         let n = sqlx::query(
             "INSERT INTO webhook_events (id, provider, account, dedupe_key, transaction_no, provider_refund_id, \
-             provider_reference, amount, outcome, provider_status, fields, refund_id, state, note, received_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT DO NOTHING",
+             provider_reference, amount, outcome, provider_status, fields, refund_id, state, note, received_at, attempts, \
+             next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+             ON CONFLICT DO NOTHING",
         )
         .bind(&e.id)
         .bind(&e.provider)
@@ -693,6 +767,8 @@ impl Store {
         .bind(&e.state)
         .bind(&e.note)
         .bind(e.received_at)
+        .bind(e.attempts)
+        .bind(e.next_attempt_at)
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -708,7 +784,7 @@ impl Store {
     ) -> Result<()> {
         let _gate = self.gate().await;
         sqlx::query(
-            "UPDATE webhook_events SET state = $2, refund_id = $3, note = $4 WHERE id = $1",
+            "UPDATE webhook_events SET state = $2, refund_id = $3, note = $4, next_attempt_at = NULL, lease_until = NULL WHERE id = $1",
         )
         .bind(id)
         .bind(state)
@@ -719,42 +795,82 @@ impl Store {
         Ok(())
     }
 
-    /// The refund a provider event names by the provider's refund id or our reference.
+    /// The refund a provider event names by the provider's refund id or our
+    /// reference, among `accounts` (the accounts whose credentials verified it).
     pub async fn find_refund_by_provider_ids(
         &self,
-        account: &str,
+        accounts: &[String],
         provider_refund_id: Option<&str>,
         provider_reference: Option<&str>,
     ) -> Result<Option<RefundRow>> {
-        if provider_refund_id.is_none() && provider_reference.is_none() {
+        if accounts.is_empty() || (provider_refund_id.is_none() && provider_reference.is_none()) {
             return Ok(None);
         }
+        let list = (0..accounts.len())
+            .map(|i| format!("${}", i + 3))
+            .collect::<Vec<_>>()
+            .join(", ");
         let sql = format!(
-            "SELECT * FROM ({SELECT_REFUND} WHERE account = $1 AND provider_reference = $3 \
-             UNION ALL {SELECT_REFUND} WHERE account = $1 AND provider_refund_id = $2) AS m LIMIT 1"
+            "SELECT * FROM ({SELECT_REFUND} WHERE provider_reference = $2 AND account IN ({list}) \
+             UNION ALL {SELECT_REFUND} WHERE provider_refund_id = $1 AND account IN ({list})) AS m LIMIT 1"
         );
-        let row = sqlx::query(&sql)
-            .bind(account)
+        let mut q = sqlx::query(&sql)
             .bind(provider_refund_id)
-            .bind(provider_reference)
-            .fetch_optional(&self.pool)
-            .await?;
+            .bind(provider_reference);
+        for a in accounts {
+            q = q.bind(a);
+        }
+        let row = q.fetch_optional(&self.pool).await?;
         row.map(|r| RefundRow::from_row(&r)).transpose()
     }
 
-    pub async fn refunds_on_transaction(
+    /// Pending refunds on a sale, among `accounts`.
+    pub async fn pending_on_transaction(
+        &self,
+        accounts: &[String],
+        transaction_no: &str,
+    ) -> Result<Vec<String>> {
+        if accounts.is_empty() {
+            return Ok(vec![]);
+        }
+        let list = (0..accounts.len())
+            .map(|i| format!("${}", i + 2))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT id FROM refunds WHERE transaction_no = $1 AND status = 'pending' AND account IN ({list})"
+        );
+        let mut q = sqlx::query(&sql).bind(transaction_no);
+        for a in accounts {
+            q = q.bind(a);
+        }
+        q.fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>("id").map_err(StoreError::from))
+            .collect()
+    }
+
+    /// Our provider references for the refunds on a sale (to tell the
+    /// provider's list of refunds apart into ours and others').
+    pub async fn provider_references_on_transaction(
         &self,
         account: &str,
         transaction_no: &str,
-    ) -> Result<Vec<RefundRow>> {
-        let rows = sqlx::query(&format!(
-            "{SELECT_REFUND} WHERE account = $1 AND transaction_no = $2"
-        ))
+    ) -> Result<Vec<String>> {
+        sqlx::query(
+            "SELECT provider_reference FROM refunds WHERE account = $1 AND transaction_no = $2",
+        )
         .bind(account)
         .bind(transaction_no)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(RefundRow::from_row).collect()
+        .await?
+        .iter()
+        .map(|r| {
+            r.try_get::<String, _>("provider_reference")
+                .map_err(StoreError::from)
+        })
+        .collect()
     }
 
     /// Makes pending refunds due for a status query now.
@@ -772,15 +888,69 @@ impl Store {
         Ok(())
     }
 
-    /// Stored events that matched no refund yet, oldest first.
-    pub async fn unmatched_events(&self, since: i64, limit: i64) -> Result<Vec<WebhookRow>> {
-        let sql = format!("{SELECT_EVENT} WHERE state = 'unmatched' AND received_at >= $1 ORDER BY received_at LIMIT $2");
-        let rows = sqlx::query(&sql)
-            .bind(since)
+    /// Claims unmatched events that are due for another matching attempt,
+    /// with a lease so that one process handles each.
+    pub async fn claim_unmatched_events(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<WebhookRow>> {
+        let _gate = self.gate().await;
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE webhook_events SET lease_until = $2 WHERE id IN (SELECT id FROM webhook_events \
+             WHERE state = 'unmatched' AND next_attempt_at IS NOT NULL AND next_attempt_at <= $1 \
+             AND (lease_until IS NULL OR lease_until < $1) ORDER BY next_attempt_at LIMIT $3{lock}) RETURNING id"
+        );
+        let ids: Vec<String> = sqlx::query(&sql)
+            .bind(now)
+            .bind(lease_until)
             .bind(limit)
             .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(WebhookRow::from_row).collect()
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>("id"))
+            .collect::<std::result::Result<_, _>>()?;
+        drop(_gate);
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let row = sqlx::query(&format!("{SELECT_EVENT} WHERE id = $1"))
+                .bind(&id)
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(r) = row {
+                out.push(WebhookRow::from_row(&r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records a matching attempt that found nothing: the next attempt time
+    /// (`None` stops retrying and leaves the event as `state`).
+    pub async fn event_not_matched(
+        &self,
+        id: &str,
+        state: &str,
+        attempts: i64,
+        next_attempt_at: Option<i64>,
+        note: &str,
+    ) -> Result<()> {
+        let _gate = self.gate().await;
+        sqlx::query(
+            "UPDATE webhook_events SET state = $2, attempts = $3, next_attempt_at = $4, lease_until = NULL, note = $5 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(state)
+        .bind(attempts)
+        .bind(next_attempt_at)
+        .bind(note)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     pub async fn events_for_refund(&self, refund_id: &str) -> Result<Vec<WebhookRow>> {
@@ -886,6 +1056,8 @@ impl WebhookRow {
             state: r.try_get("state")?,
             note: r.try_get("note")?,
             received_at: r.try_get("received_at")?,
+            attempts: r.try_get("attempts")?,
+            next_attempt_at: r.try_get("next_attempt_at")?,
         })
     }
 }
@@ -944,6 +1116,8 @@ impl RefundRow {
             next_check_at: r.try_get("next_check_at")?,
             lease_until: r.try_get("lease_until")?,
             review_reason: r.try_get("review_reason")?,
+            send_by: r.try_get("send_by")?,
+            not_found_streak: r.try_get("not_found_streak")?,
             created_at: r.try_get("created_at")?,
             updated_at: r.try_get("updated_at")?,
             version: r.try_get("version")?,

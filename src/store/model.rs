@@ -36,6 +36,12 @@ pub struct RefundRow {
     pub next_check_at: Option<i64>,
     pub lease_until: Option<i64>,
     pub review_reason: Option<String>,
+    /// Set by the send claim: a sender still holding the call after this time
+    /// abandons it, so after it (plus the provider's processing window) a
+    /// refund the provider has never heard of provably never reached it.
+    pub send_by: Option<i64>,
+    /// Consecutive status queries that found no such refund at the provider.
+    pub not_found_streak: i64,
     pub created_at: i64,
     pub updated_at: i64,
     /// Bumped by every write; updates apply only to the version they read.
@@ -43,9 +49,14 @@ pub struct RefundRow {
 }
 
 /// What the provider told us about the sale before the refund (where it can).
+/// Only confirmed facts pin a sale: a request's own currency never does.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SaleTerms {
     pub amount_minor: Option<i64>,
+    /// The provider confirmed the sale's currency (a sale lookup).
+    pub currency_confirmed: bool,
+    /// Refunds the provider lists for the sale that this gateway did not make.
+    pub external_minor: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,9 +89,13 @@ pub struct RefundUpdate {
     pub next_check_at: Option<i64>,
     pub lease_until: Option<i64>,
     pub review_reason: Option<String>,
+    pub not_found_streak: i64,
     pub updated_at: i64,
     /// A receipt email to enqueue in the same transaction (once per refund).
     pub email: Option<EmailDraft>,
+    /// The refund succeeded on a sale whose currency no lookup confirmed:
+    /// pin the sale's currency in the same transaction.
+    pub confirm_sale: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +123,9 @@ pub struct WebhookRow {
     pub state: String,
     pub note: Option<String>,
     pub received_at: i64,
+    /// Matching attempts so far (unmatched events back off, then stop).
+    pub attempts: i64,
+    pub next_attempt_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,8 +157,10 @@ impl RefundUpdate {
             next_check_at: r.next_check_at,
             lease_until: r.lease_until,
             review_reason: r.review_reason.clone(),
+            not_found_streak: r.not_found_streak,
             updated_at: now,
             email: None,
+            confirm_sale: false,
         }
     }
 
@@ -159,6 +179,7 @@ impl RefundUpdate {
         r.next_check_at = self.next_check_at;
         r.lease_until = self.lease_until;
         r.review_reason = self.review_reason.clone();
+        r.not_found_streak = self.not_found_streak;
         r.updated_at = self.updated_at;
     }
 }

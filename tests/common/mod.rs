@@ -480,6 +480,8 @@ pub fn stored_refund(
         next_check_at: None,
         lease_until: None,
         review_reason: None,
+        send_by: None,
+        not_found_streak: 0,
         created_at: now,
         updated_at: now,
         version: 0,

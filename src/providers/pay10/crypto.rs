@@ -48,6 +48,12 @@ impl EncryptionKey {
         Ok(Self(bytes))
     }
 
+    /// Compares two keys in constant time.
+    pub fn same_as(&self, other: &EncryptionKey) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.ct_eq(&other.0).into()
+    }
+
     fn iv(&self) -> [u8; 16] {
         let mut iv = [0u8; 16];
         iv.copy_from_slice(&self.0[..16]);

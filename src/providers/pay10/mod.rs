@@ -60,6 +60,14 @@ impl Pay10Client {
         &self.account
     }
 
+    /// Same PAY_ID, salt and key.
+    pub fn same_credentials(&self, other: &Pay10Client) -> bool {
+        let (a, b) = (&self.account, &other.account);
+        a.pay_id == b.pay_id
+            && a.salt.expose_secret() == b.salt.expose_secret()
+            && a.key.same_as(&b.key)
+    }
+
     async fn post(&self, path: &str, body: &impl serde::Serialize) -> Result<Vec<u8>, String> {
         let url = join_url(&self.account.base_url, path);
         let resp = self.http.post(&url).json(body).send().await.map_err(|e| {

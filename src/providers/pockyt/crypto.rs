@@ -8,14 +8,24 @@ use subtle::ConstantTimeEq;
 
 pub const SIGN_FIELD: &str = "verifySign";
 
-/// Computes the signature of `params`, skipping `verifySign` and empty values.
+/// Computes the signature of `params`, skipping `verifySign` and empty values
+/// (the gateway never sends empty values).
 pub fn sign<'a, I>(params: I, token: &str) -> String
+where
+    I: IntoIterator<Item = (&'a str, &'a str)>,
+{
+    sign_with(params, token, false)
+}
+
+/// The signature under either of the SDKs' rules for empty values: signed as
+/// `key=&` (PHP, Java, Python) or left out (Go, JS).
+pub fn sign_with<'a, I>(params: I, token: &str, sign_empty: bool) -> String
 where
     I: IntoIterator<Item = (&'a str, &'a str)>,
 {
     let sorted: BTreeMap<&str, &str> = params
         .into_iter()
-        .filter(|(k, v)| *k != SIGN_FIELD && !v.is_empty())
+        .filter(|(k, v)| *k != SIGN_FIELD && (sign_empty || !v.is_empty()))
         .collect();
     let mut hasher = Md5::new();
     for (k, v) in sorted {
@@ -28,8 +38,17 @@ where
     hex::encode(hasher.finalize())
 }
 
-/// Checks the `verifySign` among `params` in constant time. A missing signature fails.
+/// Checks the `verifySign` among `params` in constant time, with empty values
+/// left out of the signature. A missing signature fails.
 pub fn verify<'a, I>(params: I, token: &str) -> bool
+where
+    I: IntoIterator<Item = (&'a str, &'a str)> + Clone,
+{
+    verify_with(params, token, false)
+}
+
+/// [`verify`] under the given rule for empty values (see [`sign_with`]).
+pub fn verify_with<'a, I>(params: I, token: &str, sign_empty: bool) -> bool
 where
     I: IntoIterator<Item = (&'a str, &'a str)> + Clone,
 {
@@ -41,7 +60,7 @@ where
     else {
         return false;
     };
-    let expected = sign(params, token);
+    let expected = sign_with(params, token, sign_empty);
     expected.as_bytes().ct_eq(received.as_bytes()).into()
 }
 

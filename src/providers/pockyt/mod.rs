@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::{
-    join_url, Outcome, ProviderAnswer, ProviderKind, RefundCall, SaleInfo, SaleLookup, StatusQuery,
-    WebhookError, WebhookEvent,
+    join_url, ListedRefund, Outcome, ProviderAnswer, ProviderKind, RefundCall, SaleInfo,
+    SaleLookup, StatusQuery, WebhookError, WebhookEvent,
 };
 use wire::{Envelope, RefundResult, TranQueryResult, RET_SUCCESS};
 
@@ -162,13 +162,19 @@ impl PockytClient {
                             .filter(|i| {
                                 i.status.as_deref().map(status_outcome) != Some(Outcome::Failed)
                             })
-                            .filter_map(|i| i.refund_amount)
+                            .filter_map(|i| {
+                                Some(ListedRefund {
+                                    amount: i.refund_amount?,
+                                    reference: i.refund_reference,
+                                })
+                            })
                             .collect();
                         SaleLookup::Found(SaleInfo {
                             transaction_no,
                             reference: r.reference,
                             amount,
                             currency,
+                            settle_currency: r.settle_currency.filter(|c| !c.is_empty()),
                             status,
                             refunded,
                         })
@@ -268,16 +274,32 @@ impl PockytClient {
 }
 
 /// Parses and verifies a Pockyt IPN body with `token`.
+///
+/// Only what the signature covers is read. A repeated key is refused (with
+/// empty values outside the signature, an appended `key=` would otherwise
+/// replace a signed value). The body verifies either with its empty values
+/// signed as `key=&` (kept then) or left out (then they were not signed, and
+/// are dropped, so padding a body with empty keys changes nothing).
 pub fn parse_ipn(body: &[u8], token: &str) -> Result<WebhookEvent, WebhookError> {
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_bytes(body).map_err(|_| WebhookError::Malformed)?;
     if pairs.is_empty() {
         return Err(WebhookError::Malformed);
     }
-    if !crypto::verify(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), token) {
+    let mut fields: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in pairs {
+        if fields.insert(k, v).is_some() {
+            return Err(WebhookError::Malformed);
+        }
+    }
+    let view = || fields.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    if crypto::verify_with(view(), token, true) {
+        // Every field, empty ones included, is signed.
+    } else if crypto::verify_with(view(), token, false) {
+        fields.retain(|_, v| !v.is_empty());
+    } else {
         return Err(WebhookError::BadSignature);
     }
-    let fields: BTreeMap<String, String> = pairs.into_iter().collect();
     let get = |k: &str| fields.get(k).filter(|v| !v.is_empty()).cloned();
     let is_refund = get("refundTransactionNo").is_some()
         || get("refundReference").is_some()

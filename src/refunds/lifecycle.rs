@@ -1,0 +1,251 @@
+//! The refund lifecycle: the one place that decides how a refund's status
+//! changes, whoever causes the change (the request's own provider answer, a
+//! status query, a webhook, the sender abandoning its call).
+//!
+//! Every function here computes a [`RefundUpdate`] from the row as its caller
+//! read it; the store applies it with a compare-and-swap on that row's
+//! version, status and submission, and on a lost race the caller reads again
+//! and asks again. Nothing else in the crate sets a status.
+//!
+//! The rules, in one place:
+//! - `pending` may become `succeeded` or `failed`; a final status never
+//!   changes again. A contrary provider report on a final refund flags it for
+//!   review and leaves it as it is.
+//! - Only the provider's word (an answer to our call, a status query, or a
+//!   signed webhook naming this very refund) moves a refund to `succeeded`.
+//! - `failed` without the provider saying so happens in exactly three ways,
+//!   each provably without the provider ever refunding: the refund was never
+//!   claimed for sending (`not_submitted`, decided by a compare-and-swap that
+//!   makes any later claim fail); the sender itself passed its send deadline
+//!   before calling (`not_submitted`); or the send deadline plus the
+//!   provider's processing window passed and several status queries in a row
+//!   found no such refund (`not_received_by_provider`).
+
+use crate::providers::{Outcome, ProviderAnswer, ProviderKind};
+use crate::store::{RefundRow, RefundUpdate};
+
+use super::reconcile::Policy;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    Succeeded,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Status::Pending),
+            "succeeded" => Some(Status::Succeeded),
+            "failed" => Some(Status::Failed),
+            _ => None,
+        }
+    }
+
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Status::Pending)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing to change (the outcome says nothing new, or repeats the final state).
+    Stay,
+    Move(Status),
+    /// A final status contradicted by the provider: keep it, flag it, ask the provider.
+    Conflict,
+}
+
+/// How `outcome` moves a refund that is `current`. Final states never go back
+/// to pending; `unknown` and `not_found` never decide anything on their own.
+pub fn decide(current: Status, outcome: Outcome) -> Decision {
+    match (current, outcome) {
+        (Status::Pending, Outcome::Succeeded) => Decision::Move(Status::Succeeded),
+        (Status::Pending, Outcome::Failed) => Decision::Move(Status::Failed),
+        (Status::Pending, _) => Decision::Stay,
+        (Status::Succeeded, Outcome::Failed) | (Status::Failed, Outcome::Succeeded) => {
+            Decision::Conflict
+        }
+        (Status::Succeeded | Status::Failed, _) => Decision::Stay,
+    }
+}
+
+/// The update a provider answer (to our refund call, or a webhook naming this
+/// refund) makes, through [`decide`].
+pub fn answer(
+    current: &RefundRow,
+    answer: &ProviderAnswer,
+    now: i64,
+    policy: &Policy,
+) -> RefundUpdate {
+    let mut u = RefundUpdate::from_row(current, now);
+    let status = Status::parse(&current.status).unwrap_or(Status::Pending);
+    if answer.provider_refund_id.is_some() && u.provider_refund_id.is_none() {
+        u.provider_refund_id = answer.provider_refund_id.clone();
+    }
+    if answer.outcome != Outcome::NotFound {
+        u.not_found_streak = 0;
+    }
+    match decide(status, answer.outcome) {
+        Decision::Move(next) => {
+            u.status = next.as_str().into();
+            u.provider_status = answer.provider_status.clone().or(u.provider_status);
+            u.provider_code = answer.provider_code.clone().or(u.provider_code);
+            u.provider_message = answer.message.clone();
+            if next == Status::Failed {
+                let kind = ProviderKind::parse(&current.provider);
+                u.failure_code = Some(
+                    kind.map(|k| k.failure_code(answer.provider_code.as_deref()))
+                        .unwrap_or("provider_declined")
+                        .into(),
+                );
+                u.failure_message = answer
+                    .message
+                    .clone()
+                    .or_else(|| Some("the provider declined the refund".into()));
+            }
+            u.next_check_at = None;
+            u.lease_until = None;
+        }
+        Decision::Stay if status == Status::Pending => {
+            if answer.outcome == Outcome::Pending {
+                u.provider_status = answer.provider_status.clone().or(u.provider_status);
+                u.provider_code = answer.provider_code.clone().or(u.provider_code);
+            }
+            u.next_check_at = Some(now + policy.delay_after(current.check_attempts));
+        }
+        Decision::Stay => {}
+        Decision::Conflict => {
+            tracing::error!(
+                refund_id = %current.id,
+                recorded = %current.status,
+                reported = ?answer.outcome,
+                "provider contradicts a final refund status; keeping it and flagging for review"
+            );
+            u.review_reason = Some(format!(
+                "provider reported {:?} after the refund was {}",
+                answer.outcome, current.status
+            ));
+        }
+    }
+    u
+}
+
+/// The update the answer to a status query makes (reconciliation, or a
+/// client's `?sync=true`): [`answer`], plus the rules for a provider that has
+/// never heard of the refund, and giving up polling after too many queries.
+pub fn status_query(
+    current: &RefundRow,
+    reply: &ProviderAnswer,
+    now: i64,
+    policy: &Policy,
+) -> RefundUpdate {
+    let mut u = answer(current, reply, now, policy);
+    u.lease_until = None;
+    if current.status != Status::Pending.as_str() {
+        return u;
+    }
+    u.check_attempts = current.check_attempts + 1;
+    if reply.outcome == Outcome::NotFound {
+        u.not_found_streak = current.not_found_streak + 1;
+        let sender_window_over = current.inflight_until.is_none_or(|t| t < now);
+        if current.submission == "prepared" && sender_window_over {
+            // Never claimed for sending: this write bumps the version, so the
+            // sender's claim (a compare-and-swap on the version it wrote) fails
+            // and it never calls the provider.
+            fail(
+                &mut u,
+                "not_submitted",
+                "the refund was never sent to the provider",
+            );
+            tracing::info!(refund_id = %current.id, "refund was never submitted; marked failed");
+        } else if current.submission == "sent"
+            && current
+                .send_by
+                .is_some_and(|t| now >= t.saturating_add(policy.not_found_after_ms()))
+            && u.not_found_streak >= i64::from(policy.not_found_checks)
+        {
+            fail(
+                &mut u,
+                "not_received_by_provider",
+                "the provider has no record of this refund: it never arrived there",
+            );
+            tracing::warn!(refund_id = %current.id, streak = u.not_found_streak, "provider never received the refund; marked failed");
+        }
+    }
+    if u.status == Status::Pending.as_str() && u.check_attempts >= i64::from(policy.max_attempts) {
+        let reason = format!(
+            "still pending after {} status queries; last answer {:?} {}",
+            u.check_attempts,
+            reply.outcome,
+            reply.message.as_deref().unwrap_or("")
+        );
+        tracing::warn!(refund_id = %current.id, %reason, "reconciliation gave up; refund needs review");
+        u.next_check_at = None;
+        u.review_reason = Some(reason);
+    }
+    u
+}
+
+/// The sender held its claim past the send deadline (it was paused) and did
+/// not call the provider: it fails the refund itself. Only a pending refund
+/// changes; the sender knows no request left, whatever else was written since.
+pub fn sender_abandoned(current: &RefundRow, now: i64) -> Option<RefundUpdate> {
+    if current.status != Status::Pending.as_str() {
+        return None;
+    }
+    let mut u = RefundUpdate::from_row(current, now);
+    fail(
+        &mut u,
+        "not_submitted",
+        "the gateway could not send the refund in time; nothing was sent to the provider",
+    );
+    Some(u)
+}
+
+fn fail(u: &mut RefundUpdate, code: &str, message: &str) {
+    u.status = Status::Failed.as_str().into();
+    u.failure_code = Some(code.into());
+    u.failure_message = Some(message.into());
+    u.next_check_at = None;
+    u.lease_until = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finals_never_go_back() {
+        use Outcome::*;
+        for o in [Succeeded, Pending, Failed, Unknown, NotFound] {
+            assert_ne!(
+                decide(Status::Succeeded, o),
+                Decision::Move(Status::Pending)
+            );
+            assert_ne!(decide(Status::Failed, o), Decision::Move(Status::Pending));
+        }
+        assert_eq!(
+            decide(Status::Pending, Succeeded),
+            Decision::Move(Status::Succeeded)
+        );
+        assert_eq!(
+            decide(Status::Pending, Failed),
+            Decision::Move(Status::Failed)
+        );
+        assert_eq!(decide(Status::Pending, Unknown), Decision::Stay);
+        assert_eq!(decide(Status::Pending, NotFound), Decision::Stay);
+        assert_eq!(decide(Status::Succeeded, Failed), Decision::Conflict);
+        assert_eq!(decide(Status::Failed, Succeeded), Decision::Conflict);
+        assert_eq!(decide(Status::Succeeded, Succeeded), Decision::Stay);
+    }
+}
