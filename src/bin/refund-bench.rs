@@ -506,7 +506,9 @@ async fn run_bench(args: Args) -> anyhow::Result<()> {
             let (store, counter) = (store.clone(), counter.clone());
             async move {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
-                store.floor_probe(&floor_row(n)).await.is_ok()
+                refund_gateway::refunds::database_floor_probe(&store, &floor_row(n))
+                    .await
+                    .is_ok()
             }
         }
     };

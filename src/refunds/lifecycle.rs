@@ -248,4 +248,168 @@ mod tests {
         assert_eq!(decide(Status::Failed, Succeeded), Decision::Conflict);
         assert_eq!(decide(Status::Succeeded, Succeeded), Decision::Stay);
     }
+
+    /// Every status a refund update carries is decided in this file: no
+    /// other source file assigns one (the store only copies a decided update).
+    #[test]
+    fn statuses_are_set_only_here() {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    out.push(p);
+                }
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = vec![];
+        walk(&root.join("src"), &mut files);
+        let allowed = ["refunds/lifecycle.rs", "store/model.rs", "sandbox/"];
+        let mut offenders = vec![];
+        for f in files {
+            let rel = f
+                .strip_prefix(root.join("src"))
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
+            if allowed.iter().any(|a| rel.starts_with(a)) {
+                continue;
+            }
+            let text = std::fs::read_to_string(&f).unwrap();
+            for (i, line) in text.lines().enumerate() {
+                let l = line.trim();
+                if l.contains(".status = ")
+                    || (l.contains("submission = 'sent'") && !rel.starts_with("store/mod.rs"))
+                {
+                    offenders.push(format!("{rel}:{}: {l}", i + 1));
+                }
+            }
+        }
+        assert!(
+            offenders.is_empty(),
+            "status written outside the lifecycle: {offenders:#?}"
+        );
+    }
+
+    fn row(submission: &str, send_by: Option<i64>, streak: i64) -> RefundRow {
+        RefundRow {
+            id: "rf_1".into(),
+            client: "c".into(),
+            account: "a".into(),
+            provider: "pockyt".into(),
+            livemode: 0,
+            status: "pending".into(),
+            amount_minor: 100,
+            currency: "USD".into(),
+            settle_currency: None,
+            transaction_no: "1".into(),
+            reference: None,
+            refund_reference: None,
+            provider_reference: "R".into(),
+            provider_refund_id: None,
+            provider_status: None,
+            provider_code: None,
+            provider_message: None,
+            failure_code: None,
+            failure_message: None,
+            reason: None,
+            receipt_email: None,
+            metadata: "{}".into(),
+            idempotency_key: None,
+            request_hash: "h".into(),
+            submission: submission.into(),
+            response_code: None,
+            response_body: None,
+            inflight_until: Some(1_000),
+            check_attempts: 0,
+            next_check_at: None,
+            lease_until: None,
+            review_reason: None,
+            send_by,
+            not_found_streak: streak,
+            created_at: 0,
+            updated_at: 0,
+            version: 1,
+        }
+    }
+
+    fn reply(outcome: Outcome) -> ProviderAnswer {
+        ProviderAnswer {
+            outcome,
+            provider_refund_id: None,
+            provider_status: None,
+            provider_code: None,
+            message: None,
+        }
+    }
+
+    fn policy() -> Policy {
+        let mut p = Policy::floor();
+        p.not_found_after = std::time::Duration::from_secs(60);
+        p.not_found_checks = 3;
+        p
+    }
+
+    #[test]
+    fn never_claimed_fails_only_after_the_senders_window() {
+        let r = row("prepared", None, 0);
+        let u = status_query(&r, &reply(Outcome::NotFound), 500, &policy());
+        assert_eq!(u.status, "pending", "the sender may still claim it");
+        let u = status_query(&r, &reply(Outcome::NotFound), 1_001, &policy());
+        assert_eq!(
+            (u.status.as_str(), u.failure_code.as_deref()),
+            ("failed", Some("not_submitted"))
+        );
+    }
+
+    #[test]
+    fn sent_fails_only_after_the_window_and_enough_answers() {
+        let p = policy();
+        let send_by = 2_000;
+        let after = send_by + 60_000;
+        let r = row("sent", Some(send_by), 5);
+        assert_eq!(
+            status_query(&r, &reply(Outcome::NotFound), after - 1, &p).status,
+            "pending"
+        );
+        let r = row("sent", Some(send_by), 1);
+        let u = status_query(&r, &reply(Outcome::NotFound), after, &p);
+        assert_eq!((u.status.as_str(), u.not_found_streak), ("pending", 2));
+        let r = row("sent", Some(send_by), 2);
+        let u = status_query(&r, &reply(Outcome::NotFound), after, &p);
+        assert_eq!(
+            (u.status.as_str(), u.failure_code.as_deref()),
+            ("failed", Some("not_received_by_provider"))
+        );
+        let r = row("sent", None, 9);
+        assert_eq!(
+            status_query(&r, &reply(Outcome::NotFound), i64::MAX / 2, &p).status,
+            "pending",
+            "without a send deadline nothing is provable"
+        );
+        for other in [Outcome::Pending, Outcome::Unknown] {
+            let r = row("sent", Some(send_by), 2);
+            let u = status_query(&r, &reply(other), after, &p);
+            assert_eq!(
+                (u.status.as_str(), u.not_found_streak),
+                ("pending", 0),
+                "{other:?} breaks the streak"
+            );
+        }
+    }
+
+    #[test]
+    fn the_sender_abandons_only_a_pending_refund() {
+        let r = row("sent", Some(1), 0);
+        let u = sender_abandoned(&r, 5).unwrap();
+        assert_eq!(
+            (u.status.as_str(), u.failure_code.as_deref()),
+            ("failed", Some("not_submitted"))
+        );
+        let mut done = row("sent", Some(1), 0);
+        done.status = "succeeded".into();
+        assert!(sender_abandoned(&done, 5).is_none());
+    }
 }

@@ -612,6 +612,55 @@ impl Gateway {
     }
 }
 
+/// The benchmark's database floor: the three writes a refund costs the
+/// gateway (record + reservation, send claim, outcome), issued directly with
+/// the very same statements and lifecycle, without HTTP, providers or checks.
+pub async fn database_floor_probe(store: &Store, row: &RefundRow) -> Result<(), StoreError> {
+    let terms = SaleTerms {
+        amount_minor: Some(row.amount_minor),
+        currency_confirmed: true,
+        external_minor: 0,
+    };
+    let created = store.create_refund(row, &terms).await?;
+    if created != CreateOutcome::Created {
+        return Err(StoreError::Corrupt(format!(
+            "floor refund {} not created: {created:?}",
+            row.id
+        )));
+    }
+    if !store
+        .claim_send(&row.id, row.version, row.created_at, row.created_at)
+        .await?
+    {
+        return Err(StoreError::Corrupt(format!(
+            "floor refund {} not claimed",
+            row.id
+        )));
+    }
+    let sent = RefundRow {
+        version: row.version + 1,
+        submission: "sent".into(),
+        ..row.clone()
+    };
+    let answer = crate::providers::ProviderAnswer {
+        outcome: crate::providers::Outcome::Succeeded,
+        provider_refund_id: None,
+        provider_status: None,
+        provider_code: None,
+        message: None,
+    };
+    let policy = reconcile::Policy::floor();
+    store
+        .update_refund(&row.id, Some(&sent), |current| {
+            let mut u = lifecycle::answer(current, &answer, row.created_at, &policy);
+            u.response_code = Some(201);
+            u.response_body = Some("{}".into());
+            Some(u)
+        })
+        .await?;
+    Ok(())
+}
+
 /// What a refund is made against, after the sale check.
 #[derive(Debug)]
 struct SaleCheck {

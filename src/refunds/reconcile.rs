@@ -37,6 +37,12 @@ impl Policy {
         }
     }
 
+    /// Defaults for code that applies answers outside a configured gateway
+    /// (the benchmark's database floor).
+    pub fn floor() -> Self {
+        Policy::from_config(&Config::demo("sqlite::memory:", ""))
+    }
+
     pub fn not_found_after_ms(&self) -> i64 {
         i64::try_from(self.not_found_after.as_millis()).unwrap_or(i64::MAX)
     }

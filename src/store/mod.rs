@@ -685,48 +685,6 @@ impl Store {
         Ok(out)
     }
 
-    /// The benchmark's database floor: the three write transactions a refund
-    /// costs the gateway (record + reservation, mark sent, outcome), issued
-    /// directly with the very same statements, without HTTP, providers or logic.
-    pub async fn floor_probe(&self, row: &RefundRow) -> Result<()> {
-        let created = self
-            .create_refund(
-                row,
-                &SaleTerms {
-                    amount_minor: Some(row.amount_minor),
-                    currency_confirmed: true,
-                    external_minor: 0,
-                },
-            )
-            .await?;
-        if created != CreateOutcome::Created {
-            return Err(StoreError::Corrupt(format!(
-                "floor refund {} not created: {created:?}",
-                row.id
-            )));
-        }
-        if !self
-            .claim_send(&row.id, row.version, row.created_at, row.created_at)
-            .await?
-        {
-            return Err(StoreError::Corrupt(format!(
-                "floor refund {} not claimed",
-                row.id
-            )));
-        }
-        let mut u = RefundUpdate::from_row(row, row.created_at);
-        u.status = "succeeded".into();
-        u.response_code = Some(201);
-        u.response_body = Some("{}".into());
-        let sent = RefundRow {
-            version: row.version + 1,
-            submission: "sent".into(),
-            ..row.clone()
-        };
-        self.apply_update(&row.id, &sent, &u).await?;
-        Ok(())
-    }
-
     /// Number of pending refunds and the creation time of the oldest.
     pub async fn pending_summary(&self) -> Result<(i64, Option<i64>)> {
         let row = sqlx::query(
