@@ -411,13 +411,22 @@ fn parse_ms(field: &str, v: &str) -> Result<u64, ConfigError> {
 }
 
 /// A secret may be written inline or as `env:VAR` to read it from the environment.
+/// A secret from the file or (`"env:VAR"`) the environment, with surrounding
+/// whitespace trimmed (as Pockyt's Java and C# SDKs do: a pasted token often
+/// carries a newline). An empty secret is refused: it would start a gateway
+/// whose every refund fails.
 fn secret(field: &str, v: Option<String>) -> Result<String, ConfigError> {
     let v = v.ok_or_else(|| invalid(field, "is required"))?;
-    match v.strip_prefix("env:") {
+    let value = match v.strip_prefix("env:") {
         Some(var) => std::env::var(var)
-            .map_err(|_| invalid(field, format!("environment variable {var} is not set"))),
-        None => Ok(v),
+            .map_err(|_| invalid(field, format!("environment variable {var} is not set")))?,
+        None => v,
+    };
+    let value = value.trim().to_string();
+    if value.is_empty() {
+        return Err(invalid(field, "is empty"));
     }
+    Ok(value)
 }
 
 fn account_from_entry(i: usize, a: AccountEntry, merchant: &str) -> Result<Account, ConfigError> {
@@ -438,18 +447,21 @@ fn account_from_entry(i: usize, a: AccountEntry, merchant: &str) -> Result<Accou
             base_url: a.base_url.clone(),
             merchant_no: a
                 .merchant_no
-                .clone()
+                .as_deref()
+                .map(|v| v.trim().to_string())
                 .ok_or_else(|| invalid(f("merchant_no"), "is required for pockyt"))?,
             store_no: a
                 .store_no
-                .clone()
+                .as_deref()
+                .map(|v| v.trim().to_string())
                 .ok_or_else(|| invalid(f("store_no"), "is required for pockyt"))?,
             token: SecretString::from(secret(&f("token"), a.token)?),
         }),
         "pay10" => {
             let pay_id = a
                 .pay_id
-                .clone()
+                .as_deref()
+                .map(|v| v.trim().to_string())
                 .ok_or_else(|| invalid(f("pay_id"), "is required for pay10"))?;
             if pay_id.len() != 16 || !pay_id.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(invalid(f("pay_id"), "must be 16 digits"));
@@ -547,6 +559,25 @@ mod tests {
         api_key_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
         accounts = ["pockyt-main", "pay10-uae"]
     "#;
+
+    #[test]
+    fn secrets_are_trimmed_and_empty_ones_refused() {
+        let c = load(&GOOD.replace("token = \"secret\"", "token = \"  secret\\n\"")).unwrap();
+        let AccountCredentials::Pockyt(p) = &c.accounts[0].credentials else {
+            panic!("pockyt first")
+        };
+        use secrecy::ExposeSecret;
+        assert_eq!(p.token.expose_secret(), "secret");
+        for (from, to) in [
+            ("token = \"secret\"", "token = \"\""),
+            ("token = \"secret\"", "token = \" \\t \""),
+            ("salt = \"salt\"", "salt = \"env:RG_TEST_EMPTY_SALT\""),
+        ] {
+            std::env::set_var("RG_TEST_EMPTY_SALT", "");
+            let err = load(&GOOD.replace(from, to)).unwrap_err().to_string();
+            assert!(err.contains("is empty"), "{to}: {err}");
+        }
+    }
 
     #[test]
     fn good_config_loads() {

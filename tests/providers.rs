@@ -405,11 +405,12 @@ async fn pay10_wrong_credentials() {
     );
     let c = call(&pg, Some(&order), 100, "AED");
     assert_eq!(wrong_key.refund(&c).await.outcome, Outcome::Unknown);
-    // Wrong salt: the status query is refused, which says nothing about the refund.
+    // Wrong salt: the status query is refused ("Invalid Hash", our HASH
+    // echoed back): a configuration error for an operator, never "not found".
     let wrong_salt = pay10_with(&base, creds::PAY10_PAY_ID, "bad-salt", creds::PAY10_KEY);
     assert_eq!(
         wrong_salt.refund_status(&query_for(&c)).await.outcome,
-        Outcome::Unknown
+        Outcome::Misconfigured
     );
     assert_eq!(sb.refunded_total("pay10", &pg), Some(0));
 }

@@ -323,6 +323,14 @@ pub fn validate(body: &[u8], idempotency_key: Option<String>) -> Result<NewRefun
         }
         _ => {}
     }
+    if let (Some(p), Some(a)) = (provider, amount) {
+        if a.0 > p.max_amount_minor() {
+            errors.add(
+                "amount",
+                format!("is larger than {p} accepts (at most 12 digits in minor units)"),
+            );
+        }
+    }
     if !errors.0.is_empty() {
         return Err(ApiError::validation(errors.0));
     }

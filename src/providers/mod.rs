@@ -41,6 +41,29 @@ impl ProviderKind {
         matches!(self, ProviderKind::Pockyt)
     }
 
+    /// The largest refund the provider's wire format can carry, in minor units
+    /// (Pay10 `AMOUNT` is at most 12 digits).
+    pub fn max_amount_minor(&self) -> i64 {
+        match self {
+            ProviderKind::Pay10 => 999_999_999_999,
+            ProviderKind::Pockyt => i64::MAX,
+        }
+    }
+
+    /// A webhook's amount in minor units: Pockyt sends decimals; Pay10 sends
+    /// minor units, or (some servers) a decimal with a dot. `None`: unreadable.
+    pub fn webhook_amount_minor(&self, amount: &str, currency: Currency) -> Option<i64> {
+        let amount = amount.trim();
+        match self {
+            ProviderKind::Pay10 if !amount.contains('.') => {
+                (!amount.is_empty() && amount.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| amount.parse::<i64>().ok())
+                    .flatten()
+            }
+            _ => currency.parse_amount(amount).ok().map(|m| m.0),
+        }
+    }
+
     /// The `failure_code` a POS can act on, from the provider's code for a
     /// declined refund.
     pub fn failure_code(&self, code: Option<&str>) -> &'static str {
@@ -127,6 +150,10 @@ pub enum Outcome {
     Unknown,
     /// A status query says the provider has no such refund.
     NotFound,
+    /// The provider refused to answer a status query because of our
+    /// credentials or signature (Pay10 "Invalid Hash", Pockyt "data error :
+    /// verifySign"): an operator must fix the account; asking again will not help.
+    Misconfigured,
 }
 
 impl Outcome {
@@ -137,6 +164,7 @@ impl Outcome {
             Outcome::Failed => "failed",
             Outcome::Unknown => "unknown",
             Outcome::NotFound => "not_found",
+            Outcome::Misconfigured => "misconfigured",
         }
     }
 
@@ -146,6 +174,7 @@ impl Outcome {
             "pending" => Outcome::Pending,
             "failed" => Outcome::Failed,
             "not_found" => Outcome::NotFound,
+            "misconfigured" => Outcome::Misconfigured,
             _ => Outcome::Unknown,
         }
     }

@@ -182,6 +182,16 @@ pub fn status_query(
             tracing::warn!(refund_id = %current.id, streak = u.not_found_streak, "provider never received the refund; marked failed");
         }
     }
+    if reply.outcome == Outcome::Misconfigured {
+        // Asking again will not help until an operator fixes the account:
+        // flag it, and ask only at the slowest pace meanwhile.
+        u.review_reason = Some(format!(
+            "the provider refused the status query ({} {}): check the account's credentials",
+            reply.provider_code.as_deref().unwrap_or(""),
+            reply.message.as_deref().unwrap_or("")
+        ));
+        u.next_check_at = Some(now.saturating_add(policy.max_delay_ms()));
+    }
     if u.status == Status::Pending.as_str() && u.check_attempts >= i64::from(policy.max_attempts) {
         let reason = format!(
             "still pending after {} status queries; last answer {:?} {}",

@@ -43,6 +43,10 @@ impl Policy {
         Policy::from_config(&Config::demo("sqlite::memory:", ""))
     }
 
+    pub fn max_delay_ms(&self) -> i64 {
+        i64::try_from(self.max_delay.as_millis()).unwrap_or(i64::MAX)
+    }
+
     pub fn not_found_after_ms(&self) -> i64 {
         i64::try_from(self.not_found_after.as_millis()).unwrap_or(i64::MAX)
     }

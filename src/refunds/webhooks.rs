@@ -190,6 +190,23 @@ impl Gateway {
         ev: &WebhookRow,
         refund: &RefundRow,
     ) -> Result<WebhookReply, WebhookFailure> {
+        if ev.amount.is_some() && event_amount(ev, refund).is_none() {
+            // An amount we cannot read is no evidence either way: never a
+            // reason to reject, never a reason to apply. Ask the provider.
+            tracing::warn!(event = %ev.id, refund_id = %refund.id, amount = ?ev.amount, "webhook amount unreadable; asking the provider instead");
+            self.store
+                .check_now(std::slice::from_ref(&refund.id), self.clock.now())
+                .await?;
+            self.store
+                .set_event_state(
+                    &ev.id,
+                    "queried",
+                    Some(&refund.id),
+                    Some("amount unreadable; the refund's status is asked instead"),
+                )
+                .await?;
+            return Ok(WebhookReply::Accepted);
+        }
         if let Some(reason) = inconsistency(ev, refund) {
             tracing::warn!(event = %ev.id, refund_id = %refund.id, %reason, "webhook rejected");
             self.store
@@ -275,17 +292,18 @@ fn inconsistency(ev: &WebhookRow, refund: &RefundRow) -> Option<String> {
             ));
         }
     }
-    if let Some(amount) = &ev.amount {
-        let minor = match ev.provider.as_str() {
-            "pay10" => amount.parse::<i64>().ok(),
-            _ => Currency::from_code(&refund.currency)
-                .ok()
-                .and_then(|c| c.parse_amount(amount).ok())
-                .map(|m| m.0),
-        };
-        if minor != Some(refund.amount_minor) {
+    if let (Some(amount), Some(minor)) = (&ev.amount, event_amount(ev, refund)) {
+        if minor != refund.amount_minor {
             return Some(format!("amount {amount} does not match the refund"));
         }
     }
     None
+}
+
+/// The event's amount in minor units, read in the provider's format(s);
+/// `None` when it has none or it cannot be read.
+fn event_amount(ev: &WebhookRow, refund: &RefundRow) -> Option<i64> {
+    let kind = ProviderKind::parse(&ev.provider)?;
+    let currency = Currency::from_code(&refund.currency).ok()?;
+    kind.webhook_amount_minor(ev.amount.as_deref()?, currency)
 }

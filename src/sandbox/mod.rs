@@ -4,6 +4,7 @@
 
 mod pay10;
 mod pockyt;
+pub mod sign;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -309,6 +310,13 @@ impl Book {
 enum IpnBody {
     Form(String),
     Json(serde_json::Value),
+}
+
+/// The real providers disagree with each other (and with their own documents)
+/// on several details; the sandbox picks one of the variants at random per
+/// message, so every test run exercises them all over time.
+fn coin() -> bool {
+    rand::thread_rng().gen_bool(0.5)
 }
 
 fn random_digits(n: usize) -> String {

@@ -12,8 +12,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    bad_request, magic, random_digits, unavailable, IpnBody, Magic, RefundState, Sandbox, SbRefund,
-    SbSale,
+    bad_request, coin, magic, random_digits, sign, unavailable, IpnBody, Magic, RefundState,
+    Sandbox, SbRefund, SbSale,
 };
 use crate::money::Currency;
 use crate::providers::pay10::crypto;
@@ -109,7 +109,7 @@ fn refund_fields(
             "REFUND_ORDER_ID",
             refund.refund_reference.clone().unwrap_or_default(),
         ),
-        ("AMOUNT", refund.amount.0.to_string()),
+        ("AMOUNT", format!("{:03}", refund.amount.0)),
         ("CURRENCY_CODE", sale.currency.numeric()),
         ("TXNTYPE", "REFUND".to_string()),
         ("REFUND_FLAG", "R".to_string()),
@@ -174,8 +174,17 @@ async fn refund(State(sb): State<Sandbox>, body: Bytes) -> Response {
     {
         return encrypted_error(&sb, "300", "Invalid request", "Failed");
     }
-    if get("PAY_ID") != Some(sb.config.pay10_pay_id.as_str()) {
+    let digits = |k: &str, lengths: std::ops::RangeInclusive<usize>| {
+        get(k).is_some_and(|v| lengths.contains(&v.len()) && v.bytes().all(|b| b.is_ascii_digit()))
+    };
+    if !digits("PAY_ID", 16..=16) || get("PAY_ID") != Some(sb.config.pay10_pay_id.as_str()) {
         return encrypted_error(&sb, "324", "Invalid PAY_ID", "Failed");
+    }
+    if !digits("CURRENCY_CODE", 3..=3) {
+        return encrypted_error(&sb, "300", "Invalid CURRENCY_CODE", "Failed");
+    }
+    if !digits("AMOUNT", 3..=12) {
+        return encrypted_error(&sb, "300", "Invalid amount", "Failed");
     }
     let refund_order_id = get("REFUND_ORDER_ID").unwrap_or_default().to_string();
     if !(6..=20).contains(&refund_order_id.len())
@@ -184,9 +193,7 @@ async fn refund(State(sb): State<Sandbox>, body: Bytes) -> Response {
         return encrypted_error(&sb, "300", "Invalid REFUND_ORDER_ID", "Failed");
     }
     let amount_text = get("AMOUNT").unwrap_or_default();
-    let Some(amount) = amount_text.parse::<i64>().ok().filter(|a| {
-        *a > 0 && amount_text.len() <= 12 && amount_text.bytes().all(|b| b.is_ascii_digit())
-    }) else {
+    let Some(amount) = amount_text.parse::<i64>().ok().filter(|a| *a > 0) else {
         return encrypted_error(&sb, "300", "Invalid AMOUNT", "Failed");
     };
     let amount = crate::money::Minor(amount);
@@ -270,12 +277,16 @@ async fn refund(State(sb): State<Sandbox>, body: Bytes) -> Response {
     encrypted(&sb, &refund_fields(&sb, &sale, &refund, "000", message))
 }
 
-fn with_hash(sb: &Sandbox, mut fields: BTreeMap<String, String>) -> Response {
-    let hash = crypto::hash(
-        fields.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        &sb.config.pay10_salt,
-    );
-    fields.insert(crypto::HASH_FIELD.into(), hash);
+fn pairs(fields: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// Requery answers are not signed by Pay10; some carry a HASH field anyway
+/// (the request's own, echoed back), which a client must not take as one.
+fn answer(mut fields: BTreeMap<String, String>, echo: &str) -> Response {
+    if coin() {
+        fields.insert("HASH".into(), echo.to_string());
+    }
     Json(fields).into_response()
 }
 
@@ -286,21 +297,30 @@ async fn requery(State(sb): State<Sandbox>, body: Bytes) -> Response {
     if req.pay_id != sb.config.pay10_pay_id {
         return plain("324", "Invalid PAY_ID");
     }
-    let pairs = [
-        ("PAY_ID", req.pay_id.as_str()),
-        ("ORDER_ID", req.order_id.as_str()),
-        ("REFUND_ORDER_ID", req.refund_order_id.as_str()),
-        ("HASH", req.hash.as_str()),
-    ];
-    if !crypto::verify(pairs, &sb.config.pay10_salt) {
-        return plain("300", "Invalid hash");
+    let hashed: Vec<(String, String)> = [
+        ("PAY_ID", &req.pay_id),
+        ("ORDER_ID", &req.order_id),
+        ("REFUND_ORDER_ID", &req.refund_order_id),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    if !sign::same(&sign::pay10(&hashed, &sb.config.pay10_salt), &req.hash) {
+        // Pay10 answers a bad request hash with 300 and the request's HASH.
+        let mut f = BTreeMap::new();
+        f.insert("RESPONSE_CODE".to_string(), "300".to_string());
+        f.insert("RESPONSE_MESSAGE".to_string(), "Invalid Hash".to_string());
+        f.insert("HASH".to_string(), req.hash.clone());
+        return Json(f).into_response();
     }
     let b = sb.lock();
+    // Either of the sale's ids finds it (ORDER_ID, or PG_REF_NUM sent there).
     let found = b
         .pay10
         .by_reference
         .get(&req.order_id)
         .and_then(|t| b.pay10.sales.get(t))
+        .or_else(|| b.pay10.sales.get(&req.order_id))
         .and_then(|sale| {
             sale.refunds
                 .iter()
@@ -315,28 +335,34 @@ async fn requery(State(sb): State<Sandbox>, body: Bytes) -> Response {
             } else {
                 "Pending"
             };
-            with_hash(&sb, refund_fields(&sb, &sale, &refund, "000", message))
+            answer(refund_fields(&sb, &sale, &refund, "000", message), &req.hash)
         }
         None => {
+            // The published not-found shape.
             let mut f = BTreeMap::new();
             f.insert("PAY_ID".to_string(), req.pay_id);
             f.insert("ORDER_ID".to_string(), req.order_id);
             f.insert("REFUND_ORDER_ID".to_string(), req.refund_order_id);
             f.insert("RESPONSE_CODE".to_string(), "300".to_string());
             f.insert("RESPONSE_MESSAGE".to_string(), "NO DATA FOUND".to_string());
-            with_hash(&sb, f)
+            answer(f, &req.hash)
         }
     }
 }
 
-/// A Pay10 webhook: the transaction's fields plus HASH, as plain JSON.
+/// A Pay10 webhook: the transaction's fields plus HASH, as plain JSON. Some
+/// servers write AMOUNT as a decimal; the server adds CARD_ISSUER_BANK after
+/// hashing (its merchant kit leaves it out of the check).
 fn webhook(sb: &Sandbox, sale: &SbSale, refund: &SbRefund) -> IpnBody {
     let mut fields = refund_fields(sb, sale, refund, "000", "SUCCESS");
-    let hash = crypto::hash(
-        fields.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        &sb.config.pay10_salt,
-    );
-    fields.insert(crypto::HASH_FIELD.into(), hash);
+    if coin() {
+        fields.insert("AMOUNT".into(), sale.currency.format(refund.amount));
+    }
+    let hash = sign::pay10(&pairs(&fields), &sb.config.pay10_salt);
+    fields.insert("HASH".into(), hash);
+    if coin() {
+        fields.insert("CARD_ISSUER_BANK".into(), "SANDBOX BANK".into());
+    }
     let obj: serde_json::Map<String, Value> = fields
         .into_iter()
         .map(|(k, v)| (k, Value::String(v)))

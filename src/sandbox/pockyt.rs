@@ -12,11 +12,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    bad_request, magic, random_digits, unavailable, IpnBody, Magic, RefundState, Sandbox, SbRefund,
-    SbSale,
+    bad_request, coin, magic, random_digits, sign, unavailable, IpnBody, Magic, RefundState,
+    Sandbox, SbRefund, SbSale,
 };
 use crate::money::Currency;
-use crate::providers::pockyt::crypto;
+
+const SIGN_FIELD: &str = "verifySign";
 
 pub(super) fn routes() -> Router<Sandbox> {
     Router::new()
@@ -153,7 +154,7 @@ fn authenticate(sb: &Sandbox, body: &[u8]) -> Result<BTreeMap<String, String>, R
             _ => None,
         })
         .collect();
-    if !fields.contains_key(crypto::SIGN_FIELD) {
+    if !fields.contains_key(SIGN_FIELD) {
         return Err((
             StatusCode::BAD_REQUEST,
             Json(json!({"ret_code": "000020", "retMsg": "data error : verifySign is required"})),
@@ -169,10 +170,15 @@ fn authenticate(sb: &Sandbox, body: &[u8]) -> Result<BTreeMap<String, String>, R
             "no rights: unknown merchantNo or storeNo",
         ));
     }
-    if !crypto::verify(
-        fields.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        &c.pockyt_token,
-    ) {
+    let pairs: Vec<(String, String)> = fields
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let received = fields.get(SIGN_FIELD).map(String::as_str).unwrap_or("");
+    let verified = [false, true]
+        .iter()
+        .any(|&empty| sign::same(&sign::pockyt(&pairs, &c.pockyt_token, empty), received));
+    if !verified {
         return Err((
             StatusCode::BAD_REQUEST,
             Json(json!({"ret_code": "000000", "retMsg": "data error : verifySign"})),
@@ -182,20 +188,54 @@ fn authenticate(sb: &Sandbox, body: &[u8]) -> Result<BTreeMap<String, String>, R
     Ok(fields)
 }
 
-fn refund_info(sale: &SbSale) -> Vec<Value> {
-    sale.refunds
+/// `refundInfo` in the shapes Pockyt's servers and SDKs have used: a list or
+/// (one refund, older servers) a single object; the id as
+/// `refundTransactionId` or (older Go SDK) `refundYuansferId`; and a `status`
+/// that the published shape does not carry, present or not.
+fn refund_info(sale: &SbSale) -> Value {
+    let old_name = coin();
+    let with_status = coin();
+    let list: Vec<Value> = sale
+        .refunds
         .iter()
         .map(|r| {
-            json!({
-                "refundTransactionId": r.provider_refund_id,
+            let mut e = json!({
                 "refundReference": r.refund_reference,
                 "refundAmount": sale.currency.format(r.amount),
                 "currency": sale.currency,
                 "settleCurrency": sale.settle_currency,
-                "status": r.state,
-            })
+            });
+            let id_key = if old_name {
+                "refundYuansferId"
+            } else {
+                "refundTransactionId"
+            };
+            e[id_key] = json!(r.provider_refund_id);
+            if with_status {
+                e["status"] = json!(r.state);
+            }
+            e
         })
-        .collect()
+        .collect();
+    match list.as_slice() {
+        [one] if coin() => one.clone(),
+        _ => Value::Array(list),
+    }
+}
+
+/// A refund is a transaction of its own: tran-query by its id answers with
+/// `transactionType` `refund` and its status.
+fn refund_transaction(sale: &SbSale, refund: &SbRefund) -> Value {
+    json!({
+        "transactionNo": refund.provider_refund_id,
+        "reference": refund.refund_reference,
+        "amount": sale.currency.format(refund.amount),
+        "currency": sale.currency,
+        "settleCurrency": sale.settle_currency,
+        "status": refund.state,
+        "transactionType": "refund",
+        "originalTransactionNo": sale.transaction_no,
+    })
 }
 
 async fn tran_query(State(sb): State<Sandbox>, body: Bytes) -> Response {
@@ -211,6 +251,22 @@ async fn tran_query(State(sb): State<Sandbox>, body: Bytes) -> Response {
         );
     }
     let b = sb.lock();
+    let refund = t.and_then(|t| {
+        b.pockyt.sales.values().find_map(|s| {
+            s.refunds
+                .iter()
+                .find(|x| &x.provider_refund_id == t)
+                .map(|x| (s, x))
+        })
+    });
+    if let Some((sale, refund)) = refund {
+        return Json(json!({
+            "ret_code": "000100",
+            "ret_msg": "query success ",
+            "result": refund_transaction(sale, refund),
+        }))
+        .into_response();
+    }
     let Some(sale) = b.pockyt.find(t.map(String::as_str), r.map(String::as_str)) else {
         return envelope("000021", "parameter matches no record");
     };
@@ -375,10 +431,17 @@ fn ipn(sb: &Sandbox, sale: &SbSale, refund: &SbRefund) -> IpnBody {
     if let Some(r) = &refund.refund_reference {
         fields.push(("refundReference", r.clone()));
     }
-    let sign = crypto::sign(
-        fields.iter().map(|(k, v)| (*k, v.as_str())),
-        &sb.config.pockyt_token,
-    );
-    fields.push((crypto::SIGN_FIELD, sign));
+    // Some servers send optional fields empty; the SDKs sign those as `key=&`
+    // (PHP, Java, Python) or leave them out (Go, JS).
+    if coin() {
+        fields.push(("note", String::new()));
+        fields.push(("vendorId", String::new()));
+    }
+    let pairs: Vec<(String, String)> = fields
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let sign = sign::pockyt(&pairs, &sb.config.pockyt_token, coin());
+    fields.push((SIGN_FIELD, sign));
     IpnBody::Form(serde_urlencoded::to_string(&fields).expect("strings encode"))
 }

@@ -96,7 +96,17 @@ impl Pay10Client {
         let (Some(pg_ref), Some(order_id)) = (&call.transaction_no, &call.reference) else {
             return ProviderAnswer::unknown("pay10 needs PG_REF_NUM and ORDER_ID");
         };
-        let amount = call.amount.0.to_string();
+        // AMOUNT is 3 to 12 digits of minor units: Pay10 writes 0.50 as "050"
+        // and refuses shorter values.
+        let Some(amount) = wire_amount(call.amount.0) else {
+            return ProviderAnswer {
+                outcome: Outcome::Failed,
+                provider_refund_id: None,
+                provider_status: None,
+                provider_code: None,
+                message: Some("the amount does not fit Pay10's 12-digit AMOUNT; nothing was sent".into()),
+            };
+        };
         let currency = call.currency.numeric();
         let plaintext = crypto::encode_pairs([
             ("PAY_ID", self.account.pay_id.as_str()),
@@ -174,14 +184,18 @@ impl Pay10Client {
         else {
             return ProviderAnswer::unknown("pay10 requery answer is unreadable");
         };
-        // A HASH on the answer must be ours; an answer that fails it is not trusted.
-        if fields.contains_key(crypto::HASH_FIELD)
-            && !crypto::verify(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())), salt)
-        {
-            tracing::warn!("pay10 requery answer has a HASH that does not verify");
-            return ProviderAnswer::unknown("pay10 requery answer failed its HASH check");
+        // Pay10 does not sign requery answers (a HASH on one is our own echoed
+        // back, or meaningless): the code and the fields are the answer.
+        let answer = map_fields(&fields, Call::Status);
+        if answer.outcome == Outcome::Misconfigured {
+            tracing::error!(
+                code = answer.provider_code.as_deref().unwrap_or(""),
+                message = answer.message.as_deref().unwrap_or(""),
+                pay_id = %self.account.pay_id,
+                "pay10 refused the refund status query: check this account's PAY_ID and salt"
+            );
         }
-        map_fields(&fields, Call::Status)
+        answer
     }
 
     pub fn verify_webhook(&self, body: &[u8]) -> Result<WebhookEvent, WebhookError> {
@@ -189,16 +203,30 @@ impl Pay10Client {
     }
 }
 
+/// Fields Pay10's server adds to a webhook after computing its HASH (its
+/// merchant kit leaves them out when checking): accepted, never read.
+const UNHASHED_WEBHOOK_FIELDS: &[&str] = &["CARD_ISSUER_BANK"];
+
 /// Parses a Pay10 webhook (JSON with HASH) and verifies it with `salt`.
+///
+/// A repeated key is refused. The HASH is checked over every field, or else
+/// over the fields the server hashes (without [`UNHASHED_WEBHOOK_FIELDS`],
+/// which are then dropped): nothing the HASH does not cover is read.
 pub fn parse_webhook(body: &[u8], salt: &str) -> Result<WebhookEvent, WebhookError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|_| WebhookError::Malformed)?;
-    if !value.is_object() {
-        return Err(WebhookError::Malformed);
-    }
-    let fields = wire::parse_fields(body).ok_or(WebhookError::Malformed)?;
-    if !crypto::verify(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())), salt) {
-        return Err(WebhookError::BadSignature);
+    let mut fields = wire::parse_json_object_strict(body).ok_or(WebhookError::Malformed)?;
+    let verifies = |f: &BTreeMap<String, String>| {
+        crypto::verify(f.iter().map(|(k, v)| (k.as_str(), v.as_str())), salt)
+    };
+    if !verifies(&fields) {
+        let hashed: BTreeMap<String, String> = fields
+            .iter()
+            .filter(|(k, _)| !UNHASHED_WEBHOOK_FIELDS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if hashed.len() == fields.len() || !verifies(&hashed) {
+            return Err(WebhookError::BadSignature);
+        }
+        fields = hashed;
     }
     let answer = map_fields(&fields, Call::Refund);
     let get = |k: &str| fields.get(k).filter(|v| !v.is_empty()).cloned();
@@ -214,6 +242,14 @@ pub fn parse_webhook(body: &[u8], salt: &str) -> Result<WebhookEvent, WebhookErr
         is_refund: get("TXNTYPE").as_deref() == Some("REFUND") || get("REFUND_ORDER_ID").is_some(),
         fields,
     })
+}
+
+/// Pay10's `AMOUNT`: minor units, left-padded to at least 3 digits; `None`
+/// past 12 digits.
+pub fn wire_amount(minor: i64) -> Option<String> {
+    (0..=ProviderKind::Pay10.max_amount_minor())
+        .contains(&minor)
+        .then(|| format!("{minor:03}"))
 }
 
 /// The response-code table of providers.md.
@@ -246,11 +282,12 @@ pub fn map_fields(fields: &BTreeMap<String, String>, call: Call) -> ProviderAnsw
             if msg.contains("NO DATA") {
                 Outcome::NotFound
             } else {
-                Outcome::Unknown
+                // "Invalid Hash" and other refusals of our query.
+                Outcome::Misconfigured
             }
         }
         // On a status query these say our query was refused, not the refund.
-        "323" | "324" if call == Call::Status => Outcome::Unknown,
+        "323" | "324" if call == Call::Status => Outcome::Misconfigured,
         "300" | "323" | "324" => Outcome::Failed,
         // 003 timeout, 008/018/019 duplicates, 900-902 internal: settle by status query.
         _ => Outcome::Unknown,
@@ -314,7 +351,7 @@ mod tests {
             ("300", None, Call::Refund, Outcome::Failed),
             ("323", None, Call::Refund, Outcome::Failed),
             ("324", None, Call::Refund, Outcome::Failed),
-            ("323", None, Call::Status, Outcome::Unknown),
+            ("323", None, Call::Status, Outcome::Misconfigured),
             ("900", None, Call::Refund, Outcome::Unknown),
             ("901", None, Call::Refund, Outcome::Unknown),
             ("902", None, Call::Refund, Outcome::Unknown),
@@ -340,7 +377,57 @@ mod tests {
             ("RESPONSE_CODE", "300"),
             ("RESPONSE_MESSAGE", "Invalid hash"),
         ]);
-        assert_eq!(map_fields(&badhash, Call::Status).outcome, Outcome::Unknown);
+        assert_eq!(
+            map_fields(&badhash, Call::Status).outcome,
+            Outcome::Misconfigured
+        );
+    }
+
+    #[test]
+    fn amount_has_three_to_twelve_digits() {
+        assert_eq!(wire_amount(50).as_deref(), Some("050"));
+        assert_eq!(wire_amount(5).as_deref(), Some("005"));
+        assert_eq!(wire_amount(100).as_deref(), Some("100"));
+        assert_eq!(wire_amount(999_999_999_999).as_deref(), Some("999999999999"));
+        assert_eq!(wire_amount(1_000_000_000_000), None);
+    }
+
+    #[test]
+    fn webhook_fields_outside_the_hash() {
+        let salt = "s4lt";
+        let signed = [
+            ("AMOUNT", "050"),
+            ("PG_REF_NUM", "1879120328175249"),
+            ("RESPONSE_CODE", "000"),
+            ("STATUS", "Captured"),
+            ("TXNTYPE", "REFUND"),
+            ("REFUND_ORDER_ID", "R1234567"),
+        ];
+        let hash = crypto::hash(signed, salt);
+        let mut obj: serde_json::Map<String, serde_json::Value> = signed
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+            .collect();
+        obj.insert("HASH".into(), hash.clone().into());
+        // The server adds CARD_ISSUER_BANK after hashing: accepted, dropped.
+        obj.insert("CARD_ISSUER_BANK".into(), "Some Bank".into());
+        let ev = parse_webhook(&serde_json::to_vec(&obj).unwrap(), salt).unwrap();
+        assert_eq!(ev.outcome, Outcome::Succeeded);
+        assert!(!ev.fields.contains_key("CARD_ISSUER_BANK"));
+        // Any other field outside the hash is not accepted.
+        obj.insert("STATUS2".into(), "x".into());
+        assert_eq!(
+            parse_webhook(&serde_json::to_vec(&obj).unwrap(), salt),
+            Err(WebhookError::BadSignature)
+        );
+        // A repeated key is refused even when one of its values is signed.
+        let body = format!(
+            r#"{{"AMOUNT":"050","PG_REF_NUM":"1879120328175249","RESPONSE_CODE":"000","STATUS":"Captured","TXNTYPE":"REFUND","REFUND_ORDER_ID":"R1234567","HASH":"{hash}","REFUND_ORDER_ID":"OTHER000001"}}"#
+        );
+        assert_eq!(
+            parse_webhook(body.as_bytes(), salt),
+            Err(WebhookError::Malformed)
+        );
     }
 
     #[test]

@@ -25,6 +25,45 @@ pub struct RequeryRequest {
     pub hash: String,
 }
 
+/// Reads a JSON object of string (or number) values, refusing a repeated key
+/// (serde_json would keep the last one silently) and nested values.
+pub fn parse_json_object_strict(body: &[u8]) -> Option<BTreeMap<String, String>> {
+    struct Strict(BTreeMap<String, String>);
+    impl<'de> Deserialize<'de> for Strict {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Strict;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a flat JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Strict, A::Error> {
+                    let mut out = BTreeMap::new();
+                    while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
+                        let v = match v {
+                            serde_json::Value::String(s) => s,
+                            serde_json::Value::Number(n) => n.to_string(),
+                            _ => return Err(serde::de::Error::custom("nested value")),
+                        };
+                        if out.insert(k, v).is_some() {
+                            return Err(serde::de::Error::custom("repeated key"));
+                        }
+                    }
+                    Ok(Strict(out))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    serde_json::from_slice::<Strict>(body)
+        .ok()
+        .map(|s| s.0)
+        .filter(|m| !m.is_empty())
+}
+
 /// Reads a flat answer: a JSON object (string/number values) or a `K=V` map in
 /// the `{K=V, K=V}` / `K=V~K=V` forms Pay10's documents show.
 pub fn parse_fields(body: &[u8]) -> Option<BTreeMap<String, String>> {

@@ -221,7 +221,10 @@ impl PockytClient {
         answer
     }
 
-    /// Finds the refund among the original sale's `refundInfo`.
+    /// Finds the refund among the original sale's `refundInfo`. An entry
+    /// states no status in Pockyt's published shape, so being listed is not
+    /// taken as success: the refund's own transaction (tran-query by its
+    /// refund transaction id) says what it is.
     #[tracing::instrument(skip_all, fields(provider = "pockyt", op = "refund_status", refund_id = %q.refund_id))]
     pub async fn refund_status(&self, q: &StatusQuery) -> ProviderAnswer {
         let env = match self
@@ -233,36 +236,56 @@ impl PockytClient {
         };
         let code = env.ret_code.clone();
         let Some(result) = env.result.filter(|_| code.as_deref() == Some(RET_SUCCESS)) else {
-            return ProviderAnswer {
-                outcome: Outcome::Unknown,
-                provider_refund_id: None,
-                provider_status: None,
-                provider_code: code,
-                message: env.ret_msg.map(|m| m.trim().to_string()),
-            };
+            return query_refused(code, env.ret_msg);
         };
         let found = result.refund_info.into_vec().into_iter().find(|r| {
             r.refund_reference.as_deref() == Some(q.provider_reference.as_str())
                 || (q.provider_refund_id.is_some()
                     && r.refund_transaction_id == q.provider_refund_id)
         });
-        match found {
-            Some(info) => {
-                let status = info.status.unwrap_or_else(|| "success".into());
-                ProviderAnswer {
-                    outcome: status_outcome(&status),
-                    provider_refund_id: info.refund_transaction_id,
-                    provider_status: Some(status),
-                    provider_code: code,
-                    message: None,
-                }
-            }
-            None => ProviderAnswer {
+        let Some(info) = found else {
+            return ProviderAnswer {
                 outcome: Outcome::NotFound,
                 provider_refund_id: None,
                 provider_status: None,
                 provider_code: code,
                 message: Some("the sale lists no refund with this reference".into()),
+            };
+        };
+        let listed = |status: String, outcome: Outcome, code: Option<String>| ProviderAnswer {
+            outcome,
+            provider_refund_id: info.refund_transaction_id.clone(),
+            provider_status: Some(status),
+            provider_code: code,
+            message: None,
+        };
+        if let Some(status) = info.status.clone() {
+            return listed(status.clone(), status_outcome(&status), code);
+        }
+        let Some(refund_tx) = info.refund_transaction_id.clone() else {
+            // Listed, with neither a status nor an id to ask about: accepted by
+            // the provider, outcome not stated.
+            return listed("listed".into(), Outcome::Pending, code);
+        };
+        match self.tran_query(Some(&refund_tx), None).await {
+            Ok(env) if env.ret_code.as_deref() == Some(RET_SUCCESS) => {
+                match env.result.and_then(|r| r.status) {
+                    Some(status) => listed(status.clone(), status_outcome(&status), env.ret_code),
+                    None => listed("listed".into(), Outcome::Pending, env.ret_code),
+                }
+            }
+            Ok(env) => {
+                let mut a = query_refused(env.ret_code, env.ret_msg);
+                a.provider_refund_id = Some(refund_tx);
+                if a.outcome == Outcome::Unknown {
+                    // The refund is listed on the sale: accepted, outcome not stated.
+                    a.outcome = Outcome::Pending;
+                }
+                a
+            }
+            Err(m) => ProviderAnswer {
+                provider_refund_id: Some(refund_tx),
+                ..ProviderAnswer::unknown(m)
             },
         }
     }
@@ -270,6 +293,29 @@ impl PockytClient {
     /// Parses a form-encoded IPN and checks its `verifySign`.
     pub fn verify_ipn(&self, body: &[u8]) -> Result<WebhookEvent, WebhookError> {
         parse_ipn(body, self.account.token.expose_secret())
+    }
+}
+
+/// A tran-query that did not succeed: our credentials or signature refused
+/// (an operator must fix the account), or no answer to go on.
+fn query_refused(code: Option<String>, message: Option<String>) -> ProviderAnswer {
+    let outcome = match code.as_deref() {
+        Some("000000" | "000010" | "000030") => Outcome::Misconfigured,
+        _ => Outcome::Unknown,
+    };
+    if outcome == Outcome::Misconfigured {
+        tracing::error!(
+            code = code.as_deref().unwrap_or(""),
+            message = message.as_deref().unwrap_or("").trim(),
+            "pockyt refused the status query: check this account's merchantNo, storeNo and token"
+        );
+    }
+    ProviderAnswer {
+        outcome,
+        provider_refund_id: None,
+        provider_status: None,
+        provider_code: code,
+        message: message.map(|m| m.trim().to_string()),
     }
 }
 

@@ -61,13 +61,15 @@ pub struct TranQueryResult {
 }
 
 /// One refund of a sale in `refundInfo`. `status` is not in Pockyt's published
-/// shape; when absent the refund is taken as done (it is listed).
+/// shape; when absent, the refund's own transaction is asked for its status.
+/// Older Go SDKs name the id `refundYuansferId`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RefundInfo {
     #[serde(
         default,
         alias = "refundTransactionNo",
+        alias = "refundYuansferId",
         deserialize_with = "de_opt_stringish"
     )]
     pub refund_transaction_id: Option<String>,
