@@ -55,11 +55,10 @@ impl ProviderKind {
     pub fn webhook_amount_minor(&self, amount: &str, currency: Currency) -> Option<i64> {
         let amount = amount.trim();
         match self {
-            ProviderKind::Pay10 if !amount.contains('.') => {
-                (!amount.is_empty() && amount.bytes().all(|b| b.is_ascii_digit()))
-                    .then(|| amount.parse::<i64>().ok())
-                    .flatten()
-            }
+            ProviderKind::Pay10 if !amount.contains('.') => (!amount.is_empty()
+                && amount.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| amount.parse::<i64>().ok())
+            .flatten(),
             _ => currency.parse_amount(amount).ok().map(|m| m.0),
         }
     }

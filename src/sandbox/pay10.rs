@@ -335,7 +335,10 @@ async fn requery(State(sb): State<Sandbox>, body: Bytes) -> Response {
             } else {
                 "Pending"
             };
-            answer(refund_fields(&sb, &sale, &refund, "000", message), &req.hash)
+            answer(
+                refund_fields(&sb, &sale, &refund, "000", message),
+                &req.hash,
+            )
         }
         None => {
             // The published not-found shape.

@@ -170,10 +170,7 @@ fn authenticate(sb: &Sandbox, body: &[u8]) -> Result<BTreeMap<String, String>, R
             "no rights: unknown merchantNo or storeNo",
         ));
     }
-    let pairs: Vec<(String, String)> = fields
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let pairs: Vec<(String, String)> = fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let received = fields.get(SIGN_FIELD).map(String::as_str).unwrap_or("");
     let verified = [false, true]
         .iter()

@@ -104,7 +104,9 @@ impl Pay10Client {
                 provider_refund_id: None,
                 provider_status: None,
                 provider_code: None,
-                message: Some("the amount does not fit Pay10's 12-digit AMOUNT; nothing was sent".into()),
+                message: Some(
+                    "the amount does not fit Pay10's 12-digit AMOUNT; nothing was sent".into(),
+                ),
             };
         };
         let currency = call.currency.numeric();
@@ -388,7 +390,10 @@ mod tests {
         assert_eq!(wire_amount(50).as_deref(), Some("050"));
         assert_eq!(wire_amount(5).as_deref(), Some("005"));
         assert_eq!(wire_amount(100).as_deref(), Some("100"));
-        assert_eq!(wire_amount(999_999_999_999).as_deref(), Some("999999999999"));
+        assert_eq!(
+            wire_amount(999_999_999_999).as_deref(),
+            Some("999999999999")
+        );
         assert_eq!(wire_amount(1_000_000_000_000), None);
     }
 
