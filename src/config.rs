@@ -45,6 +45,12 @@ pub struct FileConfig {
     pub provider_connect_timeout_ms: Option<u64>,
     pub provider_timeout_ms: Option<u64>,
     pub request_timeout_ms: Option<u64>,
+    /// At most this many client connections at once (clamped below the
+    /// file-descriptor limit).
+    pub max_connections: Option<usize>,
+    /// A connection must send a whole request header within this long of
+    /// opening or of its previous response (slow or idle ones are closed).
+    pub header_read_timeout_ms: Option<u64>,
     /// How long after a refund's send deadline the provider may still be
     /// processing it; after that, repeated "no such refund" answers fail it.
     pub not_found_after_ms: Option<u64>,
@@ -161,6 +167,7 @@ pub struct Config {
     pub db_max_connections: u32,
     pub http: HttpSettings,
     pub request_timeout: Duration,
+    pub conn_limits: crate::server::ConnLimits,
     pub merchant_name: String,
     pub accounts: Vec<Account>,
     pub clients: Vec<Client>,
@@ -285,6 +292,15 @@ impl Config {
             db_max_connections: f.db_max_connections.unwrap_or(16),
             http,
             request_timeout: Duration::from_millis(f.request_timeout_ms.unwrap_or(60_000)),
+            conn_limits: crate::server::ConnLimits {
+                max_connections: f
+                    .max_connections
+                    .unwrap_or(crate::server::ConnLimits::default().max_connections),
+                header_read_timeout: f
+                    .header_read_timeout_ms
+                    .map(Duration::from_millis)
+                    .unwrap_or(crate::server::ConnLimits::default().header_read_timeout),
+            },
             merchant_name,
             accounts,
             clients,

@@ -10,6 +10,7 @@ pub mod money;
 pub mod providers;
 pub mod refunds;
 pub mod sandbox;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tools;
@@ -112,7 +113,18 @@ pub struct Application {
 
 impl Application {
     pub async fn build(mut config: Config) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(config.listen_addr()?).await?;
+        server::raise_fd_limit();
+        let addr = config.listen_addr()?;
+        let listener = server::bind(addr).map_err(|e| {
+            let why = if e.kind() == std::io::ErrorKind::AddrInUse {
+                "the address is already in use (another refund-gateway?)".to_string()
+            } else {
+                e.to_string()
+            };
+            anyhow::anyhow!(
+                "cannot listen on {addr}: {why}; choose another address with --listen or REFUND_GATEWAY_LISTEN"
+            )
+        })?;
         let addr = listener.local_addr()?;
         let mut sandbox = None;
         if let Some(demo) = config.demo.clone() {
@@ -198,9 +210,13 @@ impl Application {
                 }
             }
         }
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = server::serve(
+            self.listener,
+            self.router,
+            self.config.conn_limits,
+            shutdown,
+        )
+        .await;
         let _ = stop_tx.send(true);
         for w in workers {
             let _ = w.await;

@@ -79,3 +79,8 @@ pub fn reconciliation(pending: i64, oldest_age_seconds: f64) {
     metrics::gauge!("refund_gateway_reconciliation_oldest_pending_age_seconds")
         .set(oldest_age_seconds);
 }
+
+/// A connection refused at the cap because every open one was busy.
+pub fn connection_shed() {
+    metrics::counter!("refund_gateway_connections_shed_total").increment(1);
+}

@@ -278,3 +278,119 @@ async fn sigkill_one_of_two_gateways_on_postgres() {
     .await;
     assert_eq!(sale["refunded"], "3.91");
 }
+
+/// Holds `idle` connections that send nothing and `slow` that send half a
+/// request header, from its own source address (its own port range).
+const ATTACKER: &str = r#"
+import socket, sys
+host, port, src, idle, slow = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+socks = []
+for i in range(idle + slow):
+    s = socket.socket()
+    try:
+        # Pick the port at connect time (IP_BIND_ADDRESS_NO_PORT): binding
+        # port 0 first makes each bind scan every port already taken.
+        s.setsockopt(socket.IPPROTO_IP, 24, 1)
+        s.bind((src, 0))
+        s.connect((host, port))
+        if i >= idle:
+            s.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    except OSError as e:
+        print("attacker stopped early:", e, file=sys.stderr)
+        break
+    socks.append(s)
+print(len(socks), flush=True)
+sys.stdin.read()
+"#;
+
+/// A flood of 20,000 idle and 2,000 slow-header connections, held open by
+/// two other processes, does not keep `/healthz` or a refund from answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_flood_does_not_lock_out_clients() {
+    use std::io::BufRead;
+    let port = free_port();
+    let db = fresh_db(Db::Sqlite).await;
+    let _gw = Proc(
+        bin()
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--database-url",
+                &db,
+            ])
+            .env_remove("REFUND_GATEWAY_CONFIG")
+            .env_remove("REFUND_GATEWAY_SANDBOX_URL")
+            .env("REFUND_GATEWAY_DEMO_API_KEY", KEY)
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::Client::new();
+    wait_healthy(&http, port).await;
+    let mut children = vec![];
+    for src in ["127.0.0.2", "127.0.0.3"] {
+        let child = Command::new("python3")
+            .args([
+                "-c",
+                ATTACKER,
+                "127.0.0.1",
+                &port.to_string(),
+                src,
+                "10000",
+                "1000",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 runs the attacker");
+        children.push((src, child));
+    }
+    let mut attackers = vec![];
+    for (src, mut child) in children {
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let held: usize = line.trim().parse().unwrap_or(0);
+        assert_eq!(
+            held, 11_000,
+            "the attacker from {src} opened its connections"
+        );
+        attackers.push(Proc(child));
+    }
+    // Fresh clients (no pooled connection), as a POS after the flood began.
+    let fresh = || {
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    };
+    let started = std::time::Instant::now();
+    let health = fresh()
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .expect("/healthz answers under the flood");
+    let health_took = started.elapsed();
+    assert_eq!(health.status().as_u16(), 200);
+    let started = std::time::Instant::now();
+    let (status, body) = json(
+        fresh()
+            .post(format!("http://127.0.0.1:{port}/v1/refunds"))
+            .bearer_auth(KEY)
+            .header("Idempotency-Key", "under-flood")
+            .json(&json!({"provider": "pockyt", "transaction_no": refund_gateway::sandbox::demo_sales::POCKYT_TRANSACTION_NO, "amount": "1.00", "currency": "USD"})),
+    )
+    .await;
+    let refund_took = started.elapsed();
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (201, Some("succeeded")),
+        "{body}"
+    );
+    eprintln!(
+        "flood of 20000 idle + 2000 slow-header connections: /healthz {health_took:?}, refund {refund_took:?}"
+    );
+    drop(attackers);
+}
