@@ -23,10 +23,56 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("config file is not valid TOML: {0}")]
-    Toml(String),
+    /// A syntax or type error, located but never quoting the file: the
+    /// offending line may hold a secret.
+    #[error("config file {path}: {message}")]
+    Toml { path: String, message: String },
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
+}
+
+/// A TOML error as line, column, key and a message with every quoted value
+/// cut out (serde's messages quote the value they could not use).
+fn toml_error(path: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+    let at = e.span().map(|s| s.start).unwrap_or(0).min(text.len());
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    let key = text
+        .lines()
+        .nth(line - 1)
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim())
+        .filter(|k| {
+            !k.is_empty()
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        });
+    let raw = e.message().replace('\n', "; ");
+    let message = if raw.starts_with("unknown field") {
+        // Field names only: ours, and the unknown key itself.
+        raw
+    } else {
+        let mut out = String::new();
+        let mut quote: Option<char> = None;
+        for c in raw.chars() {
+            match (quote, c) {
+                (None, '"' | '`') => {
+                    quote = Some(c);
+                    out.push('…');
+                }
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, c) => out.push(c),
+            }
+        }
+        out
+    };
+    let key = key.map(|k| format!(" ({k})")).unwrap_or_default();
+    ConfigError::Toml {
+        path: path.to_string(),
+        message: format!("line {line}, column {column}{key}: {message}"),
+    }
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -216,7 +262,7 @@ impl Config {
                         source,
                     }
                 })?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Toml(e.to_string()))?
+                toml::from_str::<FileConfig>(&text).map_err(|e| toml_error(path, &text, &e))?
             }
             None => FileConfig::default(),
         };
@@ -548,7 +594,7 @@ mod tests {
 
     fn load(toml_text: &str) -> Result<Config, ConfigError> {
         let file: FileConfig =
-            toml::from_str(toml_text).map_err(|e| ConfigError::Toml(e.to_string()))?;
+            toml::from_str(toml_text).map_err(|e| toml_error("test.toml", toml_text, &e))?;
         let c = Config::from_file(file, false)?;
         c.validate()?;
         Ok(c)
@@ -628,7 +674,22 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("accounts[0].token"));
-        assert!(matches!(load("bogus = 1"), Err(ConfigError::Toml(_))));
+        assert!(matches!(load("bogus = 1"), Err(ConfigError::Toml { .. })));
+        for (text, secret) in [
+            ("token = sk_live_SECRET\n", "sk_live_SECRET"),
+            (
+                "provider_timeout_ms = \"sk_live_SECRET\"\n",
+                "sk_live_SECRET",
+            ),
+            ("[[accounts]]\nname = \"a\"\nsalt = 12345678\n", "12345678"),
+            ("merchant_name = \"sk_live_SECRET\n", "sk_live_SECRET"),
+        ] {
+            let err = load(text).unwrap_err().to_string();
+            assert!(!err.contains(secret), "{err}");
+            assert!(err.contains("line "), "{err}");
+        }
+        let unknown = load("bogus = 1").unwrap_err().to_string();
+        assert!(unknown.contains("unknown field `bogus`"), "{unknown}");
     }
 }
 

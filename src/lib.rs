@@ -75,6 +75,7 @@ pub fn app(state: AppState, sandbox: Option<&Sandbox>, request_timeout: Duration
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(
             ServiceBuilder::new()
+                .layer(axum::middleware::map_request(api::sanitize_request_id))
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .layer(
                     TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {

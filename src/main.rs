@@ -160,7 +160,8 @@ fn main() -> ExitCode {
     if let Some(Command::Probe { url }) = &cli.command {
         return probe(url);
     }
-    telemetry::init(cli.log_format);
+    let log_format = cli.log_format;
+    telemetry::init(log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -199,8 +200,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
+            // Once: as a structured log line for JSON logs, else on stderr.
+            match log_format {
+                LogFormat::Json => tracing::error!("{e}"),
+                _ => eprintln!("error: {e}"),
+            }
             ExitCode::FAILURE
         }
     }

@@ -128,3 +128,121 @@ fn encrypt_then_decrypt_pay10() {
     assert!(err.contains("32 bytes"), "{err}");
     assert_eq!(run(&["decrypt", "pay10", "--key", KEY, "@@@"], &[]).0, 2);
 }
+
+/// No secret is printed in any failure mode: a config with a syntax error,
+/// a missing environment variable, a value of the wrong type, an unreachable
+/// database, a database URL that does not parse. Everything the process
+/// writes, on stdout and stderr, in both log formats, is searched for every
+/// configured secret. Each failure is reported once, naming what to fix.
+#[test]
+fn failures_never_print_a_secret() {
+    const SECRETS: [&str; 5] = [
+        "tok_SECRET_pockyt_9f2",
+        "salt_SECRET_pay10_7c1",
+        "KEYSECRET0123456789KEYSECRET0123",
+        "dbpass_SECRET_44",
+        "qpass_SECRET_55",
+    ];
+    let dir = std::env::temp_dir().join(format!("rg-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = |database_url: &str, token_line: &str, salt_line: &str| {
+        format!(
+            r#"database_url = "{database_url}"
+[[accounts]]
+name = "pockyt-main"
+provider = "pockyt"
+base_url = "https://mapi.yuansfer.com"
+merchant_no = "200043"
+store_no = "300014"
+{token_line}
+[[accounts]]
+name = "pay10-main"
+provider = "pay10"
+base_url = "https://pg.pay10.ae"
+pay_id = "1009120125180122"
+{salt_line}
+encryption_key = "{key}"
+[[clients]]
+name = "store-1"
+api_key_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+accounts = ["pockyt-main", "pay10-main"]
+"#,
+            key = SECRETS[2]
+        )
+    };
+    let unreachable = format!(
+        "postgres://rg:{}@127.0.0.1:1/rg?password={}",
+        SECRETS[3], SECRETS[4]
+    );
+    let token = format!("token = \"{}\"", SECRETS[0]);
+    let salt = format!("salt = \"{}\"", SECRETS[1]);
+    let cases = [
+        (
+            "bad TOML",
+            config(&unreachable, &format!("token = {}", SECRETS[0]), &salt),
+            "line 8",
+        ),
+        (
+            "missing env var",
+            config(&unreachable, "token = \"env:RG_NOT_SET_ANYWHERE\"", &salt),
+            "RG_NOT_SET_ANYWHERE",
+        ),
+        (
+            "wrong type",
+            config(
+                &unreachable,
+                &token,
+                &format!("salt = [\"{}\"]", SECRETS[1]),
+            ),
+            "line 14",
+        ),
+        (
+            "unreachable database",
+            config(&unreachable, &token, &salt),
+            "127.0.0.1:1",
+        ),
+        (
+            "bad URL",
+            config(
+                &format!(
+                    "postgres://rg:{}@[::1/rg?password={}",
+                    SECRETS[3], SECRETS[4]
+                ),
+                &token,
+                &salt,
+            ),
+            "does not parse",
+        ),
+    ];
+    for (name, text, names) in cases {
+        let path = dir.join(format!("{}.toml", name.replace(' ', "-")));
+        std::fs::write(&path, &text).unwrap();
+        for args in [vec!["--config"], vec!["migrate", "--config"]] {
+            for format in ["pretty", "json"] {
+                let mut a = args.clone();
+                let p = path.to_str().unwrap();
+                a.push(p);
+                a.extend(["--log-format", format]);
+                let (code, out, err) = run(&a, &[("RUST_LOG", "debug")]);
+                let all = format!("{out}{err}");
+                assert_ne!(code, 0, "{name}: {all}");
+                for s in SECRETS {
+                    assert!(
+                        !all.contains(s),
+                        "{name} ({format}, {args:?}) printed a secret: {all}"
+                    );
+                }
+                assert!(
+                    all.contains(names),
+                    "{name}: the message names what to fix: {all}"
+                );
+                assert_eq!(
+                    all.matches(names).count(),
+                    1,
+                    "{name}: reported once: {all}"
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -37,8 +37,9 @@ impl FromRequestParts<AppState> for Authed {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
+                // The scheme is case-insensitive (RFC 9110 section 11.1).
+                let (scheme, key) = v.trim_start().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(key)
             })
             .map(str::trim)
             .filter(|k| !k.is_empty())
@@ -53,6 +54,25 @@ impl FromRequestParts<AppState> for Authed {
         }
         found.map(Authed).ok_or_else(ApiError::unauthorized)
     }
+}
+
+/// A client's `X-Request-Id` is echoed and logged only if it is a short
+/// printable token (at most 128 of `A-Z a-z 0-9 - _ . :`); otherwise it is
+/// dropped and the gateway makes its own.
+pub async fn sanitize_request_id<B>(mut req: axum::http::Request<B>) -> axum::http::Request<B> {
+    let ok = |v: &axum::http::HeaderValue| {
+        let b = v.as_bytes();
+        !b.is_empty()
+            && b.len() <= 128
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+    };
+    let headers = req.headers_mut();
+    let values: Vec<_> = headers.get_all("x-request-id").iter().collect();
+    if values.len() > 1 || values.first().is_some_and(|v| !ok(v)) {
+        headers.remove("x-request-id");
+    }
+    req
 }
 
 pub async fn not_found() -> ApiError {

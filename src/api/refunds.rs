@@ -500,6 +500,23 @@ pub async fn create(
     })
 }
 
+/// A refund id as the gateway issues them (`rf_` + a 26-character ULID).
+/// Anything else names no refund: answered 404 without asking the database
+/// (which may refuse bytes such as NUL).
+fn is_refund_id(id: &str) -> bool {
+    id.len() == 29 && id.starts_with("rf_") && id[3..].bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// A text filter is printable and at most 255 characters.
+fn check_text_filter(name: &str, v: &str, errors: &mut Errors) {
+    if v.chars().count() > 255 || v.chars().any(char::is_control) {
+        errors.add(
+            name,
+            "must be at most 255 characters with no control characters",
+        );
+    }
+}
+
 fn query_map(raw: Option<String>) -> Result<BTreeMap<String, String>, ApiError> {
     let raw = raw.unwrap_or_default();
     serde_urlencoded::from_str::<Vec<(String, String)>>(&raw)
@@ -523,6 +540,7 @@ fn query_map(raw: Option<String>) -> Result<BTreeMap<String, String>, ApiError> 
     ),
     responses(
         (status = 200, description = "The refund", body = RefundObject),
+        (status = 400, description = "`invalid_request` (a bad `sync` value) or `invalid_query`", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 401, description = "`unauthorized`", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found` (also for another client's refund)", body = super::error::Problem, content_type = "application/problem+json"),
     ),
@@ -545,6 +563,9 @@ pub async fn get_one(
             )])))
         }
     };
+    if !is_refund_id(&id) {
+        return Err(ApiError::not_found("refund"));
+    }
     let row = state
         .gateway
         .store
@@ -642,8 +663,17 @@ pub async fn list(
     let created_to = q
         .get("created_to")
         .and_then(|v| parse_time("created_to", v, &mut errors));
+    for name in ["transaction_no", "reference", "refund_reference"] {
+        if let Some(v) = q.get(name) {
+            check_text_filter(name, v, &mut errors);
+        }
+    }
     let after = match q.get("starting_after") {
         None => None,
+        Some(id) if !is_refund_id(id) => {
+            errors.add("starting_after", "is not the id of one of your refunds");
+            None
+        }
         Some(id) => match state.gateway.store.get_refund(&client.name, id).await? {
             Some(r) => Some((r.created_at, r.id)),
             None => {
@@ -700,6 +730,9 @@ pub async fn receipt(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    if !is_refund_id(&id) {
+        return Err(ApiError::not_found("refund"));
+    }
     let row = state
         .gateway
         .store

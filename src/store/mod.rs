@@ -39,6 +39,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The database cannot be reached at start-up: where, and why, once.
+    #[error("cannot connect to the database at {target}: {cause}")]
+    Connect { target: String, cause: String },
 }
 
 impl StoreError {
@@ -75,17 +78,80 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Hides a password in a database URL for logs.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}://{}:***@{}", &url[..s], user, &url[at + 1..]),
-                None => url.to_string(),
-            }
+/// A database URL fit for logs: the password (in the user part, or in any
+/// query parameter that can carry one) is replaced by `***`; a URL that does
+/// not parse is not printed at all.
+pub fn redact_url(raw: &str) -> String {
+    const SECRET_PARAMS: &[&str] = &["password", "pass", "pwd", "sslpassword", "secret", "token"];
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return "<database URL that does not parse>".into();
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| {
+            let secret = SECRET_PARAMS.contains(&k.to_ascii_lowercase().as_str());
+            (
+                k.into_owned(),
+                if secret { "***".into() } else { v.into_owned() },
+            )
+        })
+        .collect();
+    if !pairs.is_empty() {
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
+}
+
+/// Where a database URL points, for messages: `host:port/database` for
+/// Postgres, the file for SQLite; never credentials.
+fn describe_target(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(u) if u.scheme() == "sqlite" => format!(
+            "SQLite file {}",
+            raw.trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:")
+                .split('?')
+                .next()
+                .unwrap_or("")
+        ),
+        Ok(u) => format!(
+            "{}:{}{}",
+            u.host_str().unwrap_or("localhost"),
+            u.port().unwrap_or(5432),
+            u.path()
+        ),
+        Err(_) => redact_url(raw),
+    }
+}
+
+/// The reason a connection failed, in words an operator can act on.
+fn connect_cause(e: &sqlx::Error, raw: &str) -> String {
+    let database = url::Url::parse(raw)
+        .ok()
+        .map(|u| u.path().trim_start_matches('/').to_string())
+        .unwrap_or_default();
+    match e {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "connection refused: is the server running and listening there?".into()
         }
-        _ => url.to_string(),
+        sqlx::Error::Io(io) if io.to_string().contains("lookup") => {
+            format!("unknown host ({io})")
+        }
+        sqlx::Error::Io(io) => format!("network error: {io}"),
+        sqlx::Error::Database(d) => match d.code().as_deref() {
+            Some("28P01") | Some("28000") => {
+                "authentication failed: check the user name and password".into()
+            }
+            Some("3D000") => format!(
+                "database \"{database}\" does not exist: create it (createdb {database}, or CREATE DATABASE {database}); the gateway then creates its tables itself"
+            ),
+            _ => format!("the server refused: {}", d.message()),
+        },
+        sqlx::Error::Tls(t) => format!("TLS failed: {t}"),
+        other => other.to_string(),
     }
 }
 
@@ -158,6 +224,28 @@ const SELECT_REFUND: &str = "SELECT id, client, account, provider, livemode, sta
     version FROM refunds";
 
 impl Store {
+    /// One direct connection first, so that an unreachable database is
+    /// reported with its address and real cause (a pool only says it timed out).
+    async fn probe(url: &str) -> Result<()> {
+        use sqlx::Connection;
+        let target = describe_target(url);
+        let attempt = tokio::time::timeout(Duration::from_secs(10), AnyConnection::connect(url));
+        match attempt.await {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(StoreError::Connect {
+                cause: connect_cause(&e, url),
+                target,
+            }),
+            Err(_) => Err(StoreError::Connect {
+                target,
+                cause: "no answer within 10 s (a firewall, or the wrong host?)".into(),
+            }),
+        }
+    }
+
     /// Connects, creating the SQLite file if needed, and runs migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
         sqlx::any::install_default_drivers();
@@ -172,6 +260,7 @@ impl Store {
             }
             _ => url.to_string(),
         };
+        Self::probe(&url).await?;
         let opts = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
             .min_connections(if backend == Backend::Postgres { 2 } else { 1 })
@@ -1104,5 +1193,13 @@ mod tests {
         );
         assert_eq!(super::redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(super::redact_url("sqlite://x.db"), "sqlite://x.db");
+        let q = super::redact_url("postgres://h/db?user=u&password=hunter2&sslmode=require");
+        assert!(
+            !q.contains("hunter2") && q.contains("sslmode=require"),
+            "{q}"
+        );
+        let both = super::redact_url("postgres://u:p%40ss@h:5432/db?PASSWORD=x2");
+        assert!(!both.contains("p%40ss") && !both.contains("x2"), "{both}");
+        assert!(!super::redact_url("postgres://u:hunter2@[bad").contains("hunter2"));
     }
 }
