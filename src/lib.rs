@@ -45,11 +45,10 @@ pub fn app(state: AppState, sandbox: Option<&Sandbox>, request_timeout: Duration
         )
         .route("/v1/refunds/{id}", get(api::refunds::get_one))
         .route("/v1/refunds/{id}/receipt", get(api::refunds::receipt))
-        .route("/ipn/{provider}", post(api::ipn::receive))
-        .route(
-            "/ipn/{provider}/{account}",
-            post(api::ipn::receive_for_account),
-        )
+        .route("/ipn/pockyt", post(api::ipn::pockyt))
+        .route("/ipn/pockyt/{account}", post(api::ipn::pockyt_account))
+        .route("/ipn/pay10", post(api::ipn::pay10))
+        .route("/ipn/pay10/{account}", post(api::ipn::pay10_account))
         .route("/healthz", get(api::health::healthz))
         .route("/readyz", get(api::health::readyz))
         .route("/metrics", get(api::docs::metrics))

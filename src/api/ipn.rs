@@ -12,11 +12,10 @@ use crate::refunds::webhooks::{WebhookFailure, WebhookReply};
 
 async fn handle(
     state: AppState,
-    provider: String,
+    provider: ProviderKind,
     account: Option<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let provider = ProviderKind::parse(&provider).ok_or_else(|| ApiError::not_found("provider"))?;
     let bytes = super::read_body(body, super::refunds::MAX_BODY_BYTES).await?;
     let result = state
         .gateway
@@ -64,48 +63,118 @@ async fn handle(
     }
 }
 
-#[utoipa::path(
-    post,
-    path = "/ipn/{provider}",
-    tag = "webhooks",
-    params(("provider" = String, Path, description = "`pockyt` or `pay10`")),
-    request_body(description = "Pockyt: form-urlencoded IPN with `verifySign`. Pay10: JSON with `HASH`.", content(
-        (String = "application/x-www-form-urlencoded"), (Object = "application/json"))),
-    responses(
-        (status = 200, description = "Stored (or a duplicate); the body is the plain text `success`", body = String, content_type = "text/plain"),
-        (status = 400, description = "`malformed_webhook`", body = super::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "`invalid_signature`: missing or invalid signature; nothing changed", body = super::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`not_found`: unknown provider or account", body = super::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`webhook_rejected`: transactionNo or amount does not match the refund; nothing changed", body = super::error::Problem, content_type = "application/problem+json"),
-    )
-)]
-pub async fn receive(
-    State(state): State<AppState>,
-    Path(provider): Path<String>,
-    body: Body,
-) -> Result<Response, ApiError> {
-    handle(state, provider, None, body).await
+/// A Pockyt IPN as it arrives (`application/x-www-form-urlencoded`). Pockyt
+/// does not publish the refund IPN's field list; these are the fields of its
+/// payment IPN and of its refund response. Every field sent is covered by
+/// `verifySign`; a repeated field is refused.
+#[derive(utoipa::ToSchema)]
+#[schema(as = PockytIpn)]
+#[allow(dead_code, non_snake_case)] // describes the wire format; the adapter reads the signed form itself
+pub struct PockytIpn {
+    #[schema(example = "297553638301777927")]
+    transactionNo: String,
+    reference: Option<String>,
+    #[schema(example = "success")]
+    status: String,
+    amount: Option<String>,
+    currency: Option<String>,
+    settleCurrency: Option<String>,
+    /// `YYYYMMDDHHMMSS`, UTC+8.
+    time: Option<String>,
+    refundTransactionNo: Option<String>,
+    /// The gateway's own refund reference (how the refund is found).
+    refundReference: Option<String>,
+    refundAmount: Option<String>,
+    /// MD5 signature over every other field (see the README).
+    verifySign: String,
 }
 
-#[utoipa::path(
-    post,
-    path = "/ipn/{provider}/{account}",
-    tag = "webhooks",
-    params(("provider" = String, Path, description = "`pockyt` or `pay10`"), ("account" = String, Path, description = "Account name from the configuration")),
-    request_body(description = "Pockyt: form-urlencoded IPN with `verifySign`. Pay10: JSON with `HASH`.", content(
-        (String = "application/x-www-form-urlencoded"), (Object = "application/json"))),
-    responses(
-        (status = 200, description = "Stored (or a duplicate); the body is the plain text `success`", body = String, content_type = "text/plain"),
-        (status = 400, description = "`malformed_webhook`", body = super::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "`invalid_signature`: missing or invalid signature; nothing changed", body = super::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`not_found`: unknown provider or account", body = super::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`webhook_rejected`: transactionNo or amount does not match the refund; nothing changed", body = super::error::Problem, content_type = "application/problem+json"),
-    )
-)]
-pub async fn receive_for_account(
+/// A Pay10 webhook as it arrives (`application/json`, not encrypted). Every
+/// field is covered by `HASH` except `CARD_ISSUER_BANK`; a repeated key is
+/// refused.
+#[derive(utoipa::ToSchema)]
+#[schema(as = Pay10Webhook)]
+#[allow(dead_code, non_snake_case)] // describes the wire format; the adapter reads the hashed fields itself
+pub struct Pay10Webhook {
+    #[schema(example = "1009120125180122")]
+    PAY_ID: String,
+    ORDER_ID: Option<String>,
+    PG_REF_NUM: Option<String>,
+    /// The gateway's own refund id (how the refund is found).
+    REFUND_ORDER_ID: Option<String>,
+    /// Minor units (`050`), or a decimal with a dot.
+    AMOUNT: Option<String>,
+    CURRENCY_CODE: Option<String>,
+    #[schema(example = "REFUND")]
+    TXNTYPE: Option<String>,
+    #[schema(example = "000")]
+    RESPONSE_CODE: Option<String>,
+    RESPONSE_MESSAGE: Option<String>,
+    #[schema(example = "Captured")]
+    STATUS: Option<String>,
+    CARD_ISSUER_BANK: Option<String>,
+    /// SHA-256 over the other fields and the salt, upper-case hex.
+    HASH: String,
+}
+
+/// The answers of every webhook endpoint.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // documents the answers; `handle` produces them
+pub enum IpnAnswers {
+    /// Stored (or a duplicate); the body is the plain text `success`.
+    #[response(status = 200, content_type = "text/plain")]
+    Stored(#[to_schema] String),
+    /// `malformed_webhook` (unreadable, or a repeated field).
+    #[response(status = 400, content_type = "application/problem+json")]
+    Malformed(super::error::Problem),
+    /// `invalid_signature`: missing or invalid signature; nothing changed.
+    #[response(status = 401, content_type = "application/problem+json")]
+    BadSignature(super::error::Problem),
+    /// `not_found`: unknown account.
+    #[response(status = 404, content_type = "application/problem+json")]
+    UnknownAccount(super::error::Problem),
+    /// `payload_too_large`.
+    #[response(status = 413, content_type = "application/problem+json")]
+    TooLarge(super::error::Problem),
+    /// `webhook_rejected`: transactionNo or amount does not match the refund it names; nothing changed.
+    #[response(status = 422, content_type = "application/problem+json")]
+    Rejected(super::error::Problem),
+}
+
+#[utoipa::path(post, path = "/ipn/pockyt", tag = "webhooks",
+    request_body(content = PockytIpn, content_type = "application/x-www-form-urlencoded"),
+    responses(IpnAnswers))]
+pub async fn pockyt(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    handle(state, ProviderKind::Pockyt, None, body).await
+}
+
+#[utoipa::path(post, path = "/ipn/pockyt/{account}", tag = "webhooks",
+    params(("account" = String, Path, description = "Account name from the configuration")),
+    request_body(content = PockytIpn, content_type = "application/x-www-form-urlencoded"),
+    responses(IpnAnswers))]
+pub async fn pockyt_account(
     State(state): State<AppState>,
-    Path((provider, account)): Path<(String, String)>,
+    Path(account): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    handle(state, provider, Some(account), body).await
+    handle(state, ProviderKind::Pockyt, Some(account), body).await
+}
+
+#[utoipa::path(post, path = "/ipn/pay10", tag = "webhooks",
+    request_body(content = Pay10Webhook, content_type = "application/json"),
+    responses(IpnAnswers))]
+pub async fn pay10(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    handle(state, ProviderKind::Pay10, None, body).await
+}
+
+#[utoipa::path(post, path = "/ipn/pay10/{account}", tag = "webhooks",
+    params(("account" = String, Path, description = "Account name from the configuration")),
+    request_body(content = Pay10Webhook, content_type = "application/json"),
+    responses(IpnAnswers))]
+pub async fn pay10_account(
+    State(state): State<AppState>,
+    Path(account): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    handle(state, ProviderKind::Pay10, Some(account), body).await
 }

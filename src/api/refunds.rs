@@ -41,18 +41,20 @@ const FIELDS: &[&str] = &[
 #[schema(example = json!({"provider": "pockyt", "transaction_no": "297553638301777927", "amount": "10.50", "currency": "USD", "refund_reference": "pos-7-0042", "reason": "customer return"}))]
 pub struct CreateRefundBody {
     /// `pockyt` or `pay10`.
+    #[schema(pattern = "^(pockyt|pay10)$", example = "pockyt")]
     provider: String,
     /// Provider's id of the sale: Pockyt `transactionNo`, Pay10 `PG_REF_NUM` (digits). Pockyt: this or `reference`; Pay10: required.
     transaction_no: Option<String>,
     /// Merchant's id of the sale: Pockyt `reference`, Pay10 `ORDER_ID` (required for Pay10).
     reference: Option<String>,
     /// Decimal string in major units, > 0, at most the currency's minor digits. Never a JSON number.
-    #[schema(example = "10.50")]
+    #[schema(example = "10.50", pattern = "^[0-9]{1,15}(\\.[0-9]{1,4})?$")]
     amount: String,
     /// ISO 4217 alpha code; must match the sale where known.
-    #[schema(example = "USD")]
+    #[schema(example = "USD", pattern = "^[A-Z]{3}$")]
     currency: String,
-    /// Pockyt only; default `USD`.
+    /// Pockyt only: the currency the sale settles in; taken from the sale when absent.
+    #[schema(pattern = "^[A-Z]{3}$")]
     settle_currency: Option<String>,
     /// The POS's own id for this refund; unique per client and acts as an idempotency key.
     refund_reference: Option<String>,
@@ -69,20 +71,33 @@ pub struct CreateRefundBody {
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    #[param(max_length = 255)]
     transaction_no: Option<String>,
+    #[param(max_length = 255)]
     reference: Option<String>,
+    #[param(max_length = 255)]
     refund_reference: Option<String>,
     /// `pending`, `succeeded` or `failed`.
+    #[param(pattern = "^(pending|succeeded|failed)$")]
     status: Option<String>,
     /// `pockyt` or `pay10`.
+    #[param(pattern = "^(pockyt|pay10)$")]
     provider: Option<String>,
-    /// RFC 3339 time or Unix seconds (inclusive).
+    /// RFC 3339 time or Unix seconds, inclusive.
+    #[param(
+        pattern = "^(-?[0-9]{1,12}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
+    )]
     created_from: Option<String>,
-    /// RFC 3339 time or Unix seconds (inclusive).
+    /// RFC 3339 time or Unix seconds, inclusive.
+    #[param(
+        pattern = "^(-?[0-9]{1,12}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
+    )]
     created_to: Option<String>,
     /// 1-100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
-    /// A refund id: the page starts after it (newest first).
+    /// The id of one of your refunds: the page starts after it (newest first).
+    #[param(pattern = "^rf_[0-9A-Z]{26}$")]
     starting_after: Option<String>,
 }
 
@@ -536,7 +551,7 @@ fn query_map(raw: Option<String>) -> Result<BTreeMap<String, String>, ApiError> 
     tag = "refunds",
     params(
         ("id" = String, Path, description = "Refund id (`rf_...`)"),
-        ("sync" = Option<bool>, Query, description = "Ask the provider for the current status first"),
+        ("sync" = Option<bool>, Query, description = "Ask the provider for the current status first (`true` or `false`)"),
     ),
     responses(
         (status = 200, description = "The refund", body = RefundObject),
@@ -590,8 +605,9 @@ pub struct RefundList {
 }
 
 fn parse_time(field: &str, v: &str, errors: &mut Errors) -> Option<i64> {
-    if let Ok(secs) = v.parse::<i64>() {
-        return Some(secs.saturating_mul(1000));
+    let digits = v.strip_prefix('-').unwrap_or(v);
+    if (1..=12).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
+        return v.parse::<i64>().ok().map(|secs| secs.saturating_mul(1000));
     }
     match time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339) {
         Ok(t) => Some(i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)),
