@@ -180,6 +180,10 @@ async fn malformed_requests_are_refused_before_the_handler() {
             "400",
         ),
         ("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Del: a\x7fb\r\n\r\n".into(), "400"),
+        (
+            format!("GET /healthz?{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000)),
+            "414",
+        ),
     ];
     tokio::task::spawn_blocking(move || {
         for (raw, want) in cases {

@@ -62,11 +62,15 @@ fn openapi_documents_every_endpoint_and_error() {
         }
     }
     // Each provider's webhook body is documented in its own shape.
-    assert!(doc["paths"]["/ipn/pockyt"]["post"]["requestBody"]["content"]
-        ["application/x-www-form-urlencoded"]
-        .is_object());
-    assert!(doc["paths"]["/ipn/pay10"]["post"]["requestBody"]["content"]["application/json"]
-        .is_object());
+    assert!(
+        doc["paths"]["/ipn/pockyt"]["post"]["requestBody"]["content"]
+            ["application/x-www-form-urlencoded"]
+            .is_object()
+    );
+    assert!(
+        doc["paths"]["/ipn/pay10"]["post"]["requestBody"]["content"]["application/json"]
+            .is_object()
+    );
     for schema in [
         "RefundObject",
         "CreateRefundBody",
