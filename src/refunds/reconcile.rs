@@ -3,64 +3,10 @@
 //! resubmits a refund; it only asks. Leases keep two processes off one refund.
 
 use std::sync::Arc;
-use std::time::Duration;
 
+pub use super::lifecycle::Policy;
 use super::{lifecycle, status_query, Gateway};
-use crate::config::Config;
 use crate::store::{RefundRow, StoreError};
-
-#[derive(Debug, Clone, Copy)]
-pub struct Policy {
-    pub interval: Duration,
-    pub base_delay: Duration,
-    pub max_delay: Duration,
-    pub max_attempts: u32,
-    /// How long a claimed refund is reserved for the claiming process.
-    pub lease: Duration,
-    /// After a sent refund's send deadline, how long the provider may still
-    /// be processing it (see [`lifecycle::status_query`]).
-    pub not_found_after: Duration,
-    /// "No such refund" answers in a row needed to fail a sent refund.
-    pub not_found_checks: u32,
-}
-
-impl Policy {
-    pub fn from_config(c: &Config) -> Self {
-        Policy {
-            interval: c.reconcile_interval,
-            base_delay: c.reconcile_base_delay,
-            max_delay: c.reconcile_max_delay,
-            max_attempts: c.reconcile_max_attempts,
-            lease: c.http.timeout * 2 + Duration::from_secs(5),
-            not_found_after: c.reconcile_not_found_after,
-            not_found_checks: c.reconcile_not_found_checks.max(1),
-        }
-    }
-
-    /// Defaults for code that applies answers outside a configured gateway
-    /// (the benchmark's database floor).
-    pub fn floor() -> Self {
-        Policy::from_config(&Config::demo("sqlite::memory:", ""))
-    }
-
-    pub fn max_delay_ms(&self) -> i64 {
-        i64::try_from(self.max_delay.as_millis()).unwrap_or(i64::MAX)
-    }
-
-    pub fn not_found_after_ms(&self) -> i64 {
-        i64::try_from(self.not_found_after.as_millis()).unwrap_or(i64::MAX)
-    }
-
-    /// Milliseconds to wait before the next check after `attempts` checks.
-    pub fn delay_after(&self, attempts: i64) -> i64 {
-        let shift = u32::try_from(attempts.clamp(0, 20)).unwrap_or(20);
-        let d = self
-            .base_delay
-            .saturating_mul(1u32 << shift)
-            .min(self.max_delay);
-        i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-    }
-}
 
 impl Gateway {
     /// One pass: claims due refunds and checks each. Returns how many were checked.
