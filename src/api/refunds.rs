@@ -476,7 +476,7 @@ pub async fn create(
         })??;
     Ok(match created {
         Created::New(row) => {
-            crate::metrics::refund_created(&row.provider, &row.status);
+            crate::metrics::refund_created(&row.provider, row.status.as_str());
             let body = row.response_body.clone().unwrap_or_else(|| {
                 serde_json::to_string(&RefundObject::from(&row)).unwrap_or_default()
             });

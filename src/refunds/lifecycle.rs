@@ -28,35 +28,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Pending,
-    Succeeded,
-    Failed,
-}
-
-impl Status {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Status::Pending => "pending",
-            Status::Succeeded => "succeeded",
-            Status::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "pending" => Some(Status::Pending),
-            "succeeded" => Some(Status::Succeeded),
-            "failed" => Some(Status::Failed),
-            _ => None,
-        }
-    }
-
-    pub fn is_final(&self) -> bool {
-        !matches!(self, Status::Pending)
-    }
-}
+pub use crate::store::{Status, Submission};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -145,7 +117,7 @@ pub fn answer(
     policy: &Policy,
 ) -> RefundUpdate {
     let mut u = RefundUpdate::from_row(current, now);
-    let status = Status::parse(&current.status).unwrap_or(Status::Pending);
+    let status = current.status;
     if answer.provider_refund_id.is_some() && u.provider_refund_id.is_none() {
         u.provider_refund_id = answer.provider_refund_id.clone();
     }
@@ -154,7 +126,7 @@ pub fn answer(
     }
     match decide(status, answer.outcome) {
         Decision::Move(next) => {
-            u.status = next.as_str().into();
+            u.status = next;
             u.provider_status = answer.provider_status.clone().or(u.provider_status);
             u.provider_code = answer.provider_code.clone().or(u.provider_code);
             u.provider_message = answer.message.clone();
@@ -208,14 +180,14 @@ pub fn status_query(
 ) -> RefundUpdate {
     let mut u = answer(current, reply, now, policy);
     u.lease_until = None;
-    if current.status != Status::Pending.as_str() {
+    if current.status != Status::Pending {
         return u;
     }
     u.check_attempts = current.check_attempts + 1;
     if reply.outcome == Outcome::NotFound {
         u.not_found_streak = current.not_found_streak + 1;
         let sender_window_over = current.inflight_until.is_none_or(|t| t < now);
-        if current.submission == "prepared" && sender_window_over {
+        if current.submission == Submission::Prepared && sender_window_over {
             // Never claimed for sending: this write bumps the version, so the
             // sender's claim (a compare-and-swap on the version it wrote) fails
             // and it never calls the provider.
@@ -225,7 +197,7 @@ pub fn status_query(
                 "the refund was never sent to the provider",
             );
             tracing::info!(refund_id = %current.id, "refund was never submitted; marked failed");
-        } else if current.submission == "sent"
+        } else if current.submission == Submission::Sent
             && current
                 .send_by
                 .is_some_and(|t| now >= t.saturating_add(policy.not_found_after_ms()))
@@ -249,7 +221,7 @@ pub fn status_query(
         ));
         u.next_check_at = Some(now.saturating_add(policy.max_delay_ms()));
     }
-    if u.status == Status::Pending.as_str() && u.check_attempts >= i64::from(policy.max_attempts) {
+    if u.status == Status::Pending && u.check_attempts >= i64::from(policy.max_attempts) {
         let reason = format!(
             "still pending after {} status queries; last answer {:?} {}",
             u.check_attempts,
@@ -267,7 +239,7 @@ pub fn status_query(
 /// not call the provider: it fails the refund itself. Only a pending refund
 /// changes; the sender knows no request left, whatever else was written since.
 pub fn sender_abandoned(current: &RefundRow, now: i64) -> Option<RefundUpdate> {
-    if current.status != Status::Pending.as_str() {
+    if current.status != Status::Pending {
         return None;
     }
     let mut u = RefundUpdate::from_row(current, now);
@@ -280,7 +252,7 @@ pub fn sender_abandoned(current: &RefundRow, now: i64) -> Option<RefundUpdate> {
 }
 
 fn fail(u: &mut RefundUpdate, code: &str, message: &str) {
-    u.status = Status::Failed.as_str().into();
+    u.status = Status::Failed;
     u.failure_code = Some(code.into());
     u.failure_message = Some(message.into());
     u.next_check_at = None;
@@ -367,7 +339,7 @@ mod tests {
             account: "a".into(),
             provider: "pockyt".into(),
             livemode: 0,
-            status: "pending".into(),
+            status: Status::Pending,
             amount_minor: 100,
             currency: "USD".into(),
             settle_currency: None,
@@ -386,7 +358,7 @@ mod tests {
             metadata: "{}".into(),
             idempotency_key: None,
             request_hash: "h".into(),
-            submission: submission.into(),
+            submission: Submission::parse(submission).unwrap(),
             response_code: None,
             response_body: None,
             inflight_until: Some(1_000),
@@ -476,7 +448,7 @@ mod tests {
             ("failed", Some("not_submitted"))
         );
         let mut done = row("sent", Some(1), 0);
-        done.status = "succeeded".into();
+        done.status = Status::Succeeded;
         assert!(sender_abandoned(&done, 5).is_none());
     }
 }

@@ -23,7 +23,7 @@ use crate::providers::{
     http_client, ProviderClient, ProviderKind, RefundCall, SaleInfo, SaleLookup, StatusQuery,
 };
 use crate::store::{CreateOutcome, RefundRow, RefundUpdate, SaleTerms, Store, StoreError};
-use lifecycle::Status;
+use lifecycle::{Status, Submission};
 pub use object::RefundObject;
 
 pub fn now_ms() -> i64 {
@@ -223,7 +223,7 @@ impl Gateway {
     /// transaction: the receipt email, and the sale's currency pinned where no
     /// sale lookup confirmed it.
     pub fn finish(&self, current: &RefundRow, mut u: RefundUpdate) -> RefundUpdate {
-        if current.status == Status::Succeeded.as_str() || u.status != Status::Succeeded.as_str() {
+        if current.status == Status::Succeeded || u.status != Status::Succeeded {
             return u;
         }
         u.confirm_sale =
@@ -421,7 +421,7 @@ impl Gateway {
             account: handle.account.name.clone(),
             provider: req.provider.as_str().into(),
             livemode: i64::from(handle.account.livemode),
-            status: Status::Pending.as_str().into(),
+            status: Status::Pending,
             amount_minor: req.amount.0,
             currency: req.currency.code().into(),
             settle_currency: sale.settle_currency.map(|c| c.code().into()),
@@ -440,7 +440,7 @@ impl Gateway {
             metadata: serde_json::to_string(&req.metadata).unwrap_or_else(|_| "{}".into()),
             idempotency_key: req.idempotency_key.clone(),
             request_hash: req.request_hash.clone(),
-            submission: "prepared".into(),
+            submission: Submission::Prepared,
             response_code: None,
             response_body: None,
             inflight_until: Some(now + self.inflight_window()),
@@ -525,7 +525,7 @@ impl Gateway {
             return Ok(Created::Current(current));
         }
         let row = RefundRow {
-            submission: "sent".into(),
+            submission: Submission::Sent,
             send_by: Some(send_by),
             updated_at: claimed_at,
             version: row.version + 1,
@@ -639,7 +639,7 @@ pub async fn database_floor_probe(store: &Store, row: &RefundRow) -> Result<(), 
     }
     let sent = RefundRow {
         version: row.version + 1,
-        submission: "sent".into(),
+        submission: Submission::Sent,
         ..row.clone()
     };
     let answer = crate::providers::ProviderAnswer {

@@ -66,7 +66,7 @@ impl From<&RefundRow> for RefundObject {
             object: "refund".into(),
             livemode: r.livemode != 0,
             provider: r.provider.clone(),
-            status: r.status.clone(),
+            status: r.status.as_str().to_string(),
             amount,
             currency: r.currency.clone(),
             settle_currency: r.settle_currency.clone(),

@@ -8,7 +8,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::lifecycle::{self, decide, Decision, Status};
+use super::lifecycle::{self, decide, Decision};
 use super::Gateway;
 use crate::money::Currency;
 use crate::providers::{Outcome, ProviderKind, WebhookError, WebhookEvent};
@@ -232,10 +232,7 @@ impl Gateway {
             .update_refund(&refund.id, Some(refund), |current| {
                 let now = self.clock.now();
                 let mut u = lifecycle::answer(current, &answer, now, &policy);
-                decision = decide(
-                    Status::parse(&current.status).unwrap_or(Status::Pending),
-                    outcome,
-                );
+                decision = decide(current.status, outcome);
                 if decision == Decision::Conflict {
                     // Settle the contradiction by asking the provider.
                     u.next_check_at = Some(now);

@@ -195,7 +195,7 @@ fn bind_new_refund<'q>(
         .bind(&new.account)
         .bind(&new.provider)
         .bind(new.livemode)
-        .bind(&new.status)
+        .bind(new.status.as_str())
         .bind(new.amount_minor)
         .bind(&new.currency)
         .bind(&new.settle_currency)
@@ -507,8 +507,9 @@ impl Store {
     /// One versioned write of `u`, with the reservation release and the
     /// receipt email when they apply, all in one transaction. True if applied.
     async fn apply_update(&self, id: &str, current: &RefundRow, u: &RefundUpdate) -> Result<bool> {
-        let releases = current.status != "failed" && u.status == "failed";
-        let confirms = u.confirm_sale && current.status != "succeeded" && u.status == "succeeded";
+        let releases = current.status != Status::Failed && u.status == Status::Failed;
+        let confirms =
+            u.confirm_sale && current.status != Status::Succeeded && u.status == Status::Succeeded;
         if let Some(b) = &self.batch {
             let (id, current, u) = (id.to_string(), current.clone(), u.clone());
             return b
@@ -643,7 +644,7 @@ impl Store {
              WHERE id = $1 AND version = $17 AND status = $18 AND submission = $19",
         )
         .bind(id)
-        .bind(&u.status)
+        .bind(u.status.as_str())
         .bind(&u.provider_refund_id)
         .bind(&u.provider_status)
         .bind(&u.provider_code)
@@ -659,8 +660,8 @@ impl Store {
         .bind(&u.review_reason)
         .bind(u.updated_at)
         .bind(current.version)
-        .bind(&current.status)
-        .bind(&current.submission)
+        .bind(current.status.as_str())
+        .bind(current.submission.as_str())
         .bind(u.not_found_streak)
         .execute(executor)
         .await?
@@ -1136,7 +1137,11 @@ impl RefundRow {
             account: r.try_get("account")?,
             provider: r.try_get("provider")?,
             livemode: r.try_get("livemode")?,
-            status: r.try_get("status")?,
+            status: {
+                let s: String = r.try_get("status")?;
+                Status::parse(&s)
+                    .ok_or_else(|| StoreError::Corrupt(format!("refund status {s:?}")))?
+            },
             amount_minor: r.try_get("amount_minor")?,
             currency: r.try_get("currency")?,
             settle_currency: r.try_get("settle_currency")?,
@@ -1155,7 +1160,11 @@ impl RefundRow {
             metadata: r.try_get("metadata")?,
             idempotency_key: r.try_get("idempotency_key")?,
             request_hash: r.try_get("request_hash")?,
-            submission: r.try_get("submission")?,
+            submission: {
+                let s: String = r.try_get("submission")?;
+                Submission::parse(&s)
+                    .ok_or_else(|| StoreError::Corrupt(format!("refund submission {s:?}")))?
+            },
             response_code: r.try_get("response_code")?,
             response_body: r.try_get("response_body")?,
             inflight_until: r.try_get("inflight_until")?,

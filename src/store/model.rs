@@ -1,4 +1,87 @@
 //! Rows as stored. Amounts are integer minor units; times are Unix milliseconds.
+//! Statuses and submissions are decoded once, here at the store boundary: a
+//! value that exists is valid, and a stored value that is not one of them is
+//! reported as corrupt rather than guessed at.
+
+/// A refund's status. Only [`crate::refunds::lifecycle`] decides a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    Pending,
+    Succeeded,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Status::Pending),
+            "succeeded" => Some(Status::Succeeded),
+            "failed" => Some(Status::Failed),
+            _ => None,
+        }
+    }
+
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Status::Pending)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Status {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<str> for Status {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+/// Whether the refund may have reached the provider: `Prepared` until the
+/// send claim (a compare-and-swap) moves it to `Sent`, just before the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Submission {
+    Prepared,
+    Sent,
+}
+
+impl Submission {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Submission::Prepared => "prepared",
+            Submission::Sent => "sent",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "prepared" => Some(Submission::Prepared),
+            "sent" => Some(Submission::Sent),
+            _ => None,
+        }
+    }
+}
+
+impl PartialEq<&str> for Submission {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
 
 /// A refund record: everything in the public refund object plus the client,
 /// account, idempotency key, request fingerprint and reconciliation state.
@@ -9,7 +92,7 @@ pub struct RefundRow {
     pub account: String,
     pub provider: String,
     pub livemode: i64,
-    pub status: String,
+    pub status: Status,
     pub amount_minor: i64,
     pub currency: String,
     pub settle_currency: Option<String>,
@@ -28,7 +111,7 @@ pub struct RefundRow {
     pub metadata: String,
     pub idempotency_key: Option<String>,
     pub request_hash: String,
-    pub submission: String,
+    pub submission: Submission,
     pub response_code: Option<i64>,
     pub response_body: Option<String>,
     pub inflight_until: Option<i64>,
@@ -75,7 +158,7 @@ pub enum CreateOutcome {
 /// The mutable part of a refund, written as a whole by [`super::Store::update_refund`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefundUpdate {
-    pub status: String,
+    pub status: Status,
     pub provider_refund_id: Option<String>,
     pub provider_status: Option<String>,
     pub provider_code: Option<String>,
@@ -143,7 +226,7 @@ impl RefundUpdate {
     /// Starts from the row as it is.
     pub fn from_row(r: &RefundRow, now: i64) -> Self {
         Self {
-            status: r.status.clone(),
+            status: r.status,
             provider_refund_id: r.provider_refund_id.clone(),
             provider_status: r.provider_status.clone(),
             provider_code: r.provider_code.clone(),
@@ -165,7 +248,7 @@ impl RefundUpdate {
     }
 
     pub fn apply_to(&self, r: &mut RefundRow) {
-        r.status = self.status.clone();
+        r.status = self.status;
         r.provider_refund_id = self.provider_refund_id.clone();
         r.provider_status = self.provider_status.clone();
         r.provider_code = self.provider_code.clone();
