@@ -251,6 +251,9 @@ async fn sigkill_mid_call_then_restart_on_sqlite() {
 
 #[tokio::test]
 async fn sigkill_one_of_two_gateways_on_postgres() {
+    if !common::postgres_or_skip("sigkill_one_of_two_gateways_on_postgres").await {
+        return;
+    }
     let http = reqwest::Client::new();
     let (sb, a, b) = (free_port(), free_port(), free_port());
     let _sandbox = sandbox(sb);

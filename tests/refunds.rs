@@ -638,6 +638,9 @@ both_backends!(
 /// and one sandbox: competing and duplicate requests spread across both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_one_postgres() {
+    if !common::postgres_or_skip("two_instances_share_one_postgres").await {
+        return;
+    }
     let (sandbox_url, sandbox) = spawn_sandbox(fast_sandbox()).await;
     let db = fresh_db(Db::Postgres).await;
     let mut apps = vec![];

@@ -234,6 +234,9 @@ impl CuttableProxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_outage_is_reported_and_survived() {
+    if !common::postgres_or_skip("database_outage_is_reported_and_survived").await {
+        return;
+    }
     let direct = fresh_db(Db::Postgres).await;
     let (base, dbname) = direct.rsplit_once('/').unwrap();
     let host = base
