@@ -142,17 +142,11 @@ fn string_field(
     }
 }
 
+/// An address the mailer can send to: parsed by `lettre` (the crate that
+/// sends it), and with a dot in its domain (no bare hosts on a receipt).
 fn is_email(s: &str) -> bool {
-    let Some((local, domain)) = s.split_once('@') else {
-        return false;
-    };
-    !local.is_empty()
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !s.contains(char::is_whitespace)
-        && !domain.contains('@')
-        && s.len() <= 254
+    s.parse::<lettre::Address>()
+        .is_ok_and(|a| a.domain().contains('.') && !a.domain().ends_with('.'))
 }
 
 #[derive(Serialize)]
