@@ -87,6 +87,9 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError 
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
+    /// How the providers reach this gateway (for the IPN URLs printed at
+    /// start-up), e.g. `https://refunds.example.com`.
+    pub public_url: Option<String>,
     pub database_url: Option<String>,
     pub provider_connect_timeout_ms: Option<u64>,
     pub provider_timeout_ms: Option<u64>,
@@ -114,9 +117,12 @@ pub struct FileConfig {
 pub struct AccountEntry {
     pub name: String,
     pub provider: String,
-    pub base_url: String,
-    #[serde(default = "yes")]
-    pub livemode: bool,
+    /// `sandbox` or `production`: decides `livemode` and the default base URL.
+    pub environment: Option<String>,
+    /// Defaults to the provider's host for the environment.
+    pub base_url: Option<String>,
+    /// Legacy: `true` means `environment = "production"`; must agree with it.
+    pub livemode: Option<bool>,
     pub merchant_no: Option<String>,
     pub store_no: Option<String>,
     pub token: Option<String>,
@@ -125,10 +131,6 @@ pub struct AccountEntry {
     pub encryption_key: Option<String>,
     /// Shown on receipts; defaults to the merchant name.
     pub store_name: Option<String>,
-}
-
-fn yes() -> bool {
-    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,6 +166,22 @@ pub struct ClientEntry {
     pub accounts: Vec<String>,
 }
 
+impl AccountCredentials {
+    pub fn provider(&self) -> ProviderKind {
+        match self {
+            AccountCredentials::Pockyt(_) => ProviderKind::Pockyt,
+            AccountCredentials::Pay10(_) => ProviderKind::Pay10,
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        match self {
+            AccountCredentials::Pockyt(p) => &p.base_url,
+            AccountCredentials::Pay10(p) => &p.base_url,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum AccountCredentials {
     Pockyt(PockytAccount),
@@ -173,7 +191,10 @@ pub enum AccountCredentials {
 #[derive(Debug, Clone)]
 pub struct Account {
     pub name: String,
+    /// Follows from the account's `environment` (`production`: true).
     pub livemode: bool,
+    /// A warning about the account for the start-up summary.
+    pub notice: Option<String>,
     pub store_name: String,
     pub credentials: AccountCredentials,
 }
@@ -209,6 +230,7 @@ pub struct Demo {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: String,
+    pub public_url: Option<String>,
     pub database_url: String,
     pub db_max_connections: u32,
     pub http: HttpSettings,
@@ -332,6 +354,7 @@ impl Config {
             smtp,
             email_interval: Duration::from_secs(1),
             listen: f.listen.unwrap_or_else(|| DEFAULT_LISTEN.into()),
+            public_url: f.public_url,
             database_url: f
                 .database_url
                 .unwrap_or_else(|| DEFAULT_DATABASE_URL.into()),
@@ -418,6 +441,7 @@ impl Config {
             Account {
                 name: "pockyt-sandbox".into(),
                 livemode: false,
+                notice: None,
                 store_name: self.merchant_name.clone(),
                 credentials: AccountCredentials::Pockyt(PockytAccount {
                     base_url: format!("{base}/sandbox/pockyt"),
@@ -429,6 +453,7 @@ impl Config {
             Account {
                 name: "pay10-sandbox".into(),
                 livemode: false,
+                notice: None,
                 store_name: self.merchant_name.clone(),
                 credentials: AccountCredentials::Pay10(Pay10Account {
                     base_url: format!("{base}/sandbox/pay10"),
@@ -491,6 +516,51 @@ fn secret(field: &str, v: Option<String>) -> Result<String, ConfigError> {
     Ok(value)
 }
 
+/// The providers' hosts (`../shared/spec/providers.md`).
+fn default_base_url(provider: &str, production: bool) -> Option<&'static str> {
+    match (provider, production) {
+        ("pockyt", true) => Some("https://mapi.yuansfer.com"),
+        ("pockyt", false) => Some("https://mapi.yuansfer.yunkeguan.com"),
+        ("pay10", true) => Some("https://pg.pay10.ae"),
+        ("pay10", false) => Some("https://uatpg.pay10.ae"),
+        _ => None,
+    }
+}
+
+const SANDBOX_HOSTS: &[&str] = &[
+    "mapi.yuansfer.yunkeguan.com",
+    "mapi.yuansferdev.com",
+    "uatpg.pay10.ae",
+    "uat.pay10.com",
+];
+const PRODUCTION_HOSTS: &[&str] = &["mapi.yuansfer.com", "pg.pay10.ae", "secure.pay10.com"];
+
+/// Why a base URL is certainly a sandbox, if it is one: a provider's test
+/// host or this gateway's simulator (`/sandbox/...`).
+fn looks_like_sandbox(u: &url::Url) -> Option<&'static str> {
+    if SANDBOX_HOSTS.contains(&u.host_str().unwrap_or("")) {
+        return Some("the provider's test host");
+    }
+    u.path()
+        .starts_with("/sandbox/")
+        .then_some("refund-gateway's simulator")
+}
+
+/// A host that is not on the internet (loopback, private, single-label):
+/// possible in production behind a proxy, so only warned about.
+fn is_local(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback() || ip.is_private() || ip.is_unspecified(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback() || ip.is_unspecified(),
+        Some(url::Host::Domain(d)) => d == "localhost" || !d.contains('.'),
+        None => false,
+    }
+}
+
+fn looks_like_production(u: &url::Url) -> bool {
+    PRODUCTION_HOSTS.contains(&u.host_str().unwrap_or(""))
+}
+
 fn account_from_entry(i: usize, a: AccountEntry, merchant: &str) -> Result<Account, ConfigError> {
     let f = |name: &str| format!("accounts[{i}].{name}");
     if a.name.trim().is_empty()
@@ -501,12 +571,68 @@ fn account_from_entry(i: usize, a: AccountEntry, merchant: &str) -> Result<Accou
     {
         return Err(invalid(f("name"), "must be letters, digits, '-' or '_'"));
     }
-    if !(a.base_url.starts_with("https://") || a.base_url.starts_with("http://")) {
-        return Err(invalid(f("base_url"), "must be an http(s) URL"));
+    let production = match (a.environment.as_deref(), a.livemode) {
+        (Some("production"), None | Some(true)) | (None, Some(true)) => true,
+        (Some("sandbox"), None | Some(false)) | (None, Some(false)) => false,
+        (Some("production" | "sandbox"), Some(_)) => {
+            return Err(invalid(
+                f("livemode"),
+                "contradicts environment; leave livemode out (it follows from environment)",
+            ))
+        }
+        (Some(other), _) => {
+            return Err(invalid(
+                f("environment"),
+                format!("{other:?} is not \"sandbox\" or \"production\""),
+            ))
+        }
+        (None, None) => {
+            return Err(invalid(
+                f("environment"),
+                "is required: \"sandbox\" (test money) or \"production\" (real money)",
+            ))
+        }
+    };
+    let base_url = match a.base_url.clone() {
+        Some(u) => u,
+        None => default_base_url(&a.provider, production)
+            .ok_or_else(|| {
+                invalid(
+                    f("provider"),
+                    format!("{:?} is not pockyt or pay10", a.provider),
+                )
+            })?
+            .to_string(),
+    };
+    let parsed = url::Url::parse(&base_url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        .ok_or_else(|| invalid(f("base_url"), "must be an http(s) URL"))?;
+    match (production, looks_like_sandbox(&parsed), looks_like_production(&parsed)) {
+        (true, Some(why), _) => {
+            return Err(invalid(
+                f("base_url"),
+                format!("{base_url} is a sandbox ({why}) but environment is \"production\": set environment = \"sandbox\", or use the provider's production host"),
+            ))
+        }
+        (false, _, true) => {
+            return Err(invalid(
+                f("base_url"),
+                format!("{base_url} is the provider's production host but environment is \"sandbox\": real money would move as test refunds"),
+            ))
+        }
+        _ => {}
     }
+    let notice = (production && is_local(&parsed)).then(|| {
+        format!("production account whose base_url {base_url} is a local or private host: make sure it reaches the real provider")
+    });
+    let a = AccountEntry {
+        base_url: Some(base_url),
+        ..a
+    };
     let credentials = match a.provider.as_str() {
         "pockyt" => AccountCredentials::Pockyt(PockytAccount {
-            base_url: a.base_url.clone(),
+            base_url: a.base_url.clone().unwrap_or_default(),
             merchant_no: a
                 .merchant_no
                 .as_deref()
@@ -530,7 +656,7 @@ fn account_from_entry(i: usize, a: AccountEntry, merchant: &str) -> Result<Accou
             }
             let key = secret(&f("encryption_key"), a.encryption_key)?;
             AccountCredentials::Pay10(Pay10Account {
-                base_url: a.base_url.clone(),
+                base_url: a.base_url.clone().unwrap_or_default(),
                 pay_id,
                 salt: SecretString::from(secret(&f("salt"), a.salt)?),
                 key: EncryptionKey::new(&key)
@@ -546,7 +672,8 @@ fn account_from_entry(i: usize, a: AccountEntry, merchant: &str) -> Result<Accou
     };
     Ok(Account {
         name: a.name,
-        livemode: a.livemode,
+        livemode: production,
+        notice,
         store_name: a.store_name.unwrap_or_else(|| merchant.to_string()),
         credentials,
     })
@@ -605,6 +732,7 @@ mod tests {
         [[accounts]]
         name = "pockyt-main"
         provider = "pockyt"
+        environment = "production"
         base_url = "https://mapi.yuansfer.com"
         merchant_no = "200043"
         store_no = "300014"
@@ -612,6 +740,7 @@ mod tests {
         [[accounts]]
         name = "pay10-uae"
         provider = "pay10"
+        environment = "production"
         base_url = "https://pg.pay10.ae"
         pay_id = "1009120125180122"
         salt = "salt"
@@ -639,6 +768,79 @@ mod tests {
             let err = load(&GOOD.replace(from, to)).unwrap_err().to_string();
             assert!(err.contains("is empty"), "{to}: {err}");
         }
+    }
+
+    #[test]
+    fn environment_decides_livemode_and_cannot_be_contradicted() {
+        let c = load(GOOD).unwrap();
+        assert!(c.accounts.iter().all(|a| a.livemode));
+        let sandbox = GOOD
+            .replace("environment = \"production\"", "environment = \"sandbox\"")
+            .replace("base_url = \"https://mapi.yuansfer.com\"\n", "")
+            .replace("base_url = \"https://pg.pay10.ae\"\n", "");
+        let c = load(&sandbox).unwrap();
+        assert!(c.accounts.iter().all(|a| !a.livemode));
+        let AccountCredentials::Pockyt(p) = &c.accounts[0].credentials else {
+            panic!()
+        };
+        assert_eq!(
+            p.base_url, "https://mapi.yuansfer.yunkeguan.com",
+            "the sandbox host by default"
+        );
+        let cases = [
+            (
+                GOOD.replacen("environment = \"production\"\n", "", 1),
+                "accounts[0].environment",
+                "is required",
+            ),
+            (
+                GOOD.replace(
+                    "https://mapi.yuansfer.com",
+                    "http://127.0.0.1:8081/sandbox/pockyt",
+                ),
+                "accounts[0].base_url",
+                "simulator",
+            ),
+            (
+                GOOD.replace("https://pg.pay10.ae", "https://uatpg.pay10.ae"),
+                "accounts[1].base_url",
+                "test host",
+            ),
+            (
+                sandbox.replacen(
+                    "environment = \"sandbox\"",
+                    "environment = \"sandbox\"\nbase_url = \"https://mapi.yuansfer.com\"",
+                    1,
+                ),
+                "accounts[0].base_url",
+                "real money",
+            ),
+            (
+                GOOD.replacen(
+                    "environment = \"production\"",
+                    "environment = \"production\"\nlivemode = false",
+                    1,
+                ),
+                "accounts[0].livemode",
+                "contradicts",
+            ),
+            (
+                GOOD.replacen("environment = \"production\"", "environment = \"live\"", 1),
+                "accounts[0].environment",
+                "not",
+            ),
+        ];
+        for (text, field, words) in cases {
+            let err = load(&text).unwrap_err().to_string();
+            assert!(
+                err.starts_with(field) && err.contains(words),
+                "{field}: {err}"
+            );
+        }
+        // A production account behind a private host is allowed, with a notice.
+        let proxied = GOOD.replace("https://mapi.yuansfer.com", "http://10.0.0.7:8443");
+        let c = load(&proxied).unwrap();
+        assert!(c.accounts[0].notice.is_some());
     }
 
     #[test]

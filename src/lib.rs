@@ -171,6 +171,51 @@ impl Application {
         self.sandbox.clone()
     }
 
+    /// What this gateway will do, printed at start-up: the database
+    /// (redacted), each account with its environment, each client with its
+    /// accounts, the IPN URL to give each provider, and what is off.
+    pub fn summary(&self) -> String {
+        let c = &self.config;
+        let public = c
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.addr));
+        let mut out = format!(
+            "refund-gateway on http://{}\n  database: {}\n  accounts:\n",
+            self.addr,
+            store::redact_url(&c.database_url)
+        );
+        for a in &c.accounts {
+            out.push_str(&format!(
+                "    {} ({}, {}, livemode={}) at {}\n      IPN URL to give {}: {}/ipn/{}/{}\n",
+                a.name,
+                a.credentials.provider(),
+                if a.livemode { "production" } else { "sandbox" },
+                a.livemode,
+                a.credentials.base_url(),
+                a.credentials.provider(),
+                public.trim_end_matches('/'),
+                a.credentials.provider(),
+                a.name
+            ));
+            if let Some(n) = &a.notice {
+                out.push_str(&format!("      WARNING: {n}\n"));
+            }
+        }
+        out.push_str("  clients:\n");
+        for cl in &c.clients {
+            let accounts: Vec<&str> = cl.accounts.values().map(String::as_str).collect();
+            out.push_str(&format!("    {}: {}\n", cl.name, accounts.join(", ")));
+        }
+        if c.public_url.is_none() {
+            out.push_str("  (IPN URLs use the listen address: set public_url to the address providers reach)\n");
+        }
+        if c.smtp.is_none() {
+            out.push_str("  receipt emails: OFF (no [smtp]): refunds with receipt_email are accepted, and no email is sent\n");
+        }
+        out
+    }
+
     /// The demo-mode banner: demo API key and a ready-to-paste curl.
     pub fn banner(&self) -> Option<String> {
         let demo = self.config.demo.as_ref()?;

@@ -13,24 +13,38 @@ use refund_gateway::{tools, Application};
 #[command(
     name = "refund-gateway",
     version,
-    about = "One refund API for in-store POS systems, over Pockyt and Pay10.\n\nWith no configuration, `refund-gateway` serves demo mode on 127.0.0.1:8080."
+    about = "One refund API for in-store POS systems, over Pockyt and Pay10.\n\nWith no configuration, `refund-gateway` serves demo mode on 127.0.0.1:8080.",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// With no subcommand: serve.
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// What serving (and migrating) reads.
+#[derive(clap::Args, Clone)]
+struct RunArgs {
     /// Address to listen on.
-    #[arg(long, global = true, env = "REFUND_GATEWAY_LISTEN")]
+    #[arg(long, env = "REFUND_GATEWAY_LISTEN")]
     listen: Option<String>,
     /// sqlite://FILE or postgres://... (default sqlite://refund-gateway.db).
-    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// TOML file with provider accounts and API clients; without it, demo mode.
-    #[arg(long, global = true, env = "REFUND_GATEWAY_CONFIG")]
+    #[arg(long, env = "REFUND_GATEWAY_CONFIG")]
     config: Option<String>,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[derive(clap::Args, Clone, Copy)]
+struct LogArgs {
     /// Log line format; levels come from RUST_LOG.
     #[arg(
         long,
-        global = true,
         value_enum,
         default_value = "pretty",
         env = "REFUND_GATEWAY_LOG_FORMAT"
@@ -41,11 +55,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the API (the default).
-    Serve,
+    Serve(RunArgs),
     /// Run database migrations and exit.
-    Migrate,
+    Migrate(RunArgs),
     /// Run the Pockyt/Pay10 sandbox alone, sending IPNs to a gateway.
     Sandbox {
+        /// Address to listen on.
+        #[arg(long, env = "REFUND_GATEWAY_LISTEN", default_value = "127.0.0.1:8081")]
+        listen: String,
+        #[command(flatten)]
+        log: LogArgs,
         /// Gateway base URL; IPNs go to {URL}/ipn/pockyt and {URL}/ipn/pay10.
         #[arg(long, env = "REFUND_GATEWAY_IPN_URL")]
         ipn_url: Option<String>,
@@ -58,6 +77,11 @@ enum Command {
     },
     /// Print the OpenAPI document (the committed openapi/refund-gateway.json).
     Openapi,
+    /// API keys for POS clients.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Exit 0 if URL answers 2xx within 3 s (the container HEALTHCHECK).
     Probe {
         #[arg(default_value = "http://127.0.0.1:8080/healthz")]
@@ -82,6 +106,20 @@ enum Command {
     Decrypt {
         #[command(subcommand)]
         provider: CryptProvider,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a new API key: prints the key once, and the [[clients]] lines
+    /// (with only its SHA-256) to paste into the config file.
+    New {
+        /// The client's name in the config.
+        #[arg(long)]
+        client: String,
+        /// Accounts the client may refund through (at most one per provider).
+        #[arg(long, value_delimiter = ',')]
+        accounts: Vec<String>,
     },
 }
 
@@ -151,6 +189,9 @@ fn main() -> ExitCode {
         Some(Command::Decrypt {
             provider: CryptProvider::Pay10 { key, text },
         }) => return print_tool(tools::decrypt_pay10(&key, &text)),
+        Some(Command::Keys {
+            command: KeysCommand::New { client, accounts },
+        }) => return print_tool(tools::new_api_key(&client, &accounts)),
         Some(Command::Openapi) => {
             print!("{}", refund_gateway::api::docs::document());
             return ExitCode::SUCCESS;
@@ -160,7 +201,11 @@ fn main() -> ExitCode {
     if let Some(Command::Probe { url }) = &cli.command {
         return probe(url);
     }
-    let log_format = cli.log_format;
+    let log_format = match &cli.command {
+        Some(Command::Serve(r) | Command::Migrate(r)) => r.log.log_format,
+        Some(Command::Sandbox { log, .. }) => log.log_format,
+        _ => cli.run.log.log_format,
+    };
     telemetry::init(log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -172,20 +217,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let overrides = Overrides {
-        config_file: cli.config,
-        listen: cli.listen,
-        database_url: cli.database_url,
+    let overrides = |r: RunArgs| Overrides {
+        config_file: r.config,
+        listen: r.listen,
+        database_url: r.database_url,
     };
     let result = runtime.block_on(async move {
         match cli.command {
             Some(Command::Sandbox {
+                listen,
                 ipn_url,
                 slow_ms,
                 pending_delay_ms,
-            }) => run_sandbox(overrides.listen, ipn_url, slow_ms, pending_delay_ms).await,
-            Some(Command::Migrate) => {
-                let config = Config::load(&overrides)?;
+                ..
+            }) => run_sandbox(listen, ipn_url, slow_ms, pending_delay_ms).await,
+            Some(Command::Migrate(r)) => {
+                let config = Config::load(&overrides(r))?;
                 let store = refund_gateway::store::Store::connect(&config.database_url, 2).await?;
                 store.close().await;
                 println!(
@@ -194,7 +241,8 @@ fn main() -> ExitCode {
                 );
                 Ok(())
             }
-            _ => serve(overrides).await,
+            Some(Command::Serve(r)) => serve(overrides(r)).await,
+            _ => serve(overrides(cli.run)).await,
         }
     });
     match result {
@@ -241,6 +289,7 @@ fn probe(url: &str) -> ExitCode {
 async fn serve(overrides: Overrides) -> anyhow::Result<()> {
     let config = Config::load(&overrides)?;
     let app = Application::build(config).await?;
+    println!("{}", app.summary());
     if let Some(banner) = app.banner() {
         println!("{banner}");
     }
@@ -250,7 +299,7 @@ async fn serve(overrides: Overrides) -> anyhow::Result<()> {
 }
 
 async fn run_sandbox(
-    listen: Option<String>,
+    listen: String,
     ipn_url: Option<String>,
     slow_ms: u64,
     pending_delay_ms: u64,
@@ -260,10 +309,18 @@ async fn run_sandbox(
     config.slow_response = Duration::from_millis(slow_ms);
     config.pending_delay = Duration::from_millis(pending_delay_ms);
     let sandbox = Sandbox::new(config);
-    let listener =
-        tokio::net::TcpListener::bind(listen.as_deref().unwrap_or("127.0.0.1:8081")).await?;
-    tracing::info!(addr = %listener.local_addr()?, "sandbox listening");
-    println!("sandbox listening on http://{}", listener.local_addr()?);
+    let listener = tokio::net::TcpListener::bind(&listen).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {listen}: {e}; choose another address with --listen")
+    })?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "sandbox listening");
+    // A wildcard address is reached through loopback from this machine.
+    let shown = if addr.ip().is_unspecified() {
+        format!("http://127.0.0.1:{}", addr.port())
+    } else {
+        format!("http://{addr}")
+    };
+    println!("{}", sandbox.startup_text(&shown));
     axum::serve(
         listener,
         refund_gateway::sandbox::standalone_router(&sandbox),

@@ -45,6 +45,37 @@ pub fn decrypt_pay10(key: &str, encdata: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A new POS API key (32 random bytes from the OS, hex, `sk_` prefix) and the
+/// `[[clients]]` entry that holds only its SHA-256.
+pub fn new_api_key(client: &str, accounts: &[String]) -> Result<String, String> {
+    use rand::RngCore;
+    if client.is_empty()
+        || !client
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err("--client must be letters, digits, '-' or '_'".into());
+    }
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let key = format!("sk_{}", hex::encode(bytes));
+    let hash = crate::config::sha256_hex(&key);
+    let accounts = accounts
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok(format!(
+        "# API key for client {client:?}: shown only now; give it to the POS, keep no copy here.\n\
+         {key}\n\n\
+         # Add to the config file (only the key's SHA-256 is stored):\n\
+         [[clients]]\n\
+         name = {client:?}\n\
+         api_key_sha256 = \"{hash}\"\n\
+         accounts = [{accounts}]"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

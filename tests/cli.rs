@@ -151,6 +151,7 @@ fn failures_never_print_a_secret() {
 [[accounts]]
 name = "pockyt-main"
 provider = "pockyt"
+environment = "production"
 base_url = "https://mapi.yuansfer.com"
 merchant_no = "200043"
 store_no = "300014"
@@ -158,6 +159,7 @@ store_no = "300014"
 [[accounts]]
 name = "pay10-main"
 provider = "pay10"
+environment = "production"
 base_url = "https://pg.pay10.ae"
 pay_id = "1009120125180122"
 {salt_line}
@@ -180,7 +182,7 @@ accounts = ["pockyt-main", "pay10-main"]
         (
             "bad TOML",
             config(&unreachable, &format!("token = {}", SECRETS[0]), &salt),
-            "line 8",
+            "line 9",
         ),
         (
             "missing env var",
@@ -194,7 +196,7 @@ accounts = ["pockyt-main", "pay10-main"]
                 &token,
                 &format!("salt = [\"{}\"]", SECRETS[1]),
             ),
-            "line 14",
+            "line 16",
         ),
         (
             "unreachable database",
@@ -245,4 +247,44 @@ accounts = ["pockyt-main", "pay10-main"]
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn keys_new_prints_a_key_once_and_its_hash_for_the_config() {
+    let (code, out, err) = run(
+        &[
+            "keys",
+            "new",
+            "--client",
+            "store-9",
+            "--accounts",
+            "pockyt-main,pay10-main",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let key = out
+        .lines()
+        .find(|l| l.starts_with("sk_"))
+        .expect("the key is printed")
+        .to_string();
+    assert_eq!(key.len(), 67, "sk_ and 32 random bytes in hex");
+    // The printed lines are a valid [[clients]] entry for this key.
+    let entry: String = out
+        .lines()
+        .skip_while(|l| !l.starts_with("[[clients]]"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let parsed: toml::Value = toml::from_str(&entry).expect("pastes into a config");
+    let client = &parsed["clients"][0];
+    assert_eq!(client["name"].as_str(), Some("store-9"));
+    assert_eq!(
+        client["api_key_sha256"].as_str(),
+        Some(refund_gateway::config::sha256_hex(&key).as_str())
+    );
+    assert_eq!(client["accounts"].as_array().unwrap().len(), 2);
+    let (_, again, _) = run(&["keys", "new", "--client", "store-9"], &[]);
+    assert!(!again.contains(&key), "every key is new");
+    let (code, _, err) = run(&["keys", "new", "--client", "bad name"], &[]);
+    assert_eq!(code, 2, "{err}");
 }

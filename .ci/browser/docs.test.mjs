@@ -19,7 +19,7 @@ try {
   await page.goto(`${base}/docs/`, { waitUntil: "networkidle" });
   await page.waitForSelector("#operations-refunds-create", { timeout: 15000 });
   const text = await page.textContent("body");
-  for (const needle of ["/v1/refunds", "/v1/refunds/{id}", "/v1/refunds/{id}/receipt", "/ipn/{provider}", "/healthz"]) {
+  for (const needle of ["/v1/refunds", "/v1/refunds/{id}", "/v1/refunds/{id}/receipt", "/ipn/pockyt", "/ipn/pay10/{account}", "/healthz"]) {
     if (!text.includes(needle)) await fail(`${needle} not listed`);
   }
   const op = "#operations-operations-healthz";

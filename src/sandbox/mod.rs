@@ -251,6 +251,42 @@ impl Sandbox {
             .unwrap_or_default()
     }
 
+    /// What a standalone sandbox prints at start: each simulated provider's
+    /// `base_url` and `[[accounts]]` lines ready to paste into a gateway config.
+    pub fn startup_text(&self, base: &str) -> String {
+        let c = &self.config;
+        let base = base.trim_end_matches('/');
+        format!(
+            "sandbox listening on {base}\n\
+             \x20 Pockyt base_url: {base}/sandbox/pockyt\n\
+             \x20 Pay10 base_url:  {base}/sandbox/pay10\n\
+             \x20 create sales:    POST {base}/sandbox/pockyt/payments, POST {base}/sandbox/pay10/payments\n\n\
+             # [[accounts]] for a gateway config (the sandbox's published test credentials):\n\
+             [[accounts]]\n\
+             name = \"pockyt-sandbox\"\n\
+             provider = \"pockyt\"\n\
+             environment = \"sandbox\"\n\
+             base_url = \"{base}/sandbox/pockyt\"\n\
+             merchant_no = \"{}\"\n\
+             store_no = \"{}\"\n\
+             token = \"{}\"\n\n\
+             [[accounts]]\n\
+             name = \"pay10-sandbox\"\n\
+             provider = \"pay10\"\n\
+             environment = \"sandbox\"\n\
+             base_url = \"{base}/sandbox/pay10\"\n\
+             pay_id = \"{}\"\n\
+             salt = \"{}\"\n\
+             encryption_key = \"{}\"\n",
+            c.pockyt_merchant_no,
+            c.pockyt_store_no,
+            c.pockyt_token,
+            c.pay10_pay_id,
+            c.pay10_salt,
+            demo_credentials::PAY10_KEY,
+        )
+    }
+
     /// Routes under `/sandbox/pockyt` and `/sandbox/pay10`.
     pub fn router(&self) -> Router {
         Router::new()
