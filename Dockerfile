@@ -21,6 +21,9 @@ RUN touch src/main.rs src/lib.rs \
  && strip target/release/refund-gateway
 
 FROM debian:bookworm-slim AS runtime
+# ca-certificates is left unpinned on purpose: the image should carry the
+# distribution's current CA bundle, not one frozen at the time of writing.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
