@@ -168,7 +168,7 @@ fn an_incomplete_production_config_refuses_to_start_naming_the_field() {
     let path = dir.join("bad.toml");
     std::fs::write(
         &path,
-        "[[accounts]]\nname = \"p\"\nprovider = \"pay10\"\nbase_url = \"https://pg.pay10.ae\"\npay_id = \"1009120125180122\"\nsalt = \"s\"\nencryption_key = \"too-short\"\n",
+        "[[accounts]]\nname = \"p\"\nprovider = \"pay10\"\nenvironment = \"production\"\nbase_url = \"https://pg.pay10.ae\"\npay_id = \"1009120125180122\"\nsalt = \"s\"\nencryption_key = \"too-short\"\n",
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_refund-gateway"))
