@@ -76,17 +76,20 @@ impl Pay10Client {
             } else {
                 "transport error"
             };
-            tracing::warn!(error = %e, kind, "pay10 call failed");
+            tracing::warn!(error = %e, kind, %url, "pay10 call failed");
             format!("pay10 {kind}")
         })?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.map_err(|e| {
-            tracing::warn!(error = %e, status, "pay10 body could not be read");
+            tracing::warn!(error = %e, status, %url, "pay10 body could not be read");
             "pay10 response body was cut off".to_string()
         })?;
         if status >= 500 {
-            tracing::warn!(status, "pay10 answered with a server error");
+            tracing::warn!(status, %url, "pay10 answered with a server error");
             return Err(format!("pay10 answered HTTP {status}"));
+        }
+        if status >= 400 {
+            tracing::warn!(status, %url, "pay10 answered with a client error (is base_url right?)");
         }
         Ok(bytes.to_vec())
     }

@@ -90,7 +90,7 @@ impl PockytClient {
                 } else {
                     "transport error"
                 };
-                tracing::warn!(error = %e, kind, "pockyt call failed");
+                tracing::warn!(error = %e, kind, %url, "pockyt call failed");
                 return Reply::Unknown(format!("pockyt {kind}"));
             }
         };
@@ -98,12 +98,12 @@ impl PockytClient {
         let bytes = match resp.bytes().await {
             Ok(b) => b,
             Err(e) => {
-                tracing::warn!(error = %e, status, "pockyt body could not be read");
+                tracing::warn!(error = %e, status, %url, "pockyt body could not be read");
                 return Reply::Unknown("pockyt response body was cut off".into());
             }
         };
         if status >= 500 {
-            tracing::warn!(status, "pockyt answered with a server error");
+            tracing::warn!(status, %url, "pockyt answered with a server error");
             return Reply::Unknown(format!("pockyt answered HTTP {status}"));
         }
         match serde_json::from_slice::<Envelope<T>>(&bytes) {
@@ -111,8 +111,9 @@ impl PockytClient {
             _ => {
                 tracing::warn!(
                     status,
+                    %url,
                     len = bytes.len(),
-                    "pockyt response is not a Pockyt envelope"
+                    "pockyt response is not a Pockyt envelope (is base_url right?)"
                 );
                 Reply::Unknown(format!(
                     "pockyt answered HTTP {status} with an unreadable body"
