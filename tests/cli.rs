@@ -288,3 +288,45 @@ fn keys_new_prints_a_key_once_and_its_hash_for_the_config() {
     let (code, _, err) = run(&["keys", "new", "--client", "bad name"], &[]);
     assert_eq!(code, 2, "{err}");
 }
+
+/// Each start-up failure says what to fix, once.
+#[test]
+fn startup_errors_say_what_to_fix() {
+    // Port in use: the address and the flag / variable to change it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, _, err) = run(&["--listen", &addr, "--database-url", "sqlite::memory:"], &[]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&addr) && err.contains("--listen") && err.contains("REFUND_GATEWAY_LISTEN"),
+        "{err}"
+    );
+    assert_eq!(err.matches("error:").count(), 1, "once: {err}");
+    // A database that does not exist: how to create it.
+    let (code, _, err) = run(
+        &["migrate", "--database-url", "postgres://postgres@127.0.0.1:5432/rg_no_such_db_x"],
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("127.0.0.1:5432") && err.contains("does not exist") && err.contains("createdb"),
+        "{err}"
+    );
+    // A refused connection: where, and that nothing answers there.
+    let (_, _, err) = run(&["migrate", "--database-url", "postgres://u@127.0.0.1:1/db"], &[]);
+    assert!(err.contains("127.0.0.1:1") && err.contains("connection refused"), "{err}");
+    assert!(!err.contains("pool timed out"), "{err}");
+    // An unknown field is named as such, not as "not valid TOML".
+    let dir = std::env::temp_dir().join(format!("rg-unknown-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.toml");
+    std::fs::write(&path, "listn = \"127.0.0.1:1\"\n").unwrap();
+    let (_, _, err) = run(&["--config", path.to_str().unwrap()], &[]);
+    assert!(err.contains("unknown field `listn`") && err.contains("line 1"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+    // A subcommand's help lists its own flags only.
+    let (_, help, _) = run(&["keys", "new", "--help"], &[]);
+    assert!(help.contains("--client") && !help.contains("--database-url"), "{help}");
+    let (_, help, _) = run(&["sign", "pockyt", "--help"], &[]);
+    assert!(!help.contains("--listen"), "{help}");
+}
