@@ -22,7 +22,9 @@ use crate::providers::pockyt::PockytClient;
 use crate::providers::{
     http_client, ProviderClient, ProviderKind, RefundCall, SaleInfo, SaleLookup, StatusQuery,
 };
-use crate::store::{CreateOutcome, RefundRow, RefundUpdate, SaleTerms, Store, StoreError};
+use crate::store::{
+    CreateOutcome, EventSource, RefundRow, RefundUpdate, SaleTerms, Store, StoreError,
+};
 use lifecycle::{Status, Submission};
 pub use object::RefundObject;
 
@@ -596,11 +598,11 @@ impl Gateway {
             .store
             .update_refund(&row.id, Some(row), |current| {
                 let now = self.clock.now();
-                let u = self.finish(
-                    current,
-                    lifecycle::status_query(current, &answer, now, &policy),
-                );
-                (u != RefundUpdate::from_row(current, u.updated_at)).then_some(u)
+                let mut u =
+                    self.finish(current, lifecycle::status_query(current, &answer, now, &policy));
+                let changed = u != RefundUpdate::from_row(current, u.updated_at);
+                u.source = EventSource::StatusQuery;
+                changed.then_some(u)
             })
             .await?;
         Ok(updated.map(|(r, _)| r).unwrap_or_else(|| row.clone()))

@@ -42,10 +42,10 @@ impl Gateway {
         self.store
             .update_refund(&row.id, Some(&row), |current| {
                 let now = self.clock.now();
-                Some(self.finish(
-                    current,
-                    lifecycle::status_query(current, &answer, now, &policy),
-                ))
+                let mut u =
+                    self.finish(current, lifecycle::status_query(current, &answer, now, &policy));
+                u.source = crate::store::EventSource::Reconciliation;
+                Some(u)
             })
             .await?;
         Ok(())

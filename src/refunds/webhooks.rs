@@ -237,8 +237,10 @@ impl Gateway {
                     // Settle the contradiction by asking the provider.
                     u.next_check_at = Some(now);
                 }
-                let u = self.finish(current, u);
-                (u != crate::store::RefundUpdate::from_row(current, u.updated_at)).then_some(u)
+                let mut u = self.finish(current, u);
+                let changed = u != crate::store::RefundUpdate::from_row(current, u.updated_at);
+                u.source = crate::store::EventSource::Webhook;
+                changed.then_some(u)
             })
             .await?;
         let state = match decision {

@@ -110,6 +110,8 @@ impl SbSale {
 struct Book {
     sales: HashMap<String, SbSale>,
     by_reference: HashMap<String, String>,
+    /// A refund's provider id -> its sale's transaction number.
+    refund_sale: HashMap<String, String>,
     refunds_applied: u64,
 }
 

@@ -249,12 +249,11 @@ async fn tran_query(State(sb): State<Sandbox>, body: Bytes) -> Response {
     }
     let b = sb.lock();
     let refund = t.and_then(|t| {
-        b.pockyt.sales.values().find_map(|s| {
-            s.refunds
-                .iter()
-                .find(|x| &x.provider_refund_id == t)
-                .map(|x| (s, x))
-        })
+        let sale = b.pockyt.sales.get(b.pockyt.refund_sale.get(t)?)?;
+        sale.refunds
+            .iter()
+            .find(|x| &x.provider_refund_id == t)
+            .map(|x| (sale, x))
     });
     if let Some((sale, refund)) = refund {
         return Json(json!({
@@ -361,6 +360,10 @@ async fn refund(State(sb): State<Sandbox>, body: Bytes) -> Response {
         };
         sale.refunds.push(refund.clone());
         books.pockyt.refunds_applied += 1;
+        books
+            .pockyt
+            .refund_sale
+            .insert(refund.provider_refund_id.clone(), sale.transaction_no.clone());
         (sale.clone(), refund, state, case)
     };
 

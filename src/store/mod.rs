@@ -105,6 +105,63 @@ pub fn redact_url(raw: &str) -> String {
     url.to_string()
 }
 
+/// The history line an update adds, if it changes what a reader sees: the
+/// status, the provider's status or code, a review flag, or an operator's note.
+fn event_for(current: &RefundRow, u: &RefundUpdate) -> Option<RefundEvent> {
+    let changed = current.status != u.status
+        || current.provider_status != u.provider_status
+        || current.provider_code != u.provider_code
+        || (u.review_reason.is_some() && current.review_reason != u.review_reason)
+        || u.note.is_some();
+    if !changed {
+        return None;
+    }
+    let mut detail: Vec<String> = vec![];
+    if let Some(n) = &u.note {
+        detail.push(format!("note: {n}"));
+    }
+    if current.status != u.status {
+        if let Some(code) = u.failure_code.as_ref().filter(|_| u.status == Status::Failed) {
+            detail.push(format!("failure_code {code}"));
+        }
+    }
+    if let Some(m) = u.provider_message.as_ref().filter(|m| !m.is_empty()) {
+        detail.push(format!("provider: {m}"));
+    }
+    if u.review_reason.is_some() && current.review_reason != u.review_reason {
+        detail.push(format!("flagged for review: {}", u.review_reason.as_deref().unwrap_or("")));
+    }
+    Some(RefundEvent {
+        at: u.updated_at,
+        source: u.source.as_str().to_string(),
+        status: u.status.as_str().to_string(),
+        previous_status: Some(current.status.as_str().to_string()),
+        provider_code: u.provider_code.clone(),
+        provider_status: u.provider_status.clone(),
+        detail: (!detail.is_empty()).then(|| detail.join("; ")),
+        actor: u.actor.clone(),
+    })
+}
+
+async fn insert_event(conn: &mut AnyConnection, refund_id: &str, e: &RefundEvent) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO refund_events (refund_id, at, source, status, previous_status, provider_code, provider_status, detail, actor) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(refund_id)
+    .bind(e.at)
+    .bind(&e.source)
+    .bind(&e.status)
+    .bind(&e.previous_status)
+    .bind(&e.provider_code)
+    .bind(&e.provider_status)
+    .bind(&e.detail)
+    .bind(&e.actor)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// Where a database URL points, for messages: `host:port/database` for
 /// Postgres, the file for SQLite; never credentials.
 fn describe_target(raw: &str) -> String {
@@ -215,6 +272,14 @@ fn bind_new_refund<'q>(
         .bind(i64::from(sale.currency_confirmed))
         .bind(sale.external_minor)
 }
+
+/// The history line of a new refund (binds as `bind_new_refund`: `$21` is its creation time).
+const RECORDED_EVENT: &str = "INSERT INTO refund_events (refund_id, at, source, status, detail) \
+    SELECT id, $21, 'request', 'pending', 'recorded; amount reserved against the sale'";
+
+/// The history line of the send claim (`$1` id, `$2` time).
+const SENT_EVENT: &str = "INSERT INTO refund_events (refund_id, at, source, status, previous_status, detail) \
+    SELECT id, $2, 'request', 'pending', 'pending', 'claimed for sending; the provider is called now'";
 
 const SELECT_REFUND: &str = "SELECT id, client, account, provider, livemode, status, amount_minor, currency, \
     settle_currency, transaction_no, reference, refund_reference, provider_reference, provider_refund_id, \
@@ -375,7 +440,10 @@ impl Store {
     pub async fn create_refund(&self, new: &RefundRow, sale: &SaleTerms) -> Result<CreateOutcome> {
         let inserted = match self.backend {
             Backend::Postgres => {
-                let sql = format!("WITH reserve AS ({RESERVE} RETURNING 1) {INSERT_REFUND} SELECT {REFUND_VALUES} FROM reserve");
+                let sql = format!(
+                    "WITH reserve AS ({RESERVE} RETURNING 1), ins AS ({INSERT_REFUND} SELECT {REFUND_VALUES} FROM reserve RETURNING id) \
+                     {RECORDED_EVENT} FROM ins"
+                );
                 match bind_new_refund(sqlx::query(&sql), new, sale)
                     .execute(&self.pool)
                     .await
@@ -407,6 +475,12 @@ impl Store {
                                 .execute(&mut *conn)
                                 .await?
                                 .rows_affected();
+                            if inserted == 1 {
+                                let event = format!("{RECORDED_EVENT} FROM refunds WHERE id = $1");
+                                bind_new_refund(sqlx::query(&event), &new, &sale)
+                                    .execute(&mut *conn)
+                                    .await?;
+                            }
                             // 2: the key or reference is taken; undo the reservation too.
                             Ok(if inserted == 1 { (1, true) } else { (2, false) })
                         })
@@ -481,12 +555,20 @@ impl Store {
                             .execute(&mut *conn)
                             .await?
                             .rows_affected();
+                        if n == 1 {
+                            sqlx::query(&format!("{SENT_EVENT} FROM refunds WHERE id = $1"))
+                                .bind(&id)
+                                .bind(now)
+                                .execute(&mut *conn)
+                                .await?;
+                        }
                         Ok((n, true))
                     })
                 })
                 .await?
             }
-            None => sqlx::query(SQL)
+            // One statement: the claim, and its history line only if it applied.
+            None => sqlx::query(&format!("WITH c AS ({SQL} RETURNING id) {SENT_EVENT} FROM c"))
                 .bind(id)
                 .bind(now)
                 .bind(send_by)
@@ -515,25 +597,33 @@ impl Store {
             return b
                 .run(move |conn| {
                     Box::pin(async move {
-                        let n = Self::write_update(&mut *conn, &id, &current, &u).await?;
+                        let n = Self::write_update(&mut *conn, &id, &current, &u, None).await?;
                         if n == 1 {
                             Self::write_side_effects(
                                 &mut *conn, &id, &current, &u, releases, confirms,
                             )
                             .await?;
+                            if let Some(e) = event_for(&current, &u) {
+                                insert_event(&mut *conn, &id, &e).await?;
+                            }
                         }
                         Ok((n == 1, n == 1))
                     })
                 })
                 .await;
         }
+        let event = event_for(current, u);
         if !(releases || confirms || u.email.is_some()) {
-            return Ok(Self::write_update(&self.pool, id, current, u).await? == 1);
+            // One statement: the update, and its history line only if it applied.
+            return Ok(Self::write_update(&self.pool, id, current, u, event.as_ref()).await? == 1);
         }
         let mut tx = self.pool.begin().await?;
-        let n = Self::write_update(&mut *tx, id, current, u).await?;
+        let n = Self::write_update(&mut *tx, id, current, u, None).await?;
         if n == 1 {
             Self::write_side_effects(&mut tx, id, current, u, releases, confirms).await?;
+            if let Some(e) = &event {
+                insert_event(&mut tx, id, e).await?;
+            }
             tx.commit().await?;
         } else {
             tx.rollback().await?;
@@ -627,45 +717,81 @@ impl Store {
 
     /// The compare-and-swap every refund change goes through: it applies only
     /// to the row as its writer read it (version, status and submission).
+    /// With `event` (Postgres), its history line is written by the same
+    /// statement, only if the update applied.
     async fn write_update<'e, E>(
         executor: E,
         id: &str,
         current: &RefundRow,
         u: &RefundUpdate,
+        event: Option<&RefundEvent>,
     ) -> Result<u64>
     where
         E: sqlx::Executor<'e, Database = sqlx::Any>,
     {
-        Ok(sqlx::query(
-            "UPDATE refunds SET status = $2, provider_refund_id = $3, provider_status = $4, provider_code = $5, \
+        const UPDATE: &str = "UPDATE refunds SET status = $2, provider_refund_id = $3, provider_status = $4, provider_code = $5, \
              provider_message = $6, failure_code = $7, failure_message = $8, response_code = $9, response_body = $10, \
              inflight_until = $11, check_attempts = $12, next_check_at = $13, lease_until = $14, review_reason = $15, \
              updated_at = $16, not_found_streak = $20, version = version + 1 \
-             WHERE id = $1 AND version = $17 AND status = $18 AND submission = $19",
+             WHERE id = $1 AND version = $17 AND status = $18 AND submission = $19";
+        let sql = match event {
+            None => UPDATE.to_string(),
+            Some(_) => format!(
+                "WITH u AS ({UPDATE} RETURNING id) INSERT INTO refund_events \
+                 (refund_id, at, source, status, previous_status, provider_code, provider_status, detail, actor) \
+                 SELECT id, $16, $21, $2, $18, $5, $4, $22, $23 FROM u"
+            ),
+        };
+        let mut q = sqlx::query(&sql)
+            .bind(id)
+            .bind(u.status.as_str())
+            .bind(&u.provider_refund_id)
+            .bind(&u.provider_status)
+            .bind(&u.provider_code)
+            .bind(&u.provider_message)
+            .bind(&u.failure_code)
+            .bind(&u.failure_message)
+            .bind(u.response_code)
+            .bind(&u.response_body)
+            .bind(u.inflight_until)
+            .bind(u.check_attempts)
+            .bind(u.next_check_at)
+            .bind(u.lease_until)
+            .bind(&u.review_reason)
+            .bind(u.updated_at)
+            .bind(current.version)
+            .bind(current.status.as_str())
+            .bind(current.submission.as_str())
+            .bind(u.not_found_streak);
+        if let Some(e) = event {
+            q = q.bind(e.source.clone()).bind(e.detail.clone()).bind(e.actor.clone());
+        }
+        Ok(q.execute(executor).await?.rows_affected())
+    }
+
+    /// A refund's history, oldest first (scoped to its client when given).
+    pub async fn refund_events(&self, refund_id: &str) -> Result<Vec<RefundEvent>> {
+        sqlx::query(
+            "SELECT at, source, status, previous_status, provider_code, provider_status, detail, actor \
+             FROM refund_events WHERE refund_id = $1 ORDER BY id",
         )
-        .bind(id)
-        .bind(u.status.as_str())
-        .bind(&u.provider_refund_id)
-        .bind(&u.provider_status)
-        .bind(&u.provider_code)
-        .bind(&u.provider_message)
-        .bind(&u.failure_code)
-        .bind(&u.failure_message)
-        .bind(u.response_code)
-        .bind(&u.response_body)
-        .bind(u.inflight_until)
-        .bind(u.check_attempts)
-        .bind(u.next_check_at)
-        .bind(u.lease_until)
-        .bind(&u.review_reason)
-        .bind(u.updated_at)
-        .bind(current.version)
-        .bind(current.status.as_str())
-        .bind(current.submission.as_str())
-        .bind(u.not_found_streak)
-        .execute(executor)
+        .bind(refund_id)
+        .fetch_all(&self.pool)
         .await?
-        .rows_affected())
+        .iter()
+        .map(|r| {
+            Ok(RefundEvent {
+                at: r.try_get("at")?,
+                source: r.try_get("source")?,
+                status: r.try_get("status")?,
+                previous_status: r.try_get("previous_status")?,
+                provider_code: r.try_get("provider_code")?,
+                provider_status: r.try_get("provider_status")?,
+                detail: r.try_get("detail")?,
+                actor: r.try_get("actor")?,
+            })
+        })
+        .collect()
     }
 
     pub async fn get_refund(&self, client: &str, id: &str) -> Result<Option<RefundRow>> {

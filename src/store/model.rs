@@ -77,6 +77,43 @@ impl Submission {
     }
 }
 
+/// Who or what caused a change of a refund (its history says so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventSource {
+    /// The POS's request and the provider's answer to our call.
+    Request,
+    /// A client's `?sync=true` status query.
+    StatusQuery,
+    Webhook,
+    Reconciliation,
+    Operator,
+}
+
+impl EventSource {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EventSource::Request => "request",
+            EventSource::StatusQuery => "status_query",
+            EventSource::Webhook => "webhook",
+            EventSource::Reconciliation => "reconciliation",
+            EventSource::Operator => "operator",
+        }
+    }
+}
+
+/// One line of a refund's history, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundEvent {
+    pub at: i64,
+    pub source: String,
+    pub status: String,
+    pub previous_status: Option<String>,
+    pub provider_code: Option<String>,
+    pub provider_status: Option<String>,
+    pub detail: Option<String>,
+    pub actor: Option<String>,
+}
+
 impl PartialEq<&str> for Submission {
     fn eq(&self, other: &&str) -> bool {
         self.as_str() == *other
@@ -179,6 +216,11 @@ pub struct RefundUpdate {
     /// The refund succeeded on a sale whose currency no lookup confirmed:
     /// pin the sale's currency in the same transaction.
     pub confirm_sale: bool,
+    /// What caused the change, for the refund's history.
+    pub source: EventSource,
+    /// An operator's note (required for their resolutions), and who they are.
+    pub note: Option<String>,
+    pub actor: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,6 +286,9 @@ impl RefundUpdate {
             updated_at: now,
             email: None,
             confirm_sale: false,
+            source: EventSource::Request,
+            note: None,
+            actor: None,
         }
     }
 
