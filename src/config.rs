@@ -110,6 +110,11 @@ pub struct FileConfig {
     pub accounts: Vec<AccountEntry>,
     #[serde(default)]
     pub clients: Vec<ClientEntry>,
+    /// People who may resolve refunds that need review (a separate key each).
+    #[serde(default)]
+    pub operators: Vec<OperatorEntry>,
+    /// A refund pending this long joins the review queue.
+    pub review_after_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,6 +163,21 @@ impl std::fmt::Debug for Smtp {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorEntry {
+    pub name: String,
+    /// Lower-case hex SHA-256 of the operator's key (`refund-gateway keys new`).
+    pub api_key_sha256: String,
+}
+
+/// An operator: a person who may resolve refunds, identified in the audit trail by name.
+#[derive(Debug, Clone)]
+pub struct Operator {
+    pub name: String,
+    pub key_hash: [u8; 32],
+}
+
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientEntry {
     pub name: String,
@@ -239,6 +259,9 @@ pub struct Config {
     pub merchant_name: String,
     pub accounts: Vec<Account>,
     pub clients: Vec<Client>,
+    pub operators: Vec<Operator>,
+    /// A refund pending this long joins the review queue.
+    pub review_after: Duration,
     pub demo: Option<Demo>,
     /// How often the reconciliation worker looks for due refunds.
     pub reconcile_interval: Duration,
@@ -338,6 +361,23 @@ impl Config {
         for (i, c) in f.clients.into_iter().enumerate() {
             clients.push(client_from_entry(i, c, &accounts)?);
         }
+        let mut operators = Vec::new();
+        for (i, o) in f.operators.into_iter().enumerate() {
+            let field = format!("operators[{i}].api_key_sha256");
+            let bytes = hex::decode(o.api_key_sha256.trim())
+                .map_err(|_| invalid(&field, "must be 64 hex digits"))?;
+            let key_hash: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| invalid(&field, "must be 64 hex digits"))?;
+            if o.name.trim().is_empty() {
+                return Err(invalid(format!("operators[{i}].name"), "is required"));
+            }
+            operators.push(Operator {
+                name: o.name,
+                key_hash,
+            });
+        }
+        let review_after = Duration::from_millis(f.review_after_ms.unwrap_or(3_600_000));
         let smtp = match f.smtp {
             Some(e) => {
                 if !e.from.contains('@') {
@@ -373,6 +413,8 @@ impl Config {
             merchant_name,
             accounts,
             clients,
+            operators,
+            review_after,
             demo: demo_mode.then(|| Demo {
                 api_key: format!("sk_demo_{}", ulid::Ulid::new().to_string().to_lowercase()),
                 external_sandbox: None,

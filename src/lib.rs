@@ -45,6 +45,17 @@ pub fn app(state: AppState, sandbox: Option<&Sandbox>, request_timeout: Duration
         )
         .route("/v1/refunds/{id}", get(api::refunds::get_one))
         .route("/v1/refunds/{id}/receipt", get(api::refunds::receipt))
+        .route("/v1/refunds/{id}/events", get(api::refunds::events))
+        .route("/v1/operator/review", get(api::operator::review))
+        .route(
+            "/v1/operator/refunds/{id}/events",
+            get(api::operator::events),
+        )
+        .route("/v1/operator/refunds/{id}/sync", post(api::operator::sync))
+        .route(
+            "/v1/operator/refunds/{id}/resolve",
+            post(api::operator::resolve),
+        )
         .route("/ipn/pockyt", post(api::ipn::pockyt))
         .route("/ipn/pockyt/{account}", post(api::ipn::pockyt_account))
         .route("/ipn/pay10", post(api::ipn::pay10))

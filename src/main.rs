@@ -77,7 +77,23 @@ enum Command {
     },
     /// Print the OpenAPI document (the committed openapi/refund-gateway.json).
     Openapi,
-    /// API keys for POS clients.
+    /// Operator actions over the operator API: the review queue, a refund's
+    /// history, asking the provider now, resolving with a note.
+    Refunds {
+        /// The gateway's base URL.
+        #[arg(
+            long,
+            env = "REFUND_GATEWAY_URL",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        url: String,
+        /// Your operator key (`[[operators]]` in the config).
+        #[arg(long, env = "REFUND_GATEWAY_OPERATOR_KEY", hide_env_values = true)]
+        key: String,
+        #[command(subcommand)]
+        action: RefundsAction,
+    },
+    /// API keys for POS clients and operators.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
@@ -106,6 +122,26 @@ enum Command {
     Decrypt {
         #[command(subcommand)]
         provider: CryptProvider,
+    },
+}
+
+#[derive(Subcommand)]
+enum RefundsAction {
+    /// Refunds that need a person, with the reason.
+    Review,
+    /// A refund's history: every change with its source.
+    Events { id: String },
+    /// Ask the provider about a refund now and apply the answer.
+    Sync { id: String },
+    /// Resolve a refund to what the provider's records prove, with a note.
+    Resolve {
+        id: String,
+        /// `succeeded` or `failed`.
+        #[arg(long)]
+        status: String,
+        /// What you checked (recorded with your name).
+        #[arg(long)]
+        note: String,
     },
 }
 
@@ -201,6 +237,9 @@ fn main() -> ExitCode {
     if let Some(Command::Probe { url }) = &cli.command {
         return probe(url);
     }
+    if let Some(Command::Refunds { url, key, action }) = cli.command {
+        return operator_cli(&url, &key, action);
+    }
     let log_format = match &cli.command {
         Some(Command::Serve(r) | Command::Migrate(r)) => r.log.log_format,
         Some(Command::Sandbox { log, .. }) => log.log_format,
@@ -253,6 +292,54 @@ fn main() -> ExitCode {
                 LogFormat::Json => tracing::error!("{e}"),
                 _ => eprintln!("error: {e}"),
             }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Calls the operator API and prints its answer (JSON); a problem goes to
+/// stderr with exit code 1.
+fn operator_cli(url: &str, key: &str, action: RefundsAction) -> ExitCode {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return ExitCode::FAILURE;
+    };
+    let base = url.trim_end_matches('/');
+    let http = reqwest::Client::new();
+    let req = match &action {
+        RefundsAction::Review => http.get(format!("{base}/v1/operator/review")),
+        RefundsAction::Events { id } => http.get(format!("{base}/v1/operator/refunds/{id}/events")),
+        RefundsAction::Sync { id } => http.post(format!("{base}/v1/operator/refunds/{id}/sync")),
+        RefundsAction::Resolve { id, status, note } => http
+            .post(format!("{base}/v1/operator/refunds/{id}/resolve"))
+            .json(&serde_json::json!({"status": status, "note": note})),
+    };
+    let answer = rt.block_on(async {
+        let r = req.bearer_auth(key).send().await?;
+        let status = r.status();
+        let body = r.text().await?;
+        Ok::<_, reqwest::Error>((status, body))
+    });
+    match answer {
+        Ok((status, body)) if status.is_success() => {
+            let pretty = serde_json::from_str::<serde_json::Value>(&body)
+                .and_then(|v| serde_json::to_string_pretty(&v))
+                .unwrap_or(body);
+            println!("{pretty}");
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            let detail = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["detail"].as_str().map(str::to_string))
+                .unwrap_or(body);
+            eprintln!("error: {status}: {detail}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: cannot reach the gateway at {base}: {e}");
             ExitCode::FAILURE
         }
     }

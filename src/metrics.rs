@@ -84,3 +84,8 @@ pub fn reconciliation(pending: i64, oldest_age_seconds: f64) {
 pub fn connection_shed() {
     metrics::counter!("refund_gateway_connections_shed_total").increment(1);
 }
+
+/// Refunds that need a person (flagged, or pending past `review_after_ms`).
+pub fn review_queue(n: i64) {
+    metrics::gauge!("refund_gateway_review_queue").set(n as f64);
+}

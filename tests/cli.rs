@@ -295,7 +295,10 @@ fn startup_errors_say_what_to_fix() {
     // Port in use: the address and the flag / variable to change it.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let (code, _, err) = run(&["--listen", &addr, "--database-url", "sqlite::memory:"], &[]);
+    let (code, _, err) = run(
+        &["--listen", &addr, "--database-url", "sqlite::memory:"],
+        &[],
+    );
     assert_ne!(code, 0);
     assert!(
         err.contains(&addr) && err.contains("--listen") && err.contains("REFUND_GATEWAY_LISTEN"),
@@ -304,17 +307,29 @@ fn startup_errors_say_what_to_fix() {
     assert_eq!(err.matches("error:").count(), 1, "once: {err}");
     // A database that does not exist: how to create it.
     let (code, _, err) = run(
-        &["migrate", "--database-url", "postgres://postgres@127.0.0.1:5432/rg_no_such_db_x"],
+        &[
+            "migrate",
+            "--database-url",
+            "postgres://postgres@127.0.0.1:5432/rg_no_such_db_x",
+        ],
         &[],
     );
     assert_ne!(code, 0);
     assert!(
-        err.contains("127.0.0.1:5432") && err.contains("does not exist") && err.contains("createdb"),
+        err.contains("127.0.0.1:5432")
+            && err.contains("does not exist")
+            && err.contains("createdb"),
         "{err}"
     );
     // A refused connection: where, and that nothing answers there.
-    let (_, _, err) = run(&["migrate", "--database-url", "postgres://u@127.0.0.1:1/db"], &[]);
-    assert!(err.contains("127.0.0.1:1") && err.contains("connection refused"), "{err}");
+    let (_, _, err) = run(
+        &["migrate", "--database-url", "postgres://u@127.0.0.1:1/db"],
+        &[],
+    );
+    assert!(
+        err.contains("127.0.0.1:1") && err.contains("connection refused"),
+        "{err}"
+    );
     assert!(!err.contains("pool timed out"), "{err}");
     // An unknown field is named as such, not as "not valid TOML".
     let dir = std::env::temp_dir().join(format!("rg-unknown-{}", std::process::id()));
@@ -322,11 +337,17 @@ fn startup_errors_say_what_to_fix() {
     let path = dir.join("c.toml");
     std::fs::write(&path, "listn = \"127.0.0.1:1\"\n").unwrap();
     let (_, _, err) = run(&["--config", path.to_str().unwrap()], &[]);
-    assert!(err.contains("unknown field `listn`") && err.contains("line 1"), "{err}");
+    assert!(
+        err.contains("unknown field `listn`") && err.contains("line 1"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
     // A subcommand's help lists its own flags only.
     let (_, help, _) = run(&["keys", "new", "--help"], &[]);
-    assert!(help.contains("--client") && !help.contains("--database-url"), "{help}");
+    assert!(
+        help.contains("--client") && !help.contains("--database-url"),
+        "{help}"
+    );
     let (_, help, _) = run(&["sign", "pockyt", "--help"], &[]);
     assert!(!help.contains("--listen"), "{help}");
 }

@@ -154,7 +154,7 @@ async fn all_ids(g: &Gateway) -> Vec<String> {
         };
         ids.extend(
             g.store
-                .list_refunds(client, &f)
+                .list_refunds(Some(client), &f)
                 .await
                 .unwrap()
                 .into_iter()

@@ -5,6 +5,7 @@ pub mod docs;
 pub mod error;
 pub mod health;
 pub mod ipn;
+pub mod operator;
 pub mod refunds;
 
 use std::sync::Arc;
@@ -28,31 +29,62 @@ pub struct AppState {
 /// The API client a request's Bearer key belongs to.
 pub struct Authed(pub Arc<Client>);
 
+/// The SHA-256 of the request's Bearer key.
+fn bearer_digest(parts: &Parts) -> Result<[u8; 32], ApiError> {
+    let key = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            // The scheme is case-insensitive (RFC 9110 section 11.1).
+            let (scheme, key) = v.trim_start().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(key)
+        })
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(ApiError::unauthorized)?;
+    Ok(Sha256::digest(key.as_bytes()).into())
+}
+
+/// The holder of `digest` among `holders`, compared in constant time against
+/// every one without stopping early.
+fn find_key<T>(
+    holders: &[Arc<T>],
+    digest: &[u8; 32],
+    hash: impl Fn(&T) -> &[u8; 32],
+) -> Option<Arc<T>> {
+    let mut found = None;
+    for h in holders {
+        if bool::from(hash(h).as_slice().ct_eq(digest.as_slice())) {
+            found = Some(h.clone());
+        }
+    }
+    found
+}
+
 impl FromRequestParts<AppState> for Authed {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let key = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                // The scheme is case-insensitive (RFC 9110 section 11.1).
-                let (scheme, key) = v.trim_start().split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then_some(key)
-            })
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .ok_or_else(ApiError::unauthorized)?;
-        let digest = Sha256::digest(key.as_bytes());
-        // Compare against every client, in constant time, without stopping early.
-        let mut found = None;
-        for c in &state.gateway.clients {
-            if bool::from(c.key_hash.as_slice().ct_eq(digest.as_slice())) {
-                found = Some(c.clone());
-            }
-        }
-        found.map(Authed).ok_or_else(ApiError::unauthorized)
+        let digest = bearer_digest(parts)?;
+        find_key(&state.gateway.clients, &digest, |c| &c.key_hash)
+            .map(Authed)
+            .ok_or_else(ApiError::unauthorized)
+    }
+}
+
+/// An operator (a person who resolves refunds), by their own key: POS keys
+/// are not accepted here, nor operator keys on the POS API.
+pub struct OperatorAuthed(pub Arc<crate::config::Operator>);
+
+impl FromRequestParts<AppState> for OperatorAuthed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let digest = bearer_digest(parts)?;
+        find_key(&state.gateway.operators, &digest, |o| &o.key_hash)
+            .map(OperatorAuthed)
+            .ok_or_else(ApiError::unauthorized)
     }
 }
 

@@ -99,6 +99,9 @@ pub struct ListQuery {
     /// The id of one of your refunds: the page starts after it (newest first).
     #[param(pattern = "^rf_[0-9A-Z]{26}$")]
     starting_after: Option<String>,
+    /// Only refunds that need a person: flagged for review, or pending longer
+    /// than `review_after_ms` (each with its `review_reason`).
+    needs_review: Option<bool>,
 }
 
 #[derive(Default)]
@@ -589,6 +592,79 @@ pub async fn get_one(
     Ok(Json(RefundObject::from(&row)))
 }
 
+/// One change of a refund.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RefundEventObject {
+    /// RFC 3339.
+    pub at: String,
+    /// `request`, `status_query`, `webhook`, `reconciliation` or `operator`.
+    pub source: String,
+    /// The status after the change.
+    pub status: String,
+    pub previous_status: Option<String>,
+    pub provider_code: Option<String>,
+    pub provider_status: Option<String>,
+    pub detail: Option<String>,
+    /// The operator, for operator actions.
+    pub actor: Option<String>,
+}
+
+/// A refund's history: every change in order, with its source.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RefundEvents {
+    /// Always `list`.
+    #[schema(value_type = String, example = "list")]
+    pub object: &'static str,
+    pub data: Vec<RefundEventObject>,
+}
+
+pub(crate) fn events_json(events: Vec<crate::store::RefundEvent>) -> RefundEvents {
+    RefundEvents {
+        object: "list",
+        data: events
+            .into_iter()
+            .map(|e| RefundEventObject {
+                at: crate::refunds::object::rfc3339(e.at),
+                source: e.source,
+                status: e.status,
+                previous_status: e.previous_status,
+                provider_code: e.provider_code,
+                provider_status: e.provider_status,
+                detail: e.detail,
+                actor: e.actor,
+            })
+            .collect(),
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/refunds/{id}/events",
+    tag = "refunds",
+    params(("id" = String, Path, description = "Refund id")),
+    responses(
+        (status = 200, description = "Every change of the refund in order, with its source (the same story the operator sees)", body = RefundEvents),
+        (status = 401, description = "`unauthorized`", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`", body = super::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn events(
+    State(state): State<AppState>,
+    Authed(client): Authed,
+    Path(id): Path<String>,
+) -> Result<Json<RefundEvents>, ApiError> {
+    if !is_refund_id(&id) {
+        return Err(ApiError::not_found("refund"));
+    }
+    let events = state
+        .gateway
+        .history(Some(&client.name), &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("refund"))?;
+    Ok(Json(events_json(events)))
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct RefundList {
     /// Always `list`.
@@ -641,6 +717,7 @@ pub async fn list(
         "created_to",
         "limit",
         "starting_after",
+        "needs_review",
     ];
     for k in q.keys() {
         if !known.contains(&k.as_str()) {
@@ -667,6 +744,14 @@ pub async fn list(
             errors.add("provider", "must be pockyt or pay10");
         }
     }
+    let needs_review = match q.get("needs_review").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            errors.add("needs_review", "must be true or false");
+            false
+        }
+    };
     let created_from = q
         .get("created_from")
         .and_then(|v| parse_time("created_from", v, &mut errors));
@@ -704,18 +789,25 @@ pub async fn list(
         created_from,
         created_to,
         after,
+        needs_review_before: needs_review.then(|| state.gateway.review_cutoff()),
         limit,
     };
     let mut rows = state
         .gateway
         .store
-        .list_refunds(&client.name, &filter)
+        .list_refunds(Some(&client.name), &filter)
         .await?;
     let has_more = rows.len() as i64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(20));
     Ok(Json(RefundList {
         object: "list",
-        data: rows.iter().map(RefundObject::from).collect(),
+        data: rows
+            .iter()
+            .map(|r| RefundObject {
+                review_reason: state.gateway.review_reason(r),
+                ..RefundObject::from(r)
+            })
+            .collect(),
         has_more,
     }))
 }

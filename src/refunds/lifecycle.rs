@@ -251,6 +251,81 @@ pub fn sender_abandoned(current: &RefundRow, now: i64) -> Option<RefundUpdate> {
     Some(u)
 }
 
+/// Why an operator's resolution is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveRefusal {
+    #[error("the refund is already {0}; a final status never changes")]
+    AlreadyFinal(Status),
+    #[error("the provider does not confirm it: asked now, it answered {0}")]
+    Contradicted(String),
+    #[error("the provider says it has no such refund, but the gateway may still send it until {0}; try again after that")]
+    SenderMayStillSend(i64),
+}
+
+/// An operator's resolution of a refund to `target`, with a note, checked
+/// against the provider's answer given just now: it applies only what the
+/// provider's records prove. A pending refund becomes `succeeded` only if the
+/// provider says it succeeded; `failed` only if the provider says it failed,
+/// or has no such refund and the gateway provably can no longer send it. A
+/// final refund keeps its status; resolving it to that same status (with
+/// the provider agreeing) clears its review flag. Never back to pending.
+pub fn operator_resolution(
+    current: &RefundRow,
+    target: Status,
+    reply: &ProviderAnswer,
+    now: i64,
+    policy: &Policy,
+) -> Result<RefundUpdate, ResolveRefusal> {
+    let said = || {
+        format!(
+            "{}{}",
+            reply.outcome.as_str(),
+            reply
+                .provider_code
+                .as_deref()
+                .map(|c| format!(" ({c})"))
+                .unwrap_or_default()
+        )
+    };
+    let confirms = match (target, reply.outcome) {
+        (Status::Succeeded, Outcome::Succeeded) | (Status::Failed, Outcome::Failed) => true,
+        (Status::Failed, Outcome::NotFound) => {
+            let can_still_send = match current.submission {
+                Submission::Prepared => current.inflight_until.is_some_and(|t| t >= now),
+                Submission::Sent => current.send_by.is_none_or(|t| t >= now),
+            };
+            if can_still_send && current.status == Status::Pending {
+                return Err(ResolveRefusal::SenderMayStillSend(
+                    current.send_by.or(current.inflight_until).unwrap_or(now),
+                ));
+            }
+            true
+        }
+        _ => false,
+    };
+    if current.status.is_final() && current.status != target {
+        return Err(ResolveRefusal::AlreadyFinal(current.status));
+    }
+    if !confirms {
+        return Err(ResolveRefusal::Contradicted(said()));
+    }
+    let mut u = answer(current, reply, now, policy);
+    if current.status == Status::Pending
+        && target == Status::Failed
+        && reply.outcome == Outcome::NotFound
+    {
+        fail(
+            &mut u,
+            "not_received_by_provider",
+            "resolved by an operator: the provider has no record of this refund",
+        );
+    }
+    u.review_reason = None;
+    u.next_check_at = None;
+    u.lease_until = None;
+    Ok(u)
+}
+
 fn fail(u: &mut RefundUpdate, code: &str, message: &str) {
     u.status = Status::Failed;
     u.failure_code = Some(code.into());

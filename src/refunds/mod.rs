@@ -23,7 +23,7 @@ use crate::providers::{
     http_client, ProviderClient, ProviderKind, RefundCall, SaleInfo, SaleLookup, StatusQuery,
 };
 use crate::store::{
-    CreateOutcome, EventSource, RefundRow, RefundUpdate, SaleTerms, Store, StoreError,
+    CreateOutcome, EventSource, RefundEvent, RefundRow, RefundUpdate, SaleTerms, Store, StoreError,
 };
 use lifecycle::{Status, Submission};
 pub use object::RefundObject;
@@ -144,6 +144,9 @@ pub struct Gateway {
     pub provider_timeout: Duration,
     pub reconcile: reconcile::Policy,
     pub merchant_name: String,
+    pub operators: Vec<Arc<crate::config::Operator>>,
+    /// A refund pending this long joins the review queue.
+    pub review_after: Duration,
     /// Receipt emails are enqueued only when SMTP is configured.
     pub email_enabled: bool,
     pub clock: Clock,
@@ -209,6 +212,8 @@ impl Gateway {
             provider_timeout: config.http.timeout,
             reconcile: reconcile::Policy::from_config(config),
             merchant_name: config.merchant_name.clone(),
+            operators: config.operators.iter().cloned().map(Arc::new).collect(),
+            review_after: config.review_after,
             email_enabled: config.smtp.is_some(),
         }
     }
@@ -381,10 +386,14 @@ impl Gateway {
         // Refunds the provider lists that this gateway did not make count
         // against the sale too (ours are counted by their reservations). Ours
         // are recorded before the provider hears of them, so none is missed.
-        let ours = self
-            .store
-            .provider_references_on_transaction(&handle.account.name, &sale.transaction_no)
-            .await?;
+        let ours = if sale.refunded.is_empty() {
+            // Nothing listed: nothing to tell apart (and no query on the hot path).
+            Vec::new()
+        } else {
+            self.store
+                .provider_references_on_transaction(&handle.account.name, &sale.transaction_no)
+                .await?
+        };
         let external: i64 = sale
             .refunded
             .iter()
@@ -598,14 +607,152 @@ impl Gateway {
             .store
             .update_refund(&row.id, Some(row), |current| {
                 let now = self.clock.now();
-                let mut u =
-                    self.finish(current, lifecycle::status_query(current, &answer, now, &policy));
+                let mut u = self.finish(
+                    current,
+                    lifecycle::status_query(current, &answer, now, &policy),
+                );
                 let changed = u != RefundUpdate::from_row(current, u.updated_at);
                 u.source = EventSource::StatusQuery;
                 changed.then_some(u)
             })
             .await?;
         Ok(updated.map(|(r, _)| r).unwrap_or_else(|| row.clone()))
+    }
+
+    /// A refund's history, oldest first; `None` if it is not the client's
+    /// (`client`: `None` for operators, who see every client's).
+    pub async fn history(
+        &self,
+        client: Option<&str>,
+        id: &str,
+    ) -> Result<Option<Vec<RefundEvent>>, StoreError> {
+        let row = match client {
+            Some(c) => self.store.get_refund(c, id).await?,
+            None => self.store.get_refund_any_client(id).await?,
+        };
+        match row {
+            Some(r) => Ok(Some(self.store.refund_events(&r.id).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Refunds that need a person (every client's), oldest first would hide
+    /// new flags: newest first, like every list.
+    pub async fn review_queue(&self, limit: i64) -> Result<Vec<RefundRow>, StoreError> {
+        let filter = crate::store::ListFilter {
+            needs_review_before: Some(self.review_cutoff()),
+            limit,
+            ..Default::default()
+        };
+        self.store.list_refunds(None, &filter).await
+    }
+
+    /// Pending refunds created before this need review.
+    pub fn review_cutoff(&self) -> i64 {
+        self.clock.now() - i64::try_from(self.review_after.as_millis()).unwrap_or(i64::MAX / 2)
+    }
+
+    /// The reason a refund is in the review queue, if it is.
+    pub fn review_reason(&self, row: &RefundRow) -> Option<String> {
+        row.review_reason.clone().or_else(|| {
+            (row.status == Status::Pending && row.created_at <= self.review_cutoff()).then(|| {
+                format!(
+                    "pending for more than {} minutes",
+                    self.review_after.as_secs() / 60
+                )
+            })
+        })
+    }
+
+    /// An operator asks the provider now; the answer is applied (and recorded
+    /// with the operator's name) like any status query.
+    pub async fn operator_sync(
+        &self,
+        id: &str,
+        actor: &str,
+    ) -> Result<Option<RefundRow>, StoreError> {
+        let Some(row) = self.store.get_refund_any_client(id).await? else {
+            return Ok(None);
+        };
+        let Some(handle) = self.accounts.get(&row.account) else {
+            return Ok(Some(row));
+        };
+        let reply = handle.client.refund_status(&status_query(&row)).await;
+        let policy = self.reconcile;
+        let updated = self
+            .store
+            .update_refund(&row.id, Some(&row), |current| {
+                let now = self.clock.now();
+                let mut u = self.finish(
+                    current,
+                    lifecycle::status_query(current, &reply, now, &policy),
+                );
+                let changed = u != RefundUpdate::from_row(current, u.updated_at);
+                u.source = EventSource::Operator;
+                u.actor = Some(actor.to_string());
+                changed.then_some(u)
+            })
+            .await?;
+        Ok(updated.map(|(r, _)| r))
+    }
+
+    /// An operator resolves a refund with a note; the provider is asked first
+    /// and must confirm it (see [`lifecycle::operator_resolution`]). The
+    /// resolution, the operator, the note and the provider's answer are
+    /// recorded in the refund's history.
+    pub async fn resolve(
+        &self,
+        id: &str,
+        actor: &str,
+        target: Status,
+        note: &str,
+    ) -> Result<Resolution, StoreError> {
+        let Some(row) = self.store.get_refund_any_client(id).await? else {
+            return Ok(Resolution::NotFound);
+        };
+        let Some(handle) = self.accounts.get(&row.account) else {
+            return Ok(Resolution::Refused(
+                lifecycle::ResolveRefusal::Contradicted(
+                    "nothing: the refund's account is no longer configured".into(),
+                ),
+            ));
+        };
+        let reply = handle.client.refund_status(&status_query(&row)).await;
+        let policy = self.reconcile;
+        let mut refused = None;
+        let updated = self
+            .store
+            .update_refund(&row.id, Some(&row), |current| {
+                let now = self.clock.now();
+                match lifecycle::operator_resolution(current, target, &reply, now, &policy) {
+                    Ok(u) => {
+                        refused = None;
+                        let mut u = self.finish(current, u);
+                        u.source = EventSource::Operator;
+                        u.actor = Some(actor.to_string());
+                        u.note = Some(format!(
+                            "resolved {target} by {actor}: {note} (provider answered {}{})",
+                            reply.outcome.as_str(),
+                            reply
+                                .provider_code
+                                .as_deref()
+                                .map(|c| format!(" {c}"))
+                                .unwrap_or_default()
+                        ));
+                        Some(u)
+                    }
+                    Err(e) => {
+                        refused = Some(e);
+                        None
+                    }
+                }
+            })
+            .await?;
+        Ok(match (refused, updated) {
+            (Some(e), _) => Resolution::Refused(e),
+            (None, Some((r, _))) => Resolution::Done(Box::new(r)),
+            (None, None) => Resolution::NotFound,
+        })
     }
 
     /// How long after its claim a sender may still call the provider.
@@ -661,6 +808,14 @@ pub async fn database_floor_probe(store: &Store, row: &RefundRow) -> Result<(), 
         })
         .await?;
     Ok(())
+}
+
+/// The result of an operator's resolution.
+#[derive(Debug)]
+pub enum Resolution {
+    Done(Box<RefundRow>),
+    Refused(lifecycle::ResolveRefusal),
+    NotFound,
 }
 
 /// What a refund is made against, after the sale check.

@@ -36,9 +36,12 @@ pub struct RefundObject {
     pub provider_status: Option<String>,
     pub provider_code: Option<String>,
     /// On `failed`: `provider_declined`, `amount_exceeds_refundable`,
-    /// `transaction_not_found`, `provider_configuration_error` or `not_submitted`.
+    /// `parameters_mismatch`, `invalid_provider_request`, `transaction_not_found`,
+    /// `provider_configuration_error`, `not_submitted` or `not_received_by_provider`.
     pub failure_code: Option<String>,
     pub failure_message: Option<String>,
+    /// Why the refund needs a person, when it does (see the review queue).
+    pub review_reason: Option<String>,
     pub reason: Option<String>,
     pub receipt_email: Option<String>,
     pub metadata: BTreeMap<String, String>,
@@ -78,6 +81,7 @@ impl From<&RefundRow> for RefundObject {
             provider_code: r.provider_code.clone(),
             failure_code: r.failure_code.clone(),
             failure_message: r.failure_message.clone(),
+            review_reason: r.review_reason.clone(),
             reason: r.reason.clone(),
             receipt_email: r.receipt_email.clone(),
             metadata: serde_json::from_str(&r.metadata).unwrap_or_default(),

@@ -167,6 +167,7 @@ mod tests {
             id: "rf_01J0000000000000000000000".into(),
             object: "refund".into(),
             livemode: false,
+            review_reason: None,
             provider: "pockyt".into(),
             status: "succeeded".into(),
             amount: "10.50".into(),

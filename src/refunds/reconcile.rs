@@ -42,8 +42,10 @@ impl Gateway {
         self.store
             .update_refund(&row.id, Some(&row), |current| {
                 let now = self.clock.now();
-                let mut u =
-                    self.finish(current, lifecycle::status_query(current, &answer, now, &policy));
+                let mut u = self.finish(
+                    current,
+                    lifecycle::status_query(current, &answer, now, &policy),
+                );
                 u.source = crate::store::EventSource::Reconciliation;
                 Some(u)
             })
@@ -60,6 +62,9 @@ pub async fn run(gateway: Arc<Gateway>, mut shutdown: tokio::sync::watch::Receiv
             Ok(n) if n > 0 => tracing::debug!(checked = n, "reconciliation pass"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "reconciliation pass failed"),
+        }
+        if let Ok(n) = gateway.store.review_count(gateway.review_cutoff()).await {
+            crate::metrics::review_queue(n);
         }
         if let Err(e) = gateway.retry_unmatched_events().await {
             tracing::warn!(error = %e, "retrying waiting webhooks failed");

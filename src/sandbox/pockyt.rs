@@ -360,10 +360,10 @@ async fn refund(State(sb): State<Sandbox>, body: Bytes) -> Response {
         };
         sale.refunds.push(refund.clone());
         books.pockyt.refunds_applied += 1;
-        books
-            .pockyt
-            .refund_sale
-            .insert(refund.provider_refund_id.clone(), sale.transaction_no.clone());
+        books.pockyt.refund_sale.insert(
+            refund.provider_refund_id.clone(),
+            sale.transaction_no.clone(),
+        );
         (sale.clone(), refund, state, case)
     };
 

@@ -121,7 +121,11 @@ fn event_for(current: &RefundRow, u: &RefundUpdate) -> Option<RefundEvent> {
         detail.push(format!("note: {n}"));
     }
     if current.status != u.status {
-        if let Some(code) = u.failure_code.as_ref().filter(|_| u.status == Status::Failed) {
+        if let Some(code) = u
+            .failure_code
+            .as_ref()
+            .filter(|_| u.status == Status::Failed)
+        {
             detail.push(format!("failure_code {code}"));
         }
     }
@@ -129,7 +133,10 @@ fn event_for(current: &RefundRow, u: &RefundUpdate) -> Option<RefundEvent> {
         detail.push(format!("provider: {m}"));
     }
     if u.review_reason.is_some() && current.review_reason != u.review_reason {
-        detail.push(format!("flagged for review: {}", u.review_reason.as_deref().unwrap_or("")));
+        detail.push(format!(
+            "flagged for review: {}",
+            u.review_reason.as_deref().unwrap_or("")
+        ));
     }
     Some(RefundEvent {
         at: u.updated_at,
@@ -568,14 +575,16 @@ impl Store {
                 .await?
             }
             // One statement: the claim, and its history line only if it applied.
-            None => sqlx::query(&format!("WITH c AS ({SQL} RETURNING id) {SENT_EVENT} FROM c"))
-                .bind(id)
-                .bind(now)
-                .bind(send_by)
-                .bind(version)
-                .execute(&self.pool)
-                .await?
-                .rows_affected(),
+            None => sqlx::query(&format!(
+                "WITH c AS ({SQL} RETURNING id) {SENT_EVENT} FROM c"
+            ))
+            .bind(id)
+            .bind(now)
+            .bind(send_by)
+            .bind(version)
+            .execute(&self.pool)
+            .await?
+            .rows_affected(),
         };
         Ok(n == 1)
     }
@@ -764,7 +773,10 @@ impl Store {
             .bind(current.submission.as_str())
             .bind(u.not_found_streak);
         if let Some(e) = event {
-            q = q.bind(e.source.clone()).bind(e.detail.clone()).bind(e.actor.clone());
+            q = q
+                .bind(e.source.clone())
+                .bind(e.detail.clone())
+                .bind(e.actor.clone());
         }
         Ok(q.execute(executor).await?.rows_affected())
     }
@@ -812,9 +824,20 @@ impl Store {
     }
 
     /// A client's refunds, newest first, with keyset pagination.
-    pub async fn list_refunds(&self, client: &str, f: &ListFilter) -> Result<Vec<RefundRow>> {
-        let mut sql = format!("{SELECT_REFUND} WHERE client = $1");
-        let mut binds: Vec<BindValue> = vec![BindValue::Text(client.to_string())];
+    /// Refunds newest first, with keyset pagination: one client's, or (for
+    /// operators, `None`) every client's.
+    pub async fn list_refunds(
+        &self,
+        client: Option<&str>,
+        f: &ListFilter,
+    ) -> Result<Vec<RefundRow>> {
+        let (mut sql, mut binds) = match client {
+            Some(c) => (
+                format!("{SELECT_REFUND} WHERE client = $1"),
+                vec![BindValue::Text(c.to_string())],
+            ),
+            None => (format!("{SELECT_REFUND} WHERE 1 = 1"), vec![]),
+        };
         let mut push = |clause: &str, v: BindValue, sql: &mut String| {
             binds.push(v);
             sql.push_str(&clause.replace('?', &format!("${}", binds.len())));
@@ -839,6 +862,13 @@ impl Store {
         }
         if let Some(t) = f.created_to {
             push(" AND created_at <= ?", BindValue::Int(t), &mut sql);
+        }
+        if let Some(t) = f.needs_review_before {
+            push(
+                " AND (review_reason IS NOT NULL OR (status = 'pending' AND created_at <= ?))",
+                BindValue::Int(t),
+                &mut sql,
+            );
         }
         if let Some((created, id)) = &f.after {
             binds.push(BindValue::Int(*created));
@@ -899,6 +929,17 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// How many refunds need a person: flagged, or pending since before `before`.
+    pub async fn review_count(&self, before: i64) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM refunds WHERE review_reason IS NOT NULL OR (status = 'pending' AND created_at <= $1)",
+        )
+        .bind(before)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("n")?)
     }
 
     /// Number of pending refunds and the creation time of the oldest.

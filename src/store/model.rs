@@ -323,5 +323,8 @@ pub struct ListFilter {
     pub created_to: Option<i64>,
     /// Keyset cursor: (created_at, id) of the `starting_after` refund.
     pub after: Option<(i64, String)>,
+    /// Only refunds that need a person: flagged for review, or pending
+    /// since before this time.
+    pub needs_review_before: Option<i64>,
     pub limit: i64,
 }

@@ -1,0 +1,179 @@
+//! `/v1/operator/...`: a way out for refunds that need a person. Operators
+//! authenticate with their own keys (`[[operators]]` in the config); every
+//! action is recorded in the refund's history with who, when, what and why.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::refunds::{events_json, RefundEvents};
+use super::{ApiError, AppState, OperatorAuthed};
+use crate::refunds::lifecycle::Status;
+use crate::refunds::{RefundObject, Resolution};
+
+/// The review queue: refunds flagged for review or pending too long.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ReviewQueue {
+    /// Always `list`.
+    #[schema(value_type = String, example = "list")]
+    pub object: &'static str,
+    /// Newest first; each carries its `review_reason`.
+    pub data: Vec<RefundObject>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/operator/review",
+    tag = "operator",
+    responses(
+        (status = 200, description = "Refunds that need a person (every client's), newest first, at most 100", body = ReviewQueue),
+        (status = 401, description = "`unauthorized`: not an operator key", body = super::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn review(
+    State(state): State<AppState>,
+    OperatorAuthed(_operator): OperatorAuthed,
+) -> Result<Json<ReviewQueue>, ApiError> {
+    let rows = state.gateway.review_queue(100).await?;
+    Ok(Json(ReviewQueue {
+        object: "list",
+        data: rows
+            .iter()
+            .map(|r| RefundObject {
+                review_reason: state.gateway.review_reason(r),
+                ..RefundObject::from(r)
+            })
+            .collect(),
+    }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/operator/refunds/{id}/events",
+    tag = "operator",
+    params(("id" = String, Path, description = "Refund id")),
+    responses(
+        (status = 200, description = "Every change of the refund, in order", body = RefundEvents),
+        (status = 401, description = "`unauthorized`", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`", body = super::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn events(
+    State(state): State<AppState>,
+    OperatorAuthed(_operator): OperatorAuthed,
+    Path(id): Path<String>,
+) -> Result<Json<RefundEvents>, ApiError> {
+    let events = state
+        .gateway
+        .history(None, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("refund"))?;
+    Ok(Json(events_json(events)))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/operator/refunds/{id}/sync",
+    tag = "operator",
+    params(("id" = String, Path, description = "Refund id")),
+    responses(
+        (status = 200, description = "The provider was asked now; its answer is applied and recorded with the operator's name", body = RefundObject),
+        (status = 401, description = "`unauthorized`", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`", body = super::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn sync(
+    State(state): State<AppState>,
+    OperatorAuthed(op): OperatorAuthed,
+    Path(id): Path<String>,
+) -> Result<Json<RefundObject>, ApiError> {
+    let row = state
+        .gateway
+        .operator_sync(&id, &op.name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("refund"))?;
+    Ok(Json(RefundObject {
+        review_reason: state.gateway.review_reason(&row),
+        ..RefundObject::from(&row)
+    }))
+}
+
+/// An operator's resolution: the status the provider's records prove, and why.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveBody {
+    /// `succeeded` or `failed` (never back to `pending`).
+    #[schema(pattern = "^(succeeded|failed)$")]
+    pub status: String,
+    /// Why: what the operator checked (required, 1-1000 characters).
+    #[schema(min_length = 1, max_length = 1000)]
+    pub note: String,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/operator/refunds/{id}/resolve",
+    tag = "operator",
+    params(("id" = String, Path, description = "Refund id")),
+    request_body(content = ResolveBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Resolved; the provider's answer, the operator and the note are in the refund's history", body = RefundObject),
+        (status = 400, description = "`invalid_request`", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`resolution_refused`: the provider, asked now, does not confirm it, or the refund is already final", body = super::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn resolve(
+    State(state): State<AppState>,
+    OperatorAuthed(op): OperatorAuthed,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Json<RefundObject>, ApiError> {
+    let bytes = super::read_body(body, 16 * 1024).await?;
+    let req: ResolveBody = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!(
+                "the body must be {{\"status\": \"succeeded\"|\"failed\", \"note\": \"...\"}}: {e}"
+            ),
+        )
+    })?;
+    let target = match Status::parse(&req.status) {
+        Some(s @ (Status::Succeeded | Status::Failed)) => s,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "status must be succeeded or failed",
+            ))
+        }
+    };
+    let note = req.note.trim();
+    if note.is_empty() || note.chars().count() > 1000 || note.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "note is required: 1-1000 characters saying what was checked",
+        ));
+    }
+    match state.gateway.resolve(&id, &op.name, target, note).await? {
+        Resolution::Done(row) => Ok(Json(RefundObject::from(row.as_ref()))),
+        Resolution::NotFound => Err(ApiError::not_found("refund")),
+        Resolution::Refused(e) => {
+            tracing::warn!(refund_id = %id, operator = %op.name, reason = %e, "operator resolution refused");
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "resolution_refused",
+                e.to_string(),
+            ))
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! A way out for refunds that need a person: the review queue, a refund's
+//! history, and operator resolutions that only apply what the provider's
+//! records prove, each recorded with who, when, what and why.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const OPS_KEY: &str = "ok_ops_ana_test";
+
+async fn app_with_operator(db: Db) -> TestApp {
+    let mut c = test_config(&fresh_db(db).await);
+    // The background reconciler stays out of the way: the operator decides.
+    c.reconcile_interval = Duration::from_secs(3600);
+    c.review_after = Duration::from_millis(1);
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&Sha256::digest(OPS_KEY.as_bytes()));
+    c.operators.push(refund_gateway::config::Operator {
+        name: "ops-ana".into(),
+        key_hash: hash,
+    });
+    spawn_with(c).await
+}
+
+async fn operator(app: &TestApp, method: &str, path: &str, body: Option<Value>) -> Resp {
+    let url = format!("{}{path}", app.base);
+    let req = match method {
+        "GET" => app.http.get(url),
+        _ => app.http.post(url),
+    }
+    .bearer_auth(OPS_KEY);
+    let req = match body {
+        Some(b) => req.json(&b),
+        None => req,
+    };
+    app.send(req).await
+}
+
+async fn review_queue_and_audited_resolutions(db: Db) {
+    let app = app_with_operator(db).await;
+    let sale = app.pockyt_sale("10.00", "USD", "success").await;
+    // 91: the provider applies it but answers too late; 92: it never gets it.
+    let late = app
+        .post_refund(Some("late"), &pockyt_refund(&sale, "0.91"))
+        .await;
+    let lost = app
+        .post_refund(Some("lost"), &pockyt_refund(&sale, "0.92"))
+        .await;
+    assert_eq!(
+        (late.body["status"].as_str(), lost.body["status"].as_str()),
+        (Some("pending"), Some("pending"))
+    );
+    let late_id = late.body["id"].as_str().unwrap().to_string();
+    let lost_id = lost.body["id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // The queue: for operators (their own keys only), and for the POS.
+    let pos = app
+        .send(
+            app.http
+                .get(format!("{}/v1/operator/review", app.base))
+                .bearer_auth(KEY),
+        )
+        .await;
+    assert_eq!(pos.status, 401, "a POS key is not an operator key");
+    let q = operator(&app, "GET", "/v1/operator/review", None).await;
+    assert_eq!(q.status, 200, "{}", q.text);
+    let ids: Vec<&str> = q.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert!(
+        ids.contains(&late_id.as_str()) && ids.contains(&lost_id.as_str()),
+        "{}",
+        q.text
+    );
+    assert!(q.body["data"][0]["review_reason"].is_string());
+    let mine = app.get("/v1/refunds?needs_review=true").await;
+    assert_eq!(
+        mine.body["data"].as_array().unwrap().len(),
+        2,
+        "{}",
+        mine.text
+    );
+    let ops_on_pos = app
+        .send(
+            app.http
+                .get(format!("{}/v1/refunds", app.base))
+                .bearer_auth(OPS_KEY),
+        )
+        .await;
+    assert_eq!(ops_on_pos.status, 401, "an operator key is not a POS key");
+
+    // A resolution the provider contradicts is refused and changes nothing.
+    tokio::time::sleep(Duration::from_millis(1600)).await; // the 91 answer lands at the provider
+    let wrong = operator(
+        &app,
+        "POST",
+        &format!("/v1/operator/refunds/{late_id}/resolve"),
+        Some(json!({"status": "failed", "note": "customer says no money arrived"})),
+    )
+    .await;
+    assert_eq!(
+        (wrong.status, wrong.body["code"].as_str()),
+        (409, Some("resolution_refused")),
+        "{}",
+        wrong.text
+    );
+    assert_eq!(
+        app.get(&format!("/v1/refunds/{late_id}")).await.body["status"],
+        "pending"
+    );
+    // Bad requests: no note, back to pending.
+    for body in [
+        json!({"status": "succeeded", "note": " "}),
+        json!({"status": "pending", "note": "x"}),
+    ] {
+        let r = operator(
+            &app,
+            "POST",
+            &format!("/v1/operator/refunds/{late_id}/resolve"),
+            Some(body),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{}", r.text);
+    }
+    // The provider's records prove it: resolved, with an audit trail.
+    let ok = operator(
+        &app,
+        "POST",
+        &format!("/v1/operator/refunds/{late_id}/resolve"),
+        Some(
+            json!({"status": "succeeded", "note": "checked the Pockyt dashboard: refund present"}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (ok.status, ok.body["status"].as_str()),
+        (200, Some("succeeded")),
+        "{}",
+        ok.text
+    );
+    let history = app.get(&format!("/v1/refunds/{late_id}/events")).await;
+    assert_eq!(history.status, 200, "{}", history.text);
+    let events = history.body["data"].as_array().unwrap().clone();
+    let sources: Vec<&str> = events.iter().filter_map(|e| e["source"].as_str()).collect();
+    assert_eq!(sources.first(), Some(&"request"), "{sources:?}");
+    let last = events.last().unwrap();
+    assert_eq!(
+        (
+            last["source"].as_str(),
+            last["actor"].as_str(),
+            last["status"].as_str()
+        ),
+        (Some("operator"), Some("ops-ana"), Some("succeeded"))
+    );
+    let detail = last["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("checked the Pockyt dashboard")
+            && detail.contains("provider answered succeeded"),
+        "{detail}"
+    );
+    // The operator sees the same story.
+    let theirs = operator(
+        &app,
+        "GET",
+        &format!("/v1/operator/refunds/{late_id}/events"),
+        None,
+    )
+    .await;
+    assert_eq!(theirs.body["data"], history.body["data"]);
+    // A final status never changes.
+    let again = operator(
+        &app,
+        "POST",
+        &format!("/v1/operator/refunds/{late_id}/resolve"),
+        Some(json!({"status": "failed", "note": "changed my mind"})),
+    )
+    .await;
+    assert_eq!(again.status, 409, "{}", again.text);
+
+    // The provider never got the 92: failed once the gateway can no longer send it.
+    let ok = operator(
+        &app,
+        "POST",
+        &format!("/v1/operator/refunds/{lost_id}/resolve"),
+        Some(json!({"status": "failed", "note": "provider has no record; POS may refund again"})),
+    )
+    .await;
+    assert_eq!(
+        (ok.status, ok.body["failure_code"].as_str()),
+        (200, Some("not_received_by_provider")),
+        "{}",
+        ok.text
+    );
+    // Its amount is free again: 10.00 - 0.91 is what is left.
+    let rest = app
+        .post_refund(Some("rest"), &pockyt_refund(&sale, "9.09"))
+        .await;
+    assert_eq!(rest.body["status"], "succeeded", "{}", rest.text);
+    let q = operator(&app, "GET", "/v1/operator/review", None).await;
+    assert!(
+        q.body["data"].as_array().unwrap().is_empty(),
+        "the queue is empty: {}",
+        q.text
+    );
+
+    // The same actions from the command line.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_refund-gateway"))
+        .args([
+            "refunds", "--url", &app.base, "--key", OPS_KEY, "events", &lost_id,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        printed["data"].as_array().unwrap().last().unwrap()["actor"],
+        "ops-ana"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_refund-gateway"))
+        .args(["refunds", "--url", &app.base, "--key", "wrong", "review"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    app.stop().await;
+}
+
+both_backends!(review_queue_and_audited_resolutions);
