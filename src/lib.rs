@@ -147,6 +147,16 @@ impl Application {
             if demo.external_sandbox.is_none() {
                 let mut sc = demo.sandbox.clone();
                 sc.ipn_url = demo.sandbox_ipns.then(|| format!("http://{addr}"));
+                // The demo's sandbox keeps its sales beside the demo database,
+                // so a restarted demo stays consistent with its refunds.
+                if sc.state_file.is_none() {
+                    sc.state_file = config
+                        .database_url
+                        .strip_prefix("sqlite://")
+                        .map(|p| p.split('?').next().unwrap_or(p))
+                        .filter(|p| !p.is_empty() && !p.contains(":memory:"))
+                        .map(|p| std::path::PathBuf::from(format!("{p}.sandbox.json")));
+                }
                 sandbox = Some(Sandbox::new(sc));
             }
         }

@@ -128,7 +128,9 @@ impl<'de> Deserialize<'de> for Currency {
 }
 
 /// An amount in the currency's minor units (cents). Always non-negative in practice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Minor(pub i64);
 

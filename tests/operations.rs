@@ -145,3 +145,52 @@ async fn served_docs_and_metrics(db: Db) {
 }
 
 both_backends!(served_docs_and_metrics);
+
+/// Demo mode keeps its sandbox's sales beside its database: after a restart
+/// the walk-through's sale still shows its refunds, and either of a sale's
+/// ids finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_sandbox_state_survives_a_restart() {
+    let db = fresh_db(Db::Sqlite).await;
+    let app = spawn_app(&db).await;
+    let sale = app.pockyt_sale("10.00", "USD", "success").await;
+    let r = app
+        .post_refund(Some("before-restart"), &pockyt_refund(&sale, "4.00"))
+        .await;
+    assert_eq!(r.body["status"], "succeeded", "{}", r.text);
+    let tx = sale["transactionNo"].as_str().unwrap().to_string();
+    let reference = sale["reference"].as_str().unwrap().to_string();
+    // The state file is written shortly after the change.
+    let file = format!("{}.sandbox.json", db.trim_start_matches("sqlite://"));
+    eventually(std::time::Duration::from_secs(5), || async {
+        let saved = std::fs::read_to_string(&file).unwrap_or_default();
+        (saved.contains(&tx) && saved.contains("400"), ())
+    })
+    .await;
+    app.stop().await;
+
+    let app = spawn_app(&db).await;
+    for id in [&tx, &reference] {
+        let shown = app.get(&format!("/sandbox/pockyt/payments/{id}")).await;
+        assert_eq!(
+            (shown.status, shown.body["refunded"].as_str()),
+            (200, Some("4.00")),
+            "{id}: {}",
+            shown.text
+        );
+    }
+    let over = app
+        .post_refund(Some("over"), &pockyt_refund(&sale, "7.00"))
+        .await;
+    assert_eq!(
+        over.body["code"], "amount_exceeds_refundable",
+        "{}",
+        over.text
+    );
+    let rest = app
+        .post_refund(Some("rest"), &pockyt_refund(&sale, "6.00"))
+        .await;
+    assert_eq!(rest.body["status"], "succeeded", "{}", rest.text);
+    app.stop().await;
+    let _ = std::fs::remove_file(&file);
+}

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use rand::Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::money::{Currency, Minor};
 use crate::providers::pay10::crypto::EncryptionKey;
@@ -55,6 +55,9 @@ pub struct SandboxConfig {
     pub slow_response: Duration,
     /// How long a `94` refund stays pending before it succeeds.
     pub pending_delay: Duration,
+    /// Where the sandbox keeps its sales and refunds across restarts (demo
+    /// mode keeps it beside its database); `None`: in memory only.
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 impl SandboxConfig {
@@ -70,18 +73,19 @@ impl SandboxConfig {
             ipn_url: None,
             slow_response: Duration::from_secs(20),
             pending_delay: Duration::from_secs(1),
+            state_file: None,
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum RefundState {
     Pending,
     Success,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct SbRefund {
     provider_refund_id: String,
     refund_reference: Option<String>,
@@ -89,7 +93,7 @@ struct SbRefund {
     state: RefundState,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct SbSale {
     transaction_no: String,
     reference: String,
@@ -122,6 +126,14 @@ impl Book {
         self.sales.insert(sale.transaction_no.clone(), sale);
     }
 
+    fn insert_with_refunds(&mut self, sale: SbSale) {
+        for r in &sale.refunds {
+            self.refund_sale
+                .insert(r.provider_refund_id.clone(), sale.transaction_no.clone());
+        }
+        self.insert(sale);
+    }
+
     fn find(&self, transaction_no: Option<&str>, reference: Option<&str>) -> Option<&SbSale> {
         match (transaction_no, reference) {
             (Some(t), _) => self.sales.get(t),
@@ -143,6 +155,15 @@ pub struct Sandbox {
     config: Arc<SandboxConfig>,
     books: Arc<Mutex<Books>>,
     http: reqwest::Client,
+    /// Wakes the writer of `state_file` after a change.
+    changed: Arc<tokio::sync::Notify>,
+}
+
+/// What a sandbox keeps across restarts.
+#[derive(Serialize, Deserialize)]
+struct SavedBooks {
+    pockyt: Vec<SbSale>,
+    pay10: Vec<SbSale>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -160,9 +181,49 @@ impl Sandbox {
                 .timeout(Duration::from_secs(5))
                 .build()
                 .expect("client builds"),
+            changed: Arc::default(),
         };
-        sb.seed();
+        if !sb.load() {
+            sb.seed();
+        }
+        if let Some(path) = sb.config.state_file.clone() {
+            tokio::spawn(save_on_change(sb.clone(), path));
+            sb.mark_changed();
+        }
         sb
+    }
+
+    /// Loads the saved books, if there are any; false if it started empty.
+    fn load(&self) -> bool {
+        let Some(path) = &self.config.state_file else {
+            return false;
+        };
+        let Ok(text) = std::fs::read(path) else {
+            return false;
+        };
+        match serde_json::from_slice::<SavedBooks>(&text) {
+            Ok(saved) => {
+                let mut b = self.lock();
+                for s in saved.pockyt {
+                    b.pockyt.insert_with_refunds(s);
+                }
+                for s in saved.pay10 {
+                    b.pay10.insert_with_refunds(s);
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, path = %path.display(), "sandbox state unreadable; starting afresh");
+                false
+            }
+        }
+    }
+
+    /// Records that the books changed (saved shortly after, when kept in a file).
+    fn mark_changed(&self) {
+        if self.config.state_file.is_some() {
+            self.changed.notify_one();
+        }
     }
 
     fn seed(&self) {
@@ -417,7 +478,12 @@ async fn show_payment(
         "pay10" => &b.pay10,
         _ => return (StatusCode::NOT_FOUND, "unknown provider").into_response(),
     };
-    match book.sales.get(&id) {
+    // Either of a sale's ids finds it (transactionNo / PG_REF_NUM, or reference / ORDER_ID).
+    let sale = book
+        .sales
+        .get(&id)
+        .or_else(|| book.by_reference.get(&id).and_then(|t| book.sales.get(t)));
+    match sale {
         Some(sale) => Json(serde_json::json!({
             "transactionNo": sale.transaction_no,
             "reference": sale.reference,
@@ -429,6 +495,33 @@ async fn show_payment(
         }))
         .into_response(),
         None => (StatusCode::NOT_FOUND, "no such payment").into_response(),
+    }
+}
+
+/// Writes the books to `path` after each burst of changes (write to a
+/// temporary file, then rename, so a crash never leaves half a file).
+async fn save_on_change(sb: Sandbox, path: std::path::PathBuf) {
+    loop {
+        sb.changed.notified().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let snapshot = {
+            let b = sb.lock();
+            serde_json::to_vec(&SavedBooks {
+                pockyt: b.pockyt.sales.values().cloned().collect(),
+                pay10: b.pay10.sales.values().cloned().collect(),
+            })
+        };
+        let Ok(bytes) = snapshot else { continue };
+        let path = path.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, &path)
+        })
+        .await;
+        if let Ok(Err(e)) = written {
+            tracing::warn!(error = %e, "sandbox state could not be saved");
+        }
     }
 }
 

@@ -70,6 +70,8 @@ async fn create_payment(State(sb): State<Sandbox>, body: Bytes) -> Response {
         return bad_request("ORDER_ID already used");
     }
     b.pay10.insert(sale);
+    drop(b);
+    sb.mark_changed();
     (StatusCode::CREATED, Json(out)).into_response()
 }
 
@@ -252,6 +254,7 @@ async fn refund(State(sb): State<Sandbox>, body: Bytes) -> Response {
         books.pay10.refunds_applied += 1;
         (sale.clone(), refund, state, case)
     };
+    sb.mark_changed();
 
     if state == RefundState::Success {
         sb.send_ipn("/ipn/pay10", webhook(&sb, &sale, &refund));
@@ -261,6 +264,7 @@ async fn refund(State(sb): State<Sandbox>, body: Bytes) -> Response {
         tokio::spawn(async move {
             tokio::time::sleep(sb2.config.pending_delay).await;
             let settled = sb2.lock().pay10.settle(&transaction_no, &id);
+            sb2.mark_changed();
             if let Some((sale, refund)) = settled {
                 sb2.send_ipn("/ipn/pay10", webhook(&sb2, &sale, &refund));
             }

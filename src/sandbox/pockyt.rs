@@ -85,6 +85,8 @@ async fn create_payment(State(sb): State<Sandbox>, body: Bytes) -> Response {
         return bad_request("reference already used");
     }
     b.pockyt.insert(sale);
+    drop(b);
+    sb.mark_changed();
     (StatusCode::CREATED, Json(out)).into_response()
 }
 
@@ -127,6 +129,7 @@ async fn create_payments_bulk(State(sb): State<Sandbox>, body: Bytes) -> Respons
         b.pockyt.insert(sale);
     }
     drop(b);
+    sb.mark_changed();
     (StatusCode::CREATED, Json(json!({ "transactionNos": out }))).into_response()
 }
 
@@ -366,6 +369,7 @@ async fn refund(State(sb): State<Sandbox>, body: Bytes) -> Response {
         );
         (sale.clone(), refund, state, case)
     };
+    sb.mark_changed();
 
     if state == RefundState::Success {
         sb.send_ipn("/ipn/pockyt", ipn(&sb, &sale, &refund));
@@ -378,6 +382,7 @@ async fn refund(State(sb): State<Sandbox>, body: Bytes) -> Response {
         tokio::spawn(async move {
             tokio::time::sleep(sb2.config.pending_delay).await;
             let settled = sb2.lock().pockyt.settle(&transaction_no, &id);
+            sb2.mark_changed();
             if let Some((sale, refund)) = settled {
                 sb2.send_ipn("/ipn/pockyt", ipn(&sb2, &sale, &refund));
             }
