@@ -60,7 +60,7 @@ pub struct CreateRefundBody {
     refund_reference: Option<String>,
     /// At most 255 characters.
     reason: Option<String>,
-    /// Where the receipt is emailed once the refund succeeds (when SMTP is configured).
+    /// Where the receipt is emailed once the refund succeeds. Only when the gateway has SMTP configured: otherwise it is accepted and no email is sent (the start-up summary says so).
     receipt_email: Option<String>,
     /// At most 20 string values, echoed back.
     metadata: Option<BTreeMap<String, String>>,
