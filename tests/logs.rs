@@ -96,3 +96,53 @@ async fn no_secrets_in_logs() {
         "encrypted payloads are not logged"
     );
 }
+
+/// A provider's HTTP error is logged with the URL called and the status (a
+/// wrong `base_url` shows itself), never with a secret.
+#[tokio::test]
+async fn provider_http_errors_name_the_url_and_status() {
+    use refund_gateway::money::{Currency, Minor};
+    use refund_gateway::providers::pockyt::{PockytAccount, PockytClient};
+    use refund_gateway::providers::RefundCall;
+    use wiremock::{matchers::method, Mock, MockServer, ResponseTemplate};
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(capture.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(404).set_body_string("<html>Not Found</html>"))
+        .mount(&server)
+        .await;
+    let base = format!("{}/wrong/prefix", server.uri());
+    let client = PockytClient::new(
+        reqwest::Client::new(),
+        PockytAccount {
+            base_url: base.clone(),
+            merchant_no: creds::POCKYT_MERCHANT_NO.into(),
+            store_no: creds::POCKYT_STORE_NO.into(),
+            token: secrecy::SecretString::from(creds::POCKYT_TOKEN.to_string()),
+        },
+    );
+    let answer = client
+        .refund(&RefundCall {
+            refund_id: "rf_log".into(),
+            provider_reference: "REF0000000000000LOG".into(),
+            transaction_no: Some("297553638301777927".into()),
+            reference: None,
+            amount: Minor(100),
+            currency: Currency::from_code("USD").unwrap(),
+            settle_currency: None,
+        })
+        .await;
+    assert_eq!(answer.outcome, refund_gateway::providers::Outcome::Unknown);
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains(&format!("{base}/app-data-search/v3/refund")) && logs.contains("404"),
+        "the URL and the status are logged: {logs}"
+    );
+    assert!(!logs.contains(creds::POCKYT_TOKEN));
+}
