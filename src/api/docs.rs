@@ -74,7 +74,7 @@ pub fn document() -> String {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    if let Ok((pending, oldest)) = state.gateway.store.pending_summary().await {
+    if let Ok((pending, oldest)) = state.gateway.pending_summary().await {
         let age = oldest
             .map(|t| (crate::refunds::now_ms() - t) as f64 / 1000.0)
             .unwrap_or(0.0);

@@ -22,11 +22,8 @@ pub async fn healthz() -> Json<Value> {
         (status = 503, description = "`database_unavailable`", body = super::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let store = &state.gateway.store;
-    match tokio::time::timeout(Duration::from_secs(2), store.ping()).await {
-        Ok(Ok(())) => Ok(Json(
-            json!({ "status": "ready", "database": store.backend().as_str() }),
-        )),
+    match tokio::time::timeout(Duration::from_secs(2), state.gateway.database_ready()).await {
+        Ok(Ok(backend)) => Ok(Json(json!({ "status": "ready", "database": backend }))),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness check: database unreachable");
             Err(ApiError::new(

@@ -580,8 +580,7 @@ pub async fn get_one(
     }
     let row = state
         .gateway
-        .store
-        .get_refund(&client.name, &id)
+        .refund(&client.name, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("refund"))?;
     let row = if sync && row.status == "pending" {
@@ -769,7 +768,7 @@ pub async fn list(
             errors.add("starting_after", "is not the id of one of your refunds");
             None
         }
-        Some(id) => match state.gateway.store.get_refund(&client.name, id).await? {
+        Some(id) => match state.gateway.refund(&client.name, id).await? {
             Some(r) => Some((r.created_at, r.id)),
             None => {
                 errors.add("starting_after", "is not the id of one of your refunds");
@@ -792,11 +791,7 @@ pub async fn list(
         needs_review_before: needs_review.then(|| state.gateway.review_cutoff()),
         limit,
     };
-    let mut rows = state
-        .gateway
-        .store
-        .list_refunds(Some(&client.name), &filter)
-        .await?;
+    let mut rows = state.gateway.refunds(&client.name, &filter).await?;
     let has_more = rows.len() as i64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(20));
     Ok(Json(RefundList {
@@ -837,8 +832,7 @@ pub async fn receipt(
     }
     let row = state
         .gateway
-        .store
-        .get_refund(&client.name, &id)
+        .refund(&client.name, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("refund"))?;
     let object = RefundObject::from(&row);

@@ -619,6 +619,31 @@ impl Gateway {
         Ok(updated.map(|(r, _)| r).unwrap_or_else(|| row.clone()))
     }
 
+    /// A client's refund.
+    pub async fn refund(&self, client: &str, id: &str) -> Result<Option<RefundRow>, StoreError> {
+        self.store.get_refund(client, id).await
+    }
+
+    /// A client's refunds, newest first.
+    pub async fn refunds(
+        &self,
+        client: &str,
+        filter: &crate::store::ListFilter,
+    ) -> Result<Vec<RefundRow>, StoreError> {
+        self.store.list_refunds(Some(client), filter).await
+    }
+
+    /// Whether the database answers, and which backend it is.
+    pub async fn database_ready(&self) -> Result<&'static str, StoreError> {
+        self.store.ping().await?;
+        Ok(self.store.backend().as_str())
+    }
+
+    /// Pending refunds: how many, and since when the oldest (for the metrics).
+    pub async fn pending_summary(&self) -> Result<(i64, Option<i64>), StoreError> {
+        self.store.pending_summary().await
+    }
+
     /// A refund's history, oldest first; `None` if it is not the client's
     /// (`client`: `None` for operators, who see every client's).
     pub async fn history(
