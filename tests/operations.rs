@@ -61,6 +61,14 @@ fn openapi_documents_every_endpoint_and_error() {
             }
         }
     }
+    // Operation ids are unique (the OpenAPI validator and client generators need it).
+    let mut ids = std::collections::BTreeSet::new();
+    for item in paths.values() {
+        for op in item.as_object().unwrap().values() {
+            let id = op["operationId"].as_str().unwrap_or_default().to_string();
+            assert!(ids.insert(id.clone()), "operationId {id} is not unique");
+        }
+    }
     // Each provider's webhook body is documented in its own shape.
     assert!(
         doc["paths"]["/ipn/pockyt"]["post"]["requestBody"]["content"]

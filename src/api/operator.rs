@@ -26,6 +26,7 @@ pub struct ReviewQueue {
 #[utoipa::path(
     get,
     path = "/v1/operator/review",
+    operation_id = "operator_review",
     tag = "operator",
     responses(
         (status = 200, description = "Refunds that need a person (every client's), newest first, at most 100", body = ReviewQueue),
@@ -53,6 +54,7 @@ pub async fn review(
 #[utoipa::path(
     get,
     path = "/v1/operator/refunds/{id}/events",
+    operation_id = "operator_refund_events",
     tag = "operator",
     params(("id" = String, Path, description = "Refund id")),
     responses(
@@ -78,6 +80,7 @@ pub async fn events(
 #[utoipa::path(
     post,
     path = "/v1/operator/refunds/{id}/sync",
+    operation_id = "operator_sync",
     tag = "operator",
     params(("id" = String, Path, description = "Refund id")),
     responses(
@@ -118,6 +121,7 @@ pub struct ResolveBody {
 #[utoipa::path(
     post,
     path = "/v1/operator/refunds/{id}/resolve",
+    operation_id = "operator_resolve",
     tag = "operator",
     params(("id" = String, Path, description = "Refund id")),
     request_body(content = ResolveBody, content_type = "application/json"),
