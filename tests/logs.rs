@@ -1,6 +1,7 @@
 //! No secret, token, key or full signature material appears in any log line
 //! across full refund flows on both providers (logs captured at TRACE).
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::io::Write;

@@ -5,14 +5,12 @@
 //! sandbox; a shared clock plays pauses of any length; a pause hook freezes a
 //! request between any two of its steps. Every test runs on both backends.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use md5::{Digest, Md5};
 use refund_gateway::config::{Account, Client, Config};
 use refund_gateway::money::{Currency, Minor};

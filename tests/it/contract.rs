@@ -3,12 +3,10 @@
 //! and the differences between our sandbox and the real servers, each with a
 //! test of its own.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use refund_gateway::money::{Currency, Minor};
 use refund_gateway::providers::pay10::crypto::EncryptionKey;
 use refund_gateway::providers::pay10::{Pay10Account, Pay10Client};

@@ -1,14 +1,12 @@
 //! Proof under faults: a fault mix under load, exclusive reconciliation
 //! leases across processes, a database outage, and fuzzed public endpoints.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 type Op<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
@@ -234,7 +232,7 @@ impl CuttableProxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_outage_is_reported_and_survived() {
-    if !common::postgres_or_skip("database_outage_is_reported_and_survived").await {
+    if !crate::common::postgres_or_skip("database_outage_is_reported_and_survived").await {
         return;
     }
     let direct = fresh_db(Db::Postgres).await;

@@ -1,12 +1,10 @@
 //! The edges a hostile network reaches: bytes the database refuses, odd
 //! headers, slow and idle connections, a connection cap.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// NUL and other bytes Postgres refuses in text, over-long ids and cursors:
 /// 4xx problems, never 500 (both backends).

@@ -2,11 +2,9 @@
 //! history, and operator resolutions that only apply what the provider's
 //! records prove, each recorded with who, when, what and why.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 

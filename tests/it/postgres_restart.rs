@@ -4,12 +4,10 @@
 //! the suite. The same drill runs in the suite through a cuttable proxy
 //! (`tests/reliability.rs`).
 
-mod common;
-
 use std::process::Command;
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 
 fn cluster_version() -> String {
     std::fs::read_dir("/etc/postgresql")

@@ -1,8 +1,6 @@
 //! Operators' surface: the OpenAPI document, /docs, /metrics.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 #[test]

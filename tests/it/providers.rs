@@ -1,11 +1,9 @@
 //! Each adapter against the sandbox over a real socket, one test per outcome,
 //! and transport faults the sandbox cannot make against wiremock / a raw socket.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{fast_sandbox, spawn_sandbox};
+use crate::common::{fast_sandbox, spawn_sandbox};
 use refund_gateway::money::{Currency, Minor};
 use refund_gateway::providers::pay10::{Pay10Account, Pay10Client};
 use refund_gateway::providers::pockyt::{PockytAccount, PockytClient};
@@ -57,7 +55,7 @@ fn pay10(base: &str) -> Pay10Client {
 }
 
 async fn sale(base: &str, provider: &str, body: Value) -> Value {
-    common::sale_at(&reqwest::Client::new(), base, provider, body).await
+    crate::common::sale_at(&reqwest::Client::new(), base, provider, body).await
 }
 
 fn call(transaction_no: &str, reference: Option<&str>, amount: i64, currency: &str) -> RefundCall {

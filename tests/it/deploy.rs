@@ -1,8 +1,6 @@
 //! No Docker engine runs here, so the Dockerfile and compose file are checked
 //! against the real binary: its flags, env vars, subcommands and health probe.
 
-mod common;
-
 use std::process::Command;
 
 fn read(name: &str) -> String {
@@ -112,7 +110,8 @@ fn compose_config_loads_and_matches_its_documented_key() {
 
 #[tokio::test]
 async fn the_healthcheck_probe_tells_up_from_down() {
-    let app = common::spawn_app(&common::fresh_db(common::Db::Sqlite).await).await;
+    let app =
+        crate::common::spawn_app(&crate::common::fresh_db(crate::common::Db::Sqlite).await).await;
     let url = format!("{}/healthz", app.base);
     let probe = tokio::task::spawn_blocking(move || run(&["probe", &url]).0)
         .await
@@ -127,13 +126,13 @@ async fn the_healthcheck_probe_tells_up_from_down() {
 
 #[tokio::test]
 async fn migrate_subcommand_prepares_both_backends() {
-    for db in [common::Db::Sqlite, common::Db::Postgres] {
-        if db == common::Db::Postgres
-            && !common::postgres_or_skip("migrate_subcommand_prepares_both_backends").await
+    for db in [crate::common::Db::Sqlite, crate::common::Db::Postgres] {
+        if db == crate::common::Db::Postgres
+            && !crate::common::postgres_or_skip("migrate_subcommand_prepares_both_backends").await
         {
             continue;
         }
-        let url = common::fresh_db(db).await;
+        let url = crate::common::fresh_db(db).await;
         let out = tokio::task::spawn_blocking({
             let url = url.clone();
             move || {

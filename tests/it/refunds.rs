@@ -1,10 +1,8 @@
 //! The refund API through its public HTTP interface, on SQLite and Postgres.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 async fn full_and_partial_refunds(db: Db) {
@@ -638,7 +636,7 @@ both_backends!(
 /// and one sandbox: competing and duplicate requests spread across both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_one_postgres() {
-    if !common::postgres_or_skip("two_instances_share_one_postgres").await {
+    if !crate::common::postgres_or_skip("two_instances_share_one_postgres").await {
         return;
     }
     let (sandbox_url, sandbox) = spawn_sandbox(fast_sandbox()).await;

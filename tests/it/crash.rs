@@ -1,12 +1,10 @@
 //! Crash tests with real processes: the sandbox and the gateway run as the
 //! real binary; the gateway is SIGKILLed while the provider is still answering.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{fresh_db, Db};
+use crate::common::{fresh_db, Db};
 use serde_json::{json, Value};
 
 const KEY: &str = "sk_crash_test";
@@ -251,7 +249,7 @@ async fn sigkill_mid_call_then_restart_on_sqlite() {
 
 #[tokio::test]
 async fn sigkill_one_of_two_gateways_on_postgres() {
-    if !common::postgres_or_skip("sigkill_one_of_two_gateways_on_postgres").await {
+    if !crate::common::postgres_or_skip("sigkill_one_of_two_gateways_on_postgres").await {
         return;
     }
     let http = reqwest::Client::new();

@@ -1,12 +1,10 @@
 //! After the call: webhooks, reconciliation, receipts and receipt emails,
 //! on SQLite and Postgres.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use refund_gateway::providers::{pay10::crypto as p10, pockyt::crypto as pk};
 use refund_gateway::sandbox::demo_credentials as creds;
 use serde_json::{json, Value};
