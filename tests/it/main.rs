@@ -19,3 +19,4 @@ mod postgres_restart;
 mod providers;
 mod refunds;
 mod reliability;
+mod upgrade;
