@@ -67,25 +67,13 @@ pub fn raise_fd_limit() -> Option<u64> {
         };
         // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
         unsafe {
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-                return None;
-            }
-            if lim.rlim_cur < lim.rlim_max {
-                let raised = libc::rlimit {
-                    rlim_cur: lim.rlim_max,
-                    rlim_max: lim.rlim_max,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                    lim = raised;
-                }
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+                lim.rlim_cur = lim.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
             }
         }
-        Some(lim.rlim_cur)
     }
-    #[cfg(not(unix))]
-    {
-        None
-    }
+    fd_limit()
 }
 
 fn fd_limit() -> Option<u64> {

@@ -80,6 +80,9 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             .unwrap_or(0.0);
         crate::metrics::reconciliation(pending, age);
     }
+    if let Ok(n) = state.gateway.review_count().await {
+        crate::metrics::review_queue(n);
+    }
     let handle = crate::metrics::handle();
     handle.run_upkeep();
     (

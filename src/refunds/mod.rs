@@ -639,6 +639,11 @@ impl Gateway {
         Ok(self.store.backend().as_str())
     }
 
+    /// How many refunds need a person (for the metrics).
+    pub async fn review_count(&self) -> Result<i64, StoreError> {
+        self.store.review_count(self.review_cutoff()).await
+    }
+
     /// Pending refunds: how many, and since when the oldest (for the metrics).
     pub async fn pending_summary(&self) -> Result<(i64, Option<i64>), StoreError> {
         self.store.pending_summary().await

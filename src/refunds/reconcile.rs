@@ -63,9 +63,6 @@ pub async fn run(gateway: Arc<Gateway>, mut shutdown: tokio::sync::watch::Receiv
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "reconciliation pass failed"),
         }
-        if let Ok(n) = gateway.store.review_count(gateway.review_cutoff()).await {
-            crate::metrics::review_queue(n);
-        }
         if let Err(e) = gateway.retry_unmatched_events().await {
             tracing::warn!(error = %e, "retrying waiting webhooks failed");
         }

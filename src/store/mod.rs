@@ -105,6 +105,14 @@ pub fn redact_url(raw: &str) -> String {
     url.to_string()
 }
 
+/// `$first, $first+1, ...`: `n` bind placeholders for an `IN (...)` list.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The history line an update adds, if it changes what a reader sees: the
 /// status, the provider's status or code, a review flag, or an operator's note.
 fn event_for(current: &RefundRow, u: &RefundUpdate) -> Option<RefundEvent> {
@@ -1021,10 +1029,7 @@ impl Store {
         if accounts.is_empty() || (provider_refund_id.is_none() && provider_reference.is_none()) {
             return Ok(None);
         }
-        let list = (0..accounts.len())
-            .map(|i| format!("${}", i + 3))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let list = placeholders(3, accounts.len());
         let sql = format!(
             "SELECT * FROM ({SELECT_REFUND} WHERE provider_reference = $2 AND account IN ({list}) \
              UNION ALL {SELECT_REFUND} WHERE provider_refund_id = $1 AND account IN ({list})) AS m LIMIT 1"
@@ -1048,10 +1053,7 @@ impl Store {
         if accounts.is_empty() {
             return Ok(vec![]);
         }
-        let list = (0..accounts.len())
-            .map(|i| format!("${}", i + 2))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let list = placeholders(2, accounts.len());
         let sql = format!(
             "SELECT id FROM refunds WHERE transaction_no = $1 AND status = 'pending' AND account IN ({list})"
         );
