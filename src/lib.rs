@@ -14,6 +14,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tools;
+pub mod types;
 
 use std::future::Future;
 use std::net::SocketAddr;

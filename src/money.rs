@@ -120,6 +120,20 @@ impl Serialize for Currency {
     }
 }
 
+impl TryFrom<String> for Currency {
+    type Error = MoneyError;
+    fn try_from(s: String) -> Result<Self, MoneyError> {
+        Currency::from_code(&s)
+    }
+}
+
+impl TryFrom<i64> for Minor {
+    type Error = MoneyError;
+    fn try_from(v: i64) -> Result<Self, MoneyError> {
+        Minor::new(v).ok_or(MoneyError::NotPositive)
+    }
+}
+
 impl<'de> Deserialize<'de> for Currency {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -127,14 +141,38 @@ impl<'de> Deserialize<'de> for Currency {
     }
 }
 
-/// An amount in the currency's minor units (cents). Always non-negative in practice.
+/// An amount in the currency's minor units (cents), never negative. Made
+/// by [`Currency::parse_amount`] from a decimal string, or by [`Minor::new`]
+/// from a count the gateway or a provider already holds in minor units.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
-#[serde(transparent)]
-pub struct Minor(pub i64);
+#[serde(into = "i64", try_from = "i64")]
+pub struct Minor(i64);
+
+impl From<Minor> for i64 {
+    fn from(m: Minor) -> i64 {
+        m.0
+    }
+}
+
+/// Minor units as the integer they are (`1050`); [`Currency::format`] writes money.
+impl fmt::Display for Minor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
 
 impl Minor {
+    /// `None` for a negative count.
+    pub fn new(minor: i64) -> Option<Self> {
+        (minor >= 0).then_some(Minor(minor))
+    }
+
+    pub fn get(&self) -> i64 {
+        self.0
+    }
+
     /// The last two minor digits, which drive the sandbox's magic amounts.
     pub fn last_two_digits(&self) -> i64 {
         self.0 % 100

@@ -134,7 +134,7 @@ async fn provider_http_errors_name_the_url_and_status() {
             provider_reference: "REF0000000000000LOG".into(),
             transaction_no: Some("297553638301777927".into()),
             reference: None,
-            amount: Minor(100),
+            amount: Minor::new(100).unwrap(),
             currency: Currency::from_code("USD").unwrap(),
             settle_currency: None,
         })

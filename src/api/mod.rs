@@ -6,6 +6,7 @@ pub mod error;
 pub mod health;
 pub mod ipn;
 pub mod operator;
+pub mod parse;
 pub mod refunds;
 
 use std::sync::Arc;

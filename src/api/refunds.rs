@@ -7,149 +7,111 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
-use serde_json::{Map, Value};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::parse::{self, AmountText, Email, Filter, Flag, Limit, Metadata, Text, TimeParam};
 use super::{ApiError, AppState, Authed};
 use crate::money::{Currency, MoneyError};
 use crate::providers::ProviderKind;
 use crate::refunds::{Created, NewRefund, RefundObject};
-use crate::store::ListFilter;
+use crate::store::{ListFilter, RefundId, Status};
 
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 
-const FIELDS: &[&str] = &[
-    "provider",
-    "transaction_no",
-    "reference",
-    "amount",
-    "currency",
-    "settle_currency",
-    "refund_reference",
-    "reason",
-    "receipt_email",
-    "metadata",
-];
-
-/// The body of `POST /v1/refunds` (validated field by field; unknown fields are refused).
-#[allow(dead_code)] // describes the wire format for the OpenAPI document; parsing is in `validate`
-#[derive(utoipa::ToSchema)]
+/// The body of `POST /v1/refunds`: parsed by serde into checked types (the
+/// same struct describes it to the OpenAPI document); unknown fields are refused.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"provider": "pockyt", "transaction_no": "297553638301777927", "amount": "10.50", "currency": "USD", "refund_reference": "pos-7-0042", "reason": "customer return"}))]
 pub struct CreateRefundBody {
     /// `pockyt` or `pay10`.
-    #[schema(pattern = "^(pockyt|pay10)$", example = "pockyt")]
-    provider: String,
+    #[schema(value_type = String, pattern = "^(pockyt|pay10)$", example = "pockyt")]
+    provider: ProviderKind,
     /// Provider's id of the sale: Pockyt `transactionNo`, Pay10 `PG_REF_NUM` (digits). Pockyt: this or `reference`; Pay10: required.
-    transaction_no: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>, max_length = 64)]
+    transaction_no: Option<Text<64>>,
     /// Merchant's id of the sale: Pockyt `reference`, Pay10 `ORDER_ID` (required for Pay10).
-    reference: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>, max_length = 64)]
+    reference: Option<Text<64>>,
     /// Decimal string in major units, > 0, at most the currency's minor digits. Never a JSON number.
-    #[schema(example = "10.50", pattern = "^[0-9]{1,15}(\\.[0-9]{1,4})?$")]
-    amount: String,
+    #[schema(value_type = String, example = "10.50", pattern = "^[0-9]{1,15}(\\.[0-9]{1,4})?$")]
+    amount: AmountText,
     /// ISO 4217 alpha code; must match the sale where known.
-    #[schema(example = "USD", pattern = "^[A-Z]{3}$")]
-    currency: String,
+    #[schema(value_type = String, example = "USD", pattern = "^[A-Z]{3}$")]
+    currency: Currency,
     /// Pockyt only: the currency the sale settles in; taken from the sale when absent.
-    #[schema(pattern = "^[A-Z]{3}$")]
-    settle_currency: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>, pattern = "^[A-Z]{3}$")]
+    settle_currency: Option<Currency>,
     /// The POS's own id for this refund; unique per client and acts as an idempotency key.
-    refund_reference: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>, max_length = 255)]
+    refund_reference: Option<Text<255>>,
     /// At most 255 characters.
-    reason: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>, max_length = 255)]
+    reason: Option<Text<255>>,
     /// Where the receipt is emailed once the refund succeeds. Only when the gateway has SMTP configured: otherwise it is accepted and no email is sent (the start-up summary says so).
-    receipt_email: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>, max_length = 254)]
+    receipt_email: Option<Email>,
     /// At most 20 string values, echoed back.
-    metadata: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    metadata: Option<Metadata>,
 }
 
-/// Filters and pagination of `GET /v1/refunds`.
-#[allow(dead_code)] // describes the query for the OpenAPI document; parsing is in `list`
-#[derive(utoipa::IntoParams)]
+/// Filters and pagination of `GET /v1/refunds` (parsed by serde; unknown filters are refused).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    #[param(max_length = 255)]
-    transaction_no: Option<String>,
-    #[param(max_length = 255)]
-    reference: Option<String>,
-    #[param(max_length = 255)]
-    refund_reference: Option<String>,
+    #[param(value_type = Option<String>, max_length = 255)]
+    transaction_no: Option<Filter>,
+    #[param(value_type = Option<String>, max_length = 255)]
+    reference: Option<Filter>,
+    #[param(value_type = Option<String>, max_length = 255)]
+    refund_reference: Option<Filter>,
     /// `pending`, `succeeded` or `failed`.
-    #[param(pattern = "^(pending|succeeded|failed)$")]
-    status: Option<String>,
+    #[param(value_type = Option<String>, pattern = "^(pending|succeeded|failed)$")]
+    status: Option<Status>,
     /// `pockyt` or `pay10`.
-    #[param(pattern = "^(pockyt|pay10)$")]
-    provider: Option<String>,
+    #[param(value_type = Option<String>, pattern = "^(pockyt|pay10)$")]
+    provider: Option<ProviderKind>,
     /// RFC 3339 time or Unix seconds, inclusive.
     #[param(
+        value_type = Option<String>,
         pattern = "^(-?[0-9]{1,12}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
     )]
-    created_from: Option<String>,
+    created_from: Option<TimeParam>,
     /// RFC 3339 time or Unix seconds, inclusive.
     #[param(
+        value_type = Option<String>,
         pattern = "^(-?[0-9]{1,12}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
     )]
-    created_to: Option<String>,
+    created_to: Option<TimeParam>,
     /// 1-100, default 20.
-    #[param(minimum = 1, maximum = 100)]
-    limit: Option<i64>,
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    limit: Option<Limit>,
     /// The id of one of your refunds: the page starts after it (newest first).
-    #[param(pattern = "^rf_[0-9A-Z]{26}$")]
-    starting_after: Option<String>,
+    #[param(value_type = Option<String>, pattern = "^rf_[0-9A-Z]{26}$")]
+    starting_after: Option<RefundId>,
     /// Only refunds that need a person: flagged for review, or pending longer
     /// than `review_after_ms` (each with its `review_reason`).
-    needs_review: Option<bool>,
+    #[param(value_type = Option<bool>)]
+    needs_review: Option<Flag>,
 }
 
-#[derive(Default)]
-struct Errors(BTreeMap<String, Vec<String>>);
-
-impl Errors {
-    fn add(&mut self, field: &str, msg: impl Into<String>) {
-        self.0
-            .entry(field.to_string())
-            .or_default()
-            .push(msg.into());
-    }
-}
-
-/// A string field: `None` when absent or null; an error when of another type or too long.
-fn string_field(
-    obj: &Map<String, Value>,
-    name: &str,
-    max: usize,
-    errors: &mut Errors,
-) -> Option<String> {
-    match obj.get(name) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.trim().is_empty() => {
-            errors.add(name, "must not be empty");
-            None
-        }
-        Some(Value::String(s)) if s.chars().count() > max => {
-            errors.add(name, format!("must be at most {max} characters"));
-            None
-        }
-        Some(Value::String(s)) if s.chars().any(char::is_control) => {
-            errors.add(name, "must not contain control characters");
-            None
-        }
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => {
-            errors.add(name, "must be a string");
-            None
-        }
-    }
-}
-
-/// An address the mailer can send to: parsed by `lettre` (the crate that
-/// sends it), and with a dot in its domain (no bare hosts on a receipt).
-fn is_email(s: &str) -> bool {
-    s.parse::<lettre::Address>()
-        .is_ok_and(|a| a.domain().contains('.') && !a.domain().ends_with('.'))
+/// The query of `GET /v1/refunds/{id}` (other parameters are ignored).
+#[derive(Debug, Deserialize)]
+struct GetQuery {
+    sync: Option<Flag>,
 }
 
 #[derive(Serialize)]
@@ -166,225 +128,91 @@ struct Fingerprint<'a> {
     metadata: &'a BTreeMap<String, String>,
 }
 
-/// Validates a create body into a [`NewRefund`], collecting every field error.
-pub fn validate(body: &[u8], idempotency_key: Option<String>) -> Result<NewRefund, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_json",
-            format!("the body is not valid JSON: {e}"),
-        )
-    })?;
-    let Value::Object(obj) = value else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_json",
-            "the body must be a JSON object",
-        ));
-    };
-    let mut errors = Errors::default();
-    for k in obj.keys() {
-        if !FIELDS.contains(&k.as_str()) {
-            errors.add(k, "is not a known field");
-        }
-    }
-    let provider = match string_field(&obj, "provider", 20, &mut errors) {
-        Some(p) => match ProviderKind::parse(&p) {
-            Some(k) => Some(k),
-            None => {
-                errors.add("provider", "must be \"pockyt\" or \"pay10\"");
-                None
-            }
-        },
-        None => {
-            if !obj.contains_key("provider") || obj["provider"].is_null() {
-                errors.add("provider", "is required");
-            }
-            None
-        }
-    };
-    let transaction_no = string_field(&obj, "transaction_no", 64, &mut errors);
-    let reference = string_field(&obj, "reference", 64, &mut errors);
-    let currency = match obj.get("currency") {
-        None | Some(Value::Null) => {
-            errors.add("currency", "is required");
-            None
-        }
-        Some(Value::String(c)) => match Currency::from_code(c) {
-            Ok(c) => Some(c),
-            Err(_) => {
-                errors.add("currency", "must be an ISO 4217 alpha code such as \"USD\"");
-                None
-            }
-        },
-        Some(_) => {
-            errors.add("currency", "must be a string");
-            None
-        }
-    };
-    let settle_currency = match obj.get("settle_currency") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(c)) => match Currency::from_code(c) {
-            Ok(c) => Some(c),
-            Err(_) => {
-                errors.add(
-                    "settle_currency",
-                    "must be an ISO 4217 alpha code such as \"USD\"",
-                );
-                None
-            }
-        },
-        Some(_) => {
-            errors.add("settle_currency", "must be a string");
-            None
-        }
-    };
-    let amount = match obj.get("amount") {
-        None | Some(Value::Null) => {
-            errors.add("amount", "is required");
-            None
-        }
-        Some(Value::Number(_)) => {
-            errors.add(
-                "amount",
-                "must be a decimal string such as \"10.50\", never a JSON number",
-            );
-            None
-        }
-        Some(Value::String(s)) => match currency.map(|c| c.parse_amount(s)) {
-            Some(Ok(a)) => Some(a),
-            Some(Err(e @ MoneyError::TooPrecise(_))) => {
-                errors.add(
+impl CreateRefundBody {
+    /// The rules between fields (after each field parsed on its own): the
+    /// amount in the currency's minor digits and within what the provider's
+    /// wire carries, and the sale ids the provider needs. Every broken rule
+    /// is reported at once.
+    fn into_new_refund(self, idempotency_key: Option<String>) -> Result<NewRefund, ApiError> {
+        let mut errors: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut add = |field: &str, msg: String| errors.entry(field.into()).or_default().push(msg);
+        let provider = self.provider;
+        let transaction_no = self.transaction_no.map(|t| t.0);
+        let reference = self.reference.map(|t| t.0);
+        let amount = match self.currency.parse_amount(&self.amount.0) {
+            Ok(a) if a.get() > provider.max_amount_minor() => {
+                add(
                     "amount",
-                    format!("{e} for {}", currency.map(|c| c.code()).unwrap_or("")),
+                    format!("is larger than {provider} accepts (at most 12 digits in minor units)"),
                 );
                 None
             }
-            Some(Err(e)) => {
-                errors.add("amount", e.to_string());
+            Ok(a) => Some(a),
+            Err(e @ MoneyError::TooPrecise(_)) => {
+                add("amount", format!("{e} for {}", self.currency.code()));
                 None
             }
-            None => None,
-        },
-        Some(_) => {
-            errors.add("amount", "must be a decimal string such as \"10.50\"");
-            None
-        }
-    };
-    let refund_reference = string_field(&obj, "refund_reference", 255, &mut errors);
-    let reason = string_field(&obj, "reason", 255, &mut errors);
-    let receipt_email = string_field(&obj, "receipt_email", 254, &mut errors);
-    if receipt_email.as_deref().is_some_and(|e| !is_email(e)) {
-        errors.add("receipt_email", "must be an email address");
-    }
-    let mut metadata = BTreeMap::new();
-    match obj.get("metadata") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(m)) => {
-            if m.len() > 20 {
-                errors.add("metadata", "may have at most 20 keys");
+            Err(e) => {
+                add("amount", e.to_string());
+                None
             }
-            for (k, v) in m {
-                match v {
-                    Value::String(s)
-                        if k.chars().count() <= 40 && s.chars().count() <= 500 && !k.is_empty() =>
-                    {
-                        metadata.insert(k.clone(), s.clone());
-                    }
-                    Value::String(_) => errors.add(
-                        "metadata",
-                        format!("key {k:?}: keys are 1-40 characters, values at most 500"),
-                    ),
-                    _ => errors.add("metadata", format!("key {k:?}: values must be strings")),
-                }
-            }
+        };
+        for (field, msg) in provider.check_sale_ids(
+            transaction_no.as_deref(),
+            reference.as_deref(),
+            self.settle_currency.is_some(),
+        ) {
+            add(field, msg.into());
         }
-        Some(_) => errors.add("metadata", "must be an object of string values"),
-    }
-    match provider {
-        Some(ProviderKind::Pockyt)
-            if transaction_no.is_none()
-                && reference.is_none()
-                && !errors.0.contains_key("transaction_no")
-                && !errors.0.contains_key("reference") =>
-        {
-            errors.add("transaction_no", "pockyt needs transaction_no or reference");
+        let Some(amount) = amount.filter(|_| errors.is_empty()) else {
+            return Err(ApiError::validation(errors));
+        };
+        let refund_reference = self.refund_reference.map(|t| t.0);
+        if idempotency_key.is_none() && refund_reference.is_none() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "idempotency_key_required",
+                "send an Idempotency-Key header or a refund_reference so retries cannot refund twice",
+            ));
         }
-        Some(ProviderKind::Pay10) => {
-            match &transaction_no {
-                Some(t) if !(t.len() <= 20 && t.bytes().all(|b| b.is_ascii_digit())) => {
-                    errors.add("transaction_no", "pay10 PG_REF_NUM is digits only")
-                }
-                None if !errors.0.contains_key("transaction_no") => {
-                    errors.add("transaction_no", "is required for pay10 (PG_REF_NUM)")
-                }
-                _ => {}
-            }
-            match &reference {
-                Some(r) if r.len() > 50 => {
-                    errors.add("reference", "pay10 ORDER_ID is at most 50 characters")
-                }
-                None if !errors.0.contains_key("reference") => {
-                    errors.add("reference", "is required for pay10 (ORDER_ID)")
-                }
-                _ => {}
-            }
-            if settle_currency.is_some() {
-                errors.add("settle_currency", "applies to pockyt only");
-            }
-        }
-        _ => {}
-    }
-    if let (Some(p), Some(a)) = (provider, amount) {
-        if a.0 > p.max_amount_minor() {
-            errors.add(
-                "amount",
-                format!("is larger than {p} accepts (at most 12 digits in minor units)"),
-            );
-        }
-    }
-    if !errors.0.is_empty() {
-        return Err(ApiError::validation(errors.0));
-    }
-    let (Some(provider), Some(amount), Some(currency)) = (provider, amount, currency) else {
-        return Err(ApiError::validation(errors.0));
-    };
-    if idempotency_key.is_none() && refund_reference.is_none() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "idempotency_key_required",
-            "send an Idempotency-Key header or a refund_reference so retries cannot refund twice",
+        let reason = self.reason.map(|t| t.0);
+        let receipt_email = self.receipt_email.map(|e| e.0);
+        let metadata = self.metadata.unwrap_or_default().0;
+        let fingerprint = Fingerprint {
+            provider: provider.as_str(),
+            transaction_no: &transaction_no,
+            reference: &reference,
+            amount_minor: amount.get(),
+            currency: self.currency.code(),
+            settle_currency: self.settle_currency.map(|c| c.code()),
+            refund_reference: &refund_reference,
+            reason: &reason,
+            receipt_email: &receipt_email,
+            metadata: &metadata,
+        };
+        let request_hash = hex::encode(Sha256::digest(
+            serde_json::to_vec(&fingerprint).unwrap_or_default(),
         ));
+        Ok(NewRefund {
+            provider,
+            transaction_no,
+            reference,
+            amount,
+            currency: self.currency,
+            settle_currency: self.settle_currency,
+            refund_reference,
+            reason,
+            receipt_email,
+            metadata,
+            idempotency_key,
+            request_hash,
+        })
     }
-    let fingerprint = Fingerprint {
-        provider: provider.as_str(),
-        transaction_no: &transaction_no,
-        reference: &reference,
-        amount_minor: amount.0,
-        currency: currency.code(),
-        settle_currency: settle_currency.map(|c| c.code()),
-        refund_reference: &refund_reference,
-        reason: &reason,
-        receipt_email: &receipt_email,
-        metadata: &metadata,
-    };
-    let request_hash = hex::encode(Sha256::digest(
-        serde_json::to_vec(&fingerprint).unwrap_or_default(),
-    ));
-    Ok(NewRefund {
-        provider,
-        transaction_no,
-        reference,
-        amount,
-        currency,
-        settle_currency,
-        refund_reference,
-        reason,
-        receipt_email,
-        metadata,
-        idempotency_key,
-        request_hash,
-    })
+}
+
+/// Parses a create body into a [`NewRefund`].
+pub fn validate(body: &[u8], idempotency_key: Option<String>) -> Result<NewRefund, ApiError> {
+    parse::json::<CreateRefundBody>(body)?.into_new_refund(idempotency_key)
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -473,7 +301,7 @@ pub async fn create(
         })??;
     Ok(match created {
         Created::New(row) => {
-            crate::metrics::refund_created(&row.provider, row.status.as_str());
+            crate::metrics::refund_created(row.provider.as_str(), row.status.as_str());
             let body = row.response_body.clone().unwrap_or_else(|| {
                 serde_json::to_string(&RefundObject::from(&row)).unwrap_or_default()
             });
@@ -519,29 +347,6 @@ fn is_refund_id(id: &str) -> bool {
     id.len() == 29 && id.starts_with("rf_") && id[3..].bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// A text filter is printable and at most 255 characters.
-fn check_text_filter(name: &str, v: &str, errors: &mut Errors) {
-    if v.chars().count() > 255 || v.chars().any(char::is_control) {
-        errors.add(
-            name,
-            "must be at most 255 characters with no control characters",
-        );
-    }
-}
-
-fn query_map(raw: Option<String>) -> Result<BTreeMap<String, String>, ApiError> {
-    let raw = raw.unwrap_or_default();
-    serde_urlencoded::from_str::<Vec<(String, String)>>(&raw)
-        .map(|v| v.into_iter().collect())
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_query",
-                "the query string is malformed",
-            )
-        })
-}
-
 #[utoipa::path(
     get,
     path = "/v1/refunds/{id}",
@@ -564,17 +369,8 @@ pub async fn get_one(
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<RefundObject>, ApiError> {
-    let q = query_map(raw)?;
-    let sync = match q.get("sync").map(String::as_str) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(_) => {
-            return Err(ApiError::validation(BTreeMap::from([(
-                "sync".to_string(),
-                vec!["must be true or false".to_string()],
-            )])))
-        }
-    };
+    let q: GetQuery = parse::query(raw.as_deref())?;
+    let sync = q.sync.unwrap_or_default().0;
     if !is_refund_id(&id) {
         return Err(ApiError::not_found("refund"));
     }
@@ -583,7 +379,7 @@ pub async fn get_one(
         .refund(&client.name, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("refund"))?;
-    let row = if sync && row.status == "pending" {
+    let row = if sync && row.status == Status::Pending {
         state.gateway.sync(&row).await?
     } else {
         row
@@ -624,9 +420,9 @@ pub(crate) fn events_json(events: Vec<crate::store::RefundEvent>) -> RefundEvent
             .into_iter()
             .map(|e| RefundEventObject {
                 at: crate::refunds::object::rfc3339(e.at),
-                source: e.source,
-                status: e.status,
-                previous_status: e.previous_status,
+                source: e.source.as_str().into(),
+                status: e.status.as_str().into(),
+                previous_status: e.previous_status.map(|s| s.as_str().into()),
                 provider_code: e.provider_code,
                 provider_status: e.provider_status,
                 detail: e.detail,
@@ -673,20 +469,6 @@ pub struct RefundList {
     pub has_more: bool,
 }
 
-fn parse_time(field: &str, v: &str, errors: &mut Errors) -> Option<i64> {
-    let digits = v.strip_prefix('-').unwrap_or(v);
-    if (1..=12).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
-        return v.parse::<i64>().ok().map(|secs| secs.saturating_mul(1000));
-    }
-    match time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339) {
-        Ok(t) => Some(i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)),
-        Err(_) => {
-            errors.add(field, "must be an RFC 3339 time or Unix seconds");
-            None
-        }
-    }
-}
-
 #[utoipa::path(
     get,
     path = "/v1/refunds",
@@ -704,91 +486,34 @@ pub async fn list(
     Authed(client): Authed,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<RefundList>, ApiError> {
-    let q = query_map(raw)?;
-    let mut errors = Errors::default();
-    let known = [
-        "transaction_no",
-        "reference",
-        "refund_reference",
-        "status",
-        "provider",
-        "created_from",
-        "created_to",
-        "limit",
-        "starting_after",
-        "needs_review",
-    ];
-    for k in q.keys() {
-        if !known.contains(&k.as_str()) {
-            errors.add(k, "is not a known filter");
-        }
-    }
-    let limit = match q.get("limit") {
-        None => 20,
-        Some(l) => match l.parse::<i64>() {
-            Ok(n) if (1..=100).contains(&n) => n,
-            _ => {
-                errors.add("limit", "must be a whole number from 1 to 100");
-                20
-            }
-        },
-    };
-    if let Some(s) = q.get("status") {
-        if !["pending", "succeeded", "failed"].contains(&s.as_str()) {
-            errors.add("status", "must be pending, succeeded or failed");
-        }
-    }
-    if let Some(p) = q.get("provider") {
-        if ProviderKind::parse(p).is_none() {
-            errors.add("provider", "must be pockyt or pay10");
-        }
-    }
-    let needs_review = match q.get("needs_review").map(String::as_str) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(_) => {
-            errors.add("needs_review", "must be true or false");
-            false
-        }
-    };
-    let created_from = q
-        .get("created_from")
-        .and_then(|v| parse_time("created_from", v, &mut errors));
-    let created_to = q
-        .get("created_to")
-        .and_then(|v| parse_time("created_to", v, &mut errors));
-    for name in ["transaction_no", "reference", "refund_reference"] {
-        if let Some(v) = q.get(name) {
-            check_text_filter(name, v, &mut errors);
-        }
-    }
-    let after = match q.get("starting_after") {
+    let q: ListQuery = parse::query(raw.as_deref())?;
+    let limit = q.limit.unwrap_or_default().0;
+    let after = match &q.starting_after {
         None => None,
-        Some(id) if !is_refund_id(id) => {
-            errors.add("starting_after", "is not the id of one of your refunds");
-            None
-        }
         Some(id) => match state.gateway.refund(&client.name, id).await? {
             Some(r) => Some((r.created_at, r.id)),
             None => {
-                errors.add("starting_after", "is not the id of one of your refunds");
-                None
+                return Err(ApiError::validation(BTreeMap::from([(
+                    "starting_after".to_string(),
+                    vec!["is not the id of one of your refunds".to_string()],
+                )])))
             }
         },
     };
-    if !errors.0.is_empty() {
-        return Err(ApiError::validation(errors.0));
-    }
     let filter = ListFilter {
-        transaction_no: q.get("transaction_no").cloned(),
-        reference: q.get("reference").cloned(),
-        refund_reference: q.get("refund_reference").cloned(),
-        status: q.get("status").cloned(),
-        provider: q.get("provider").cloned(),
-        created_from,
-        created_to,
+        transaction_no: q.transaction_no.map(|f| f.0),
+        reference: q.reference.map(|f| f.0),
+        refund_reference: q.refund_reference.map(|f| f.0),
+        status: q.status,
+        provider: q.provider,
+        created_from: q.created_from.map(|t| t.0),
+        created_to: q.created_to.map(|t| t.0),
         after,
-        needs_review_before: needs_review.then(|| state.gateway.review_cutoff()),
+        needs_review_before: q
+            .needs_review
+            .unwrap_or_default()
+            .0
+            .then(|| state.gateway.review_cutoff()),
         limit,
     };
     let mut rows = state.gateway.refunds(&client.name, &filter).await?;

@@ -316,46 +316,29 @@ where
 
 /// A refund row like the gateway writes for a 1.00 USD Pockyt refund.
 fn floor_row(n: u64) -> refund_gateway::store::RefundRow {
+    use refund_gateway::store::{Currency, Minor, NewRefundRow, ProviderKind, RefundId, RefundRow};
     let now = refund_gateway::refunds::now_ms();
-    let id = format!("rf_floor_{n}_{}", ulid::Ulid::new());
-    refund_gateway::store::RefundRow {
-        id: id.clone(),
-        client: "floor".into(),
-        account: "floor".into(),
-        provider: "pockyt".into(),
-        livemode: 0,
-        status: refund_gateway::store::Status::Pending,
-        amount_minor: 100,
-        currency: "USD".into(),
-        settle_currency: Some("USD".into()),
-        transaction_no: id.clone(),
+    let id = RefundId::generate();
+    let usd = Currency::from_code("USD").expect("USD is a currency");
+    RefundRow {
+        settle_currency: Some(usd),
         reference: Some(format!("ref{n}")),
-        refund_reference: None,
-        provider_reference: id.clone(),
-        provider_refund_id: None,
-        provider_status: None,
-        provider_code: None,
-        provider_message: None,
-        failure_code: None,
-        failure_message: None,
-        reason: None,
-        receipt_email: None,
-        metadata: "{}".into(),
-        idempotency_key: Some(id),
-        request_hash: "0".repeat(64),
-        submission: refund_gateway::store::Submission::Prepared,
-        response_code: None,
-        response_body: None,
+        idempotency_key: Some(id.to_string()),
         inflight_until: Some(now + 32_000),
-        check_attempts: 0,
         next_check_at: Some(now + 32_000),
-        lease_until: None,
-        review_reason: None,
-        send_by: None,
-        not_found_streak: 0,
-        created_at: now,
-        updated_at: now,
-        version: 0,
+        ..RefundRow::recorded(NewRefundRow {
+            client: "floor".into(),
+            account: "floor".into(),
+            provider: ProviderKind::Pockyt,
+            livemode: false,
+            amount: Minor::new(100).expect("positive"),
+            currency: usd,
+            transaction_no: id.to_string(),
+            provider_reference: id.to_string(),
+            request_hash: "0".repeat(64),
+            id,
+            now,
+        })
     }
 }
 
@@ -487,7 +470,7 @@ async fn run_bench(args: Args) -> anyhow::Result<()> {
                     provider_reference: tx[..18.min(tx.len())].to_string(),
                     transaction_no: Some(tx),
                     reference: None,
-                    amount: Minor(100),
+                    amount: Minor::new(100).expect("positive"),
                     currency: usd,
                     settle_currency: None,
                 };

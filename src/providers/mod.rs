@@ -5,40 +5,58 @@ pub mod pay10;
 pub mod pockyt;
 
 use std::collections::BTreeMap;
-use std::fmt;
+
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::money::{Currency, Minor};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
-    Pockyt,
-    Pay10,
-}
+pub use crate::types::ProviderKind;
 
+/// What each provider's protocol allows and means.
 impl ProviderKind {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            ProviderKind::Pockyt => "pockyt",
-            ProviderKind::Pay10 => "pay10",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "pockyt" => Some(ProviderKind::Pockyt),
-            "pay10" => Some(ProviderKind::Pay10),
-            _ => None,
-        }
-    }
-
     /// Whether the provider can be asked about the original sale before a
     /// refund (and so confirms its amount and currency).
     pub fn has_sale_lookup(&self) -> bool {
         matches!(self, ProviderKind::Pockyt)
+    }
+
+    /// What the provider needs to find the sale, and which fields it takes:
+    /// each broken rule as (field, message).
+    pub fn check_sale_ids(
+        &self,
+        transaction_no: Option<&str>,
+        reference: Option<&str>,
+        has_settle_currency: bool,
+    ) -> Vec<(&'static str, &'static str)> {
+        let mut broken = vec![];
+        match self {
+            ProviderKind::Pockyt if transaction_no.is_none() && reference.is_none() => {
+                broken.push(("transaction_no", "pockyt needs transaction_no or reference"));
+            }
+            ProviderKind::Pockyt => {}
+            ProviderKind::Pay10 => {
+                match transaction_no {
+                    Some(t) if !(t.len() <= 20 && t.bytes().all(|b| b.is_ascii_digit())) => {
+                        broken.push(("transaction_no", "pay10 PG_REF_NUM is digits only"))
+                    }
+                    None => broken.push(("transaction_no", "is required for pay10 (PG_REF_NUM)")),
+                    _ => {}
+                }
+                match reference {
+                    Some(r) if r.len() > 50 => {
+                        broken.push(("reference", "pay10 ORDER_ID is at most 50 characters"))
+                    }
+                    None => broken.push(("reference", "is required for pay10 (ORDER_ID)")),
+                    _ => {}
+                }
+                if has_settle_currency {
+                    broken.push(("settle_currency", "applies to pockyt only"));
+                }
+            }
+        }
+        broken
     }
 
     /// The largest refund the provider's wire format can carry, in minor units
@@ -59,7 +77,7 @@ impl ProviderKind {
                 && amount.bytes().all(|b| b.is_ascii_digit()))
             .then(|| amount.parse::<i64>().ok())
             .flatten(),
-            _ => currency.parse_amount(amount).ok().map(|m| m.0),
+            _ => currency.parse_amount(amount).ok().map(|m| m.get()),
         }
     }
 
@@ -79,12 +97,6 @@ impl ProviderKind {
             }
             _ => "provider_declined",
         }
-    }
-}
-
-impl fmt::Display for ProviderKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

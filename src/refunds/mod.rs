@@ -23,7 +23,8 @@ use crate::providers::{
     http_client, ProviderClient, ProviderKind, RefundCall, SaleInfo, SaleLookup, StatusQuery,
 };
 use crate::store::{
-    CreateOutcome, EventSource, RefundEvent, RefundRow, RefundUpdate, SaleTerms, Store, StoreError,
+    CreateOutcome, EventSource, NewRefundRow, RefundEvent, RefundId, RefundRow, RefundUpdate,
+    SaleTerms, Store, StoreError,
 };
 use lifecycle::{Status, Submission};
 pub use object::RefundObject;
@@ -233,8 +234,7 @@ impl Gateway {
         if current.status == Status::Succeeded || u.status != Status::Succeeded {
             return u;
         }
-        u.confirm_sale =
-            ProviderKind::parse(&current.provider).is_some_and(|k| !k.has_sale_lookup());
+        u.confirm_sale = !current.provider.has_sale_lookup();
         if self.email_enabled {
             if let Some(to) = &current.receipt_email {
                 let mut after = current.clone();
@@ -399,7 +399,7 @@ impl Gateway {
             .iter()
             .filter(|r| r.reference.as_ref().is_none_or(|x| !ours.contains(x)))
             .filter_map(|r| match req.currency.parse_amount(&r.amount) {
-                Ok(m) => Some(m.0),
+                Ok(m) => Some(m.get()),
                 Err(_) => {
                     tracing::warn!(amount = %r.amount, "provider listed an unreadable refund amount");
                     None
@@ -411,9 +411,9 @@ impl Gateway {
             reference: sale.reference,
             settle_currency: req.settle_currency.or(sale_settle).or(Some(req.currency)),
             terms: SaleTerms {
-                amount_minor: Some(amount.0),
+                amount_minor: Some(amount),
                 currency_confirmed: true,
-                external_minor: external,
+                external_minor: Minor::new(external).unwrap_or_default(),
             },
         })
     }
@@ -427,44 +427,29 @@ impl Gateway {
         now: i64,
     ) -> RefundRow {
         RefundRow {
-            id: format!("rf_{}", ulid::Ulid::new()),
-            client: client.name.clone(),
-            account: handle.account.name.clone(),
-            provider: req.provider.as_str().into(),
-            livemode: i64::from(handle.account.livemode),
-            status: Status::Pending,
-            amount_minor: req.amount.0,
-            currency: req.currency.code().into(),
-            settle_currency: sale.settle_currency.map(|c| c.code().into()),
-            transaction_no: sale.transaction_no.clone(),
+            settle_currency: sale.settle_currency,
             reference: sale.reference.clone(),
             refund_reference: req.refund_reference.clone(),
-            provider_reference: provider_reference(),
-            provider_refund_id: None,
-            provider_status: None,
-            provider_code: None,
-            provider_message: None,
-            failure_code: None,
-            failure_message: None,
             reason: req.reason.clone(),
             receipt_email: req.receipt_email.clone(),
-            metadata: serde_json::to_string(&req.metadata).unwrap_or_else(|_| "{}".into()),
+            metadata: req.metadata.clone(),
             idempotency_key: req.idempotency_key.clone(),
-            request_hash: req.request_hash.clone(),
-            submission: Submission::Prepared,
-            response_code: None,
-            response_body: None,
             inflight_until: Some(now + self.inflight_window()),
-            check_attempts: 0,
             // If this process dies mid-call, reconciliation picks the refund up.
             next_check_at: Some(now + self.inflight_window()),
-            lease_until: None,
-            review_reason: None,
-            send_by: None,
-            not_found_streak: 0,
-            created_at: now,
-            updated_at: now,
-            version: 0,
+            ..RefundRow::recorded(NewRefundRow {
+                id: RefundId::generate(),
+                client: client.name.clone(),
+                account: handle.account.name.clone(),
+                provider: req.provider,
+                livemode: handle.account.livemode,
+                amount: req.amount,
+                currency: req.currency,
+                transaction_no: sale.transaction_no.clone(),
+                provider_reference: provider_reference(),
+                request_hash: req.request_hash.clone(),
+                now,
+            })
         }
     }
 
@@ -509,9 +494,9 @@ impl Gateway {
                     sale: sale_currency,
                 })
             }
-            CreateOutcome::ExceedsRefundable { refundable_minor } => {
+            CreateOutcome::ExceedsRefundable { refundable } => {
                 return Err(Refusal::ExceedsRefundable {
-                    refundable: req.currency.format(crate::money::Minor(refundable_minor)),
+                    refundable: req.currency.format(refundable),
                     currency: req.currency.code().into(),
                 })
             }
@@ -552,7 +537,7 @@ impl Gateway {
                 .await;
         }
         let call = RefundCall {
-            refund_id: row.id.clone(),
+            refund_id: row.id.to_string(),
             provider_reference: row.provider_reference.clone(),
             transaction_no: Some(row.transaction_no.clone()).filter(|t| !t.is_empty()),
             reference: row.reference.clone(),
@@ -798,7 +783,7 @@ pub async fn database_floor_probe(store: &Store, row: &RefundRow) -> Result<(), 
     let terms = SaleTerms {
         amount_minor: Some(row.amount_minor),
         currency_confirmed: true,
-        external_minor: 0,
+        external_minor: Minor::default(),
     };
     let created = store.create_refund(row, &terms).await?;
     if created != CreateOutcome::Created {
@@ -859,7 +844,7 @@ struct SaleCheck {
 
 pub fn status_query(row: &RefundRow) -> StatusQuery {
     StatusQuery {
-        refund_id: row.id.clone(),
+        refund_id: row.id.to_string(),
         provider_reference: row.provider_reference.clone(),
         provider_refund_id: row.provider_refund_id.clone(),
         transaction_no: Some(row.transaction_no.clone()).filter(|t| !t.is_empty()),

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::money::{Currency, Minor};
 use crate::store::RefundRow;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -60,19 +59,15 @@ pub fn rfc3339(ms: i64) -> String {
 
 impl From<&RefundRow> for RefundObject {
     fn from(r: &RefundRow) -> Self {
-        let amount = match Currency::from_code(&r.currency) {
-            Ok(c) => c.format(Minor(r.amount_minor)),
-            Err(_) => r.amount_minor.to_string(),
-        };
         RefundObject {
-            id: r.id.clone(),
+            id: r.id.to_string(),
             object: "refund".into(),
-            livemode: r.livemode != 0,
-            provider: r.provider.clone(),
+            livemode: r.livemode,
+            provider: r.provider.as_str().into(),
             status: r.status.as_str().to_string(),
-            amount,
-            currency: r.currency.clone(),
-            settle_currency: r.settle_currency.clone(),
+            amount: r.currency.format(r.amount_minor),
+            currency: r.currency.code().into(),
+            settle_currency: r.settle_currency.map(|c| c.code().into()),
             transaction_no: r.transaction_no.clone(),
             reference: r.reference.clone(),
             refund_reference: r.refund_reference.clone(),
@@ -84,7 +79,7 @@ impl From<&RefundRow> for RefundObject {
             review_reason: r.review_reason.clone(),
             reason: r.reason.clone(),
             receipt_email: r.receipt_email.clone(),
-            metadata: serde_json::from_str(&r.metadata).unwrap_or_default(),
+            metadata: r.metadata.clone(),
             created_at: rfc3339(r.created_at),
             updated_at: rfc3339(r.updated_at),
         }

@@ -10,7 +10,6 @@ use sha2::{Digest, Sha256};
 
 use super::lifecycle::{self, decide, Decision};
 use super::Gateway;
-use crate::money::Currency;
 use crate::providers::{Outcome, ProviderKind, WebhookError, WebhookEvent};
 use crate::store::{RefundRow, StoreError, WebhookRow};
 
@@ -111,7 +110,7 @@ impl Gateway {
         let now = self.clock.now();
         let row = WebhookRow {
             id: format!("evt_{}", ulid::Ulid::new()),
-            provider: provider.as_str().into(),
+            provider,
             account,
             dedupe_key: dedupe_key(&ev),
             transaction_no: ev.transaction_no.clone(),
@@ -195,7 +194,7 @@ impl Gateway {
             // reason to reject, never a reason to apply. Ask the provider.
             tracing::warn!(event = %ev.id, refund_id = %refund.id, amount = ?ev.amount, "webhook amount unreadable; asking the provider instead");
             self.store
-                .check_now(std::slice::from_ref(&refund.id), self.clock.now())
+                .check_now(&[refund.id.to_string()], self.clock.now())
                 .await?;
             self.store
                 .set_event_state(
@@ -220,7 +219,7 @@ impl Gateway {
             provider_refund_id: ev
                 .provider_refund_id
                 .clone()
-                .filter(|_| refund.provider == "pockyt"),
+                .filter(|_| refund.provider == ProviderKind::Pockyt),
             provider_status: ev.provider_status.clone(),
             provider_code: None,
             message: None,
@@ -245,7 +244,7 @@ impl Gateway {
             .await?;
         let state = match decision {
             Decision::Conflict => {
-                crate::metrics::webhook(&ev.provider, "conflict");
+                crate::metrics::webhook(ev.provider.as_str(), "conflict");
                 "conflict"
             }
             Decision::Move(_) => "applied",
@@ -292,7 +291,7 @@ fn inconsistency(ev: &WebhookRow, refund: &RefundRow) -> Option<String> {
         }
     }
     if let (Some(amount), Some(minor)) = (&ev.amount, event_amount(ev, refund)) {
-        if minor != refund.amount_minor {
+        if minor != refund.amount_minor.get() {
             return Some(format!("amount {amount} does not match the refund"));
         }
     }
@@ -302,7 +301,6 @@ fn inconsistency(ev: &WebhookRow, refund: &RefundRow) -> Option<String> {
 /// The event's amount in minor units, read in the provider's format(s);
 /// `None` when it has none or it cannot be read.
 fn event_amount(ev: &WebhookRow, refund: &RefundRow) -> Option<i64> {
-    let kind = ProviderKind::parse(&ev.provider)?;
-    let currency = Currency::from_code(&refund.currency).ok()?;
-    kind.webhook_amount_minor(ev.amount.as_deref()?, currency)
+    ev.provider
+        .webhook_amount_minor(ev.amount.as_deref()?, refund.currency)
 }

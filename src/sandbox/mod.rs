@@ -106,7 +106,7 @@ struct SbSale {
 
 impl SbSale {
     fn refunded(&self) -> Minor {
-        Minor(self.refunds.iter().map(|r| r.amount.0).sum())
+        Minor::new(self.refunds.iter().map(|r| r.amount.get()).sum()).unwrap_or_default()
     }
 }
 
@@ -233,7 +233,7 @@ impl Sandbox {
         b.pockyt.insert(SbSale {
             transaction_no: demo_sales::POCKYT_TRANSACTION_NO.into(),
             reference: demo_sales::POCKYT_REFERENCE.into(),
-            amount: Minor(10_000),
+            amount: Minor::new(10_000).unwrap_or_default(),
             currency: usd,
             settle_currency: usd,
             status: "success".into(),
@@ -242,7 +242,7 @@ impl Sandbox {
         b.pockyt.insert(SbSale {
             transaction_no: demo_sales::POCKYT_PENDING_TRANSACTION_NO.into(),
             reference: "test20200101300".into(),
-            amount: Minor(500),
+            amount: Minor::new(500).unwrap_or_default(),
             currency: usd,
             settle_currency: usd,
             status: "pending".into(),
@@ -251,7 +251,7 @@ impl Sandbox {
         b.pay10.insert(SbSale {
             transaction_no: demo_sales::PAY10_PG_REF_NUM.into(),
             reference: demo_sales::PAY10_ORDER_ID.into(),
-            amount: Minor(10_000),
+            amount: Minor::new(10_000).unwrap_or_default(),
             currency: aed,
             settle_currency: aed,
             status: "Captured".into(),
@@ -281,7 +281,7 @@ impl Sandbox {
         } else {
             &b.pockyt
         };
-        book.sales.get(transaction_no).map(|s| s.refunded().0)
+        book.sales.get(transaction_no).map(|s| s.refunded().get())
     }
 
     /// The refunds applied on a sale: (merchant refund reference, minor
@@ -305,7 +305,7 @@ impl Sandbox {
                     .map(|r| {
                         (
                             r.refund_reference.clone(),
-                            r.amount.0,
+                            r.amount.get(),
                             r.state == RefundState::Success,
                         )
                     })

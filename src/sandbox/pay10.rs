@@ -60,7 +60,7 @@ async fn create_payment(State(sb): State<Sandbox>, body: Bytes) -> Response {
     let out = json!({
         "ORDER_ID": sale.reference,
         "PG_REF_NUM": sale.transaction_no,
-        "AMOUNT": amount.0.to_string(),
+        "AMOUNT": amount.get().to_string(),
         "CURRENCY_CODE": currency.numeric(),
         "amount": currency.format(amount),
         "currency": currency,
@@ -111,7 +111,7 @@ fn refund_fields(
             "REFUND_ORDER_ID",
             refund.refund_reference.clone().unwrap_or_default(),
         ),
-        ("AMOUNT", format!("{:03}", refund.amount.0)),
+        ("AMOUNT", format!("{:03}", refund.amount.get())),
         ("CURRENCY_CODE", sale.currency.numeric()),
         ("TXNTYPE", "REFUND".to_string()),
         ("REFUND_FLAG", "R".to_string()),
@@ -198,7 +198,9 @@ async fn refund(State(sb): State<Sandbox>, body: Bytes) -> Response {
     let Some(amount) = amount_text.parse::<i64>().ok().filter(|a| *a > 0) else {
         return encrypted_error(&sb, "300", "Invalid AMOUNT", "Failed");
     };
-    let amount = crate::money::Minor(amount);
+    let Some(amount) = crate::money::Minor::new(amount) else {
+        return encrypted_error(&sb, "300", "Invalid AMOUNT", "Failed");
+    };
 
     let (sale, refund, state, case) = {
         let mut guard = sb.lock();
@@ -231,7 +233,7 @@ async fn refund(State(sb): State<Sandbox>, body: Bytes) -> Response {
             Magic::Decline => return encrypted_error(&sb, "004", "Refund Declined", "Declined"),
             _ => {}
         }
-        if sale.refunded().0 + amount.0 > sale.amount.0 {
+        if sale.refunded().get() + amount.get() > sale.amount.get() {
             return encrypted_error(
                 &sb,
                 "013",

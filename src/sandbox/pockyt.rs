@@ -344,7 +344,7 @@ async fn refund(State(sb): State<Sandbox>, body: Bytes) -> Response {
             }
             _ => {}
         }
-        if sale.refunded().0 + amount.0 > sale.amount.0 {
+        if sale.refunded().get() + amount.get() > sale.amount.get() {
             return envelope(
                 "000022",
                 "parameters do not match: refundAmount exceeds the refundable amount",

@@ -8,14 +8,14 @@
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use sqlx::{AnyConnection, AnyPool, Executor};
+use sqlx::{Executor, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::{Result, StoreError};
 
 /// Delivers a job's result once the batch's fate is known.
 type Deliver = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
-type Job = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Deliver> + Send>;
+type Job = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Deliver> + Send>;
 
 const MAX_BATCH: usize = 128;
 
@@ -25,7 +25,7 @@ pub(crate) struct Batcher {
 }
 
 impl Batcher {
-    pub(crate) fn spawn(pool: AnyPool, gate: Arc<Mutex<()>>) -> Self {
+    pub(crate) fn spawn(pool: SqlitePool, gate: Arc<Mutex<()>>) -> Self {
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(run(pool, gate, rx));
         Self { tx }
@@ -36,12 +36,12 @@ impl Batcher {
     pub(crate) async fn run<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
-        F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<(R, bool)>>
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<(R, bool)>>
             + Send
             + 'static,
     {
         let (otx, orx) = oneshot::channel::<Result<R>>();
-        let job: Job = Box::new(move |conn: &mut AnyConnection| {
+        let job: Job = Box::new(move |conn: &mut SqliteConnection| {
             Box::pin(async move {
                 let outcome = match conn.execute("SAVEPOINT job").await {
                     Err(e) => Err(StoreError::from(e)),
@@ -83,7 +83,7 @@ impl Batcher {
     }
 }
 
-async fn run(pool: AnyPool, gate: Arc<Mutex<()>>, mut rx: mpsc::Receiver<Job>) {
+async fn run(pool: SqlitePool, gate: Arc<Mutex<()>>, mut rx: mpsc::Receiver<Job>) {
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {

@@ -1,10 +1,17 @@
-//! Rows as stored. Amounts are integer minor units; times are Unix milliseconds.
-//! Statuses and submissions are decoded once, here at the store boundary: a
-//! value that exists is valid, and a stored value that is not one of them is
-//! reported as corrupt rather than guessed at.
+//! Rows as stored, typed. Amounts are [`Minor`] units; times are Unix
+//! milliseconds (the Postgres store keeps them as `timestamptz`). Every typed
+//! column is decoded once, at the store boundary: a value that exists is
+//! valid, and a stored value that is not one of its type's values is an error
+//! (a corrupt row), never a guess.
+
+use std::collections::BTreeMap;
+
+pub use crate::money::{Currency, Minor};
+pub use crate::types::{Invalid, ProviderKind, RefundId};
 
 /// A refund's status. Only [`crate::refunds::lifecycle`] decides a change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Status {
     Pending,
     Succeeded,
@@ -31,6 +38,36 @@ impl Status {
 
     pub fn is_final(&self) -> bool {
         !matches!(self, Status::Pending)
+    }
+}
+
+impl TryFrom<String> for Status {
+    type Error = Invalid;
+    fn try_from(s: String) -> Result<Self, Invalid> {
+        Status::parse(&s).ok_or(Invalid {
+            what: "refund status",
+            value: s,
+        })
+    }
+}
+
+impl TryFrom<String> for Submission {
+    type Error = Invalid;
+    fn try_from(s: String) -> Result<Self, Invalid> {
+        Submission::parse(&s).ok_or(Invalid {
+            what: "refund submission",
+            value: s,
+        })
+    }
+}
+
+impl TryFrom<String> for EventSource {
+    type Error = Invalid;
+    fn try_from(s: String) -> Result<Self, Invalid> {
+        EventSource::parse(&s).ok_or(Invalid {
+            what: "event source",
+            value: s,
+        })
     }
 }
 
@@ -99,15 +136,27 @@ impl EventSource {
             EventSource::Operator => "operator",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            EventSource::Request,
+            EventSource::StatusQuery,
+            EventSource::Webhook,
+            EventSource::Reconciliation,
+            EventSource::Operator,
+        ]
+        .into_iter()
+        .find(|e| e.as_str() == s)
+    }
 }
 
 /// One line of a refund's history, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct RefundEvent {
     pub at: i64,
-    pub source: String,
-    pub status: String,
-    pub previous_status: Option<String>,
+    pub source: EventSource,
+    pub status: Status,
+    pub previous_status: Option<Status>,
     pub provider_code: Option<String>,
     pub provider_status: Option<String>,
     pub detail: Option<String>,
@@ -122,17 +171,17 @@ impl PartialEq<&str> for Submission {
 
 /// A refund record: everything in the public refund object plus the client,
 /// account, idempotency key, request fingerprint and reconciliation state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct RefundRow {
-    pub id: String,
+    pub id: RefundId,
     pub client: String,
     pub account: String,
-    pub provider: String,
-    pub livemode: i64,
+    pub provider: ProviderKind,
+    pub livemode: bool,
     pub status: Status,
-    pub amount_minor: i64,
-    pub currency: String,
-    pub settle_currency: Option<String>,
+    pub amount_minor: Minor,
+    pub currency: Currency,
+    pub settle_currency: Option<Currency>,
     pub transaction_no: String,
     pub reference: Option<String>,
     pub refund_reference: Option<String>,
@@ -145,7 +194,9 @@ pub struct RefundRow {
     pub failure_message: Option<String>,
     pub reason: Option<String>,
     pub receipt_email: Option<String>,
-    pub metadata: String,
+    /// The client's own string values, echoed back.
+    #[sqlx(json)]
+    pub metadata: BTreeMap<String, String>,
     pub idempotency_key: Option<String>,
     pub request_hash: String,
     pub submission: Submission,
@@ -172,11 +223,11 @@ pub struct RefundRow {
 /// Only confirmed facts pin a sale: a request's own currency never does.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SaleTerms {
-    pub amount_minor: Option<i64>,
+    pub amount_minor: Option<Minor>,
     /// The provider confirmed the sale's currency (a sale lookup).
     pub currency_confirmed: bool,
     /// Refunds the provider lists for the sale that this gateway did not make.
-    pub external_minor: i64,
+    pub external_minor: Minor,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,7 +239,7 @@ pub enum CreateOutcome {
         sale_currency: String,
     },
     ExceedsRefundable {
-        refundable_minor: i64,
+        refundable: Minor,
     },
 }
 
@@ -231,10 +282,10 @@ pub struct EmailDraft {
 }
 
 /// A verified provider webhook as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct WebhookRow {
     pub id: String,
-    pub provider: String,
+    pub provider: ProviderKind,
     pub account: String,
     pub dedupe_key: String,
     pub transaction_no: Option<String>,
@@ -253,7 +304,7 @@ pub struct WebhookRow {
     pub next_attempt_at: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct OutboxRow {
     pub refund_id: String,
     pub to_addr: String,
@@ -317,14 +368,76 @@ pub struct ListFilter {
     pub transaction_no: Option<String>,
     pub reference: Option<String>,
     pub refund_reference: Option<String>,
-    pub status: Option<String>,
-    pub provider: Option<String>,
+    pub status: Option<Status>,
+    pub provider: Option<ProviderKind>,
     pub created_from: Option<i64>,
     pub created_to: Option<i64>,
     /// Keyset cursor: (created_at, id) of the `starting_after` refund.
-    pub after: Option<(i64, String)>,
+    pub after: Option<(i64, RefundId)>,
     /// Only refunds that need a person: flagged for review, or pending
     /// since before this time.
     pub needs_review_before: Option<i64>,
     pub limit: i64,
+}
+
+/// The parts of a new refund a caller decides; [`RefundRow::recorded`] starts
+/// everything else empty (pending, prepared, version 0).
+#[derive(Debug, Clone)]
+pub struct NewRefundRow {
+    pub id: RefundId,
+    pub client: String,
+    pub account: String,
+    pub provider: ProviderKind,
+    pub livemode: bool,
+    pub amount: Minor,
+    pub currency: Currency,
+    pub transaction_no: String,
+    pub provider_reference: String,
+    pub request_hash: String,
+    pub now: i64,
+}
+
+impl RefundRow {
+    /// A refund as first recorded, before the provider hears of it.
+    pub fn recorded(n: NewRefundRow) -> Self {
+        RefundRow {
+            id: n.id,
+            client: n.client,
+            account: n.account,
+            provider: n.provider,
+            livemode: n.livemode,
+            status: Status::Pending,
+            amount_minor: n.amount,
+            currency: n.currency,
+            settle_currency: None,
+            transaction_no: n.transaction_no,
+            reference: None,
+            refund_reference: None,
+            provider_reference: n.provider_reference,
+            provider_refund_id: None,
+            provider_status: None,
+            provider_code: None,
+            provider_message: None,
+            failure_code: None,
+            failure_message: None,
+            reason: None,
+            receipt_email: None,
+            metadata: BTreeMap::new(),
+            idempotency_key: None,
+            request_hash: n.request_hash,
+            submission: Submission::Prepared,
+            response_code: None,
+            response_body: None,
+            inflight_until: None,
+            check_attempts: 0,
+            next_check_at: None,
+            lease_until: None,
+            review_reason: None,
+            send_by: None,
+            not_found_streak: 0,
+            created_at: n.now,
+            updated_at: n.now,
+            version: 0,
+        }
+    }
 }

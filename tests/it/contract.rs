@@ -75,7 +75,7 @@ fn usd_call(reference: &str) -> RefundCall {
         provider_reference: reference.into(),
         transaction_no: Some("297553638301777927".into()),
         reference: None,
-        amount: Minor(1),
+        amount: Minor::new(1).unwrap(),
         currency: Currency::from_code("USD").unwrap(),
         settle_currency: None,
     }
@@ -278,7 +278,7 @@ async fn pay10_refund_under_one_unit() {
         provider_reference: "REFUND0000000000050".into(),
         transaction_no: Some(pg.into()),
         reference: sale["ORDER_ID"].as_str().map(str::to_string),
-        amount: Minor(50),
+        amount: Minor::new(50).unwrap(),
         currency: Currency::from_code("AED").unwrap(),
         settle_currency: None,
     };

@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::common::*;
 use md5::{Digest, Md5};
 use refund_gateway::config::{Account, Client, Config};
-use refund_gateway::money::{Currency, Minor};
+use refund_gateway::money::Currency;
 use refund_gateway::providers::ProviderKind;
 use refund_gateway::refunds::webhooks::WebhookReply;
 use refund_gateway::refunds::{Clock, Created, Gateway, NewRefund, PauseHook, Step};
@@ -156,7 +156,7 @@ async fn all_ids(g: &Gateway) -> Vec<String> {
                 .await
                 .unwrap()
                 .into_iter()
-                .map(|r| r.id),
+                .map(|r| r.id.to_string()),
         );
     }
     ids
@@ -200,7 +200,7 @@ async fn assert_books(w: &World, g: &Gateway, tx: &str, sale_minor: i64) {
     let ours: i64 = rows
         .iter()
         .filter(|r| r.status == "succeeded")
-        .map(|r| r.amount_minor)
+        .map(|r| r.amount_minor.get())
         .sum();
     assert_eq!(ours, provider_total, "per-sale totals");
     assert!(provider_total <= sale_minor, "the sale was exceeded");
@@ -350,9 +350,7 @@ fn ipn_body(fields: &[(&str, &str)], sign_empty: bool) -> String {
 }
 
 fn refund_ipn(tx: &str, row: &RefundRow, status: &str) -> String {
-    let amount = Currency::from_code(&row.currency)
-        .unwrap()
-        .format(Minor(row.amount_minor));
+    let amount = row.currency.format(row.amount_minor);
     ipn_body(
         &[
             ("transactionNo", tx),
@@ -630,7 +628,7 @@ async fn hole6_settle_currency_checked_before_the_call(db: Db) {
         .unwrap(),
     );
     assert_eq!(
-        (ok.status.as_str(), ok.settle_currency.as_deref()),
+        (ok.status.as_str(), ok.settle_currency.map(|c| c.code())),
         ("succeeded", Some("CNY"))
     );
 }
@@ -934,7 +932,7 @@ async fn model_run(db: Db, seed: u64) {
             .filter(|f| f.task.is_finished() && !f.crashed)
         {
             if let Ok(Ok(Created::New(r) | Created::Current(r))) = (&mut f.task).await {
-                answered.push(r.id);
+                answered.push(r.id.to_string());
             }
             f.crashed = true; // consumed
         }
@@ -951,7 +949,7 @@ async fn model_run(db: Db, seed: u64) {
         if let Ok(Ok(Ok(Created::New(r) | Created::Current(r)))) =
             tokio::time::timeout(Duration::from_secs(20), f.task).await
         {
-            answered.push(r.id);
+            answered.push(r.id.to_string());
         }
     }
     w.settle(&reconciler, 60).await;

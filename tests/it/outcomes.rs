@@ -335,7 +335,7 @@ async fn event_before_its_refund_is_kept_and_applied(db: Db) {
     let store = &app.gateway.store;
     let (settled, waiting) = eventually(Duration::from_secs(10), || async {
         let row = store
-            .get_refund_any_client("rf_early")
+            .get_refund_any_client(&test_refund_id("rf_early"))
             .await
             .unwrap()
             .unwrap();
@@ -355,7 +355,7 @@ async fn event_before_its_refund_is_kept_and_applied(db: Db) {
     assert_eq!(
         app.gateway
             .store
-            .events_for_refund("rf_early")
+            .events_for_refund(&test_refund_id("rf_early"))
             .await
             .unwrap()[0]
             .state,

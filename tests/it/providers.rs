@@ -65,7 +65,7 @@ fn call(transaction_no: &str, reference: Option<&str>, amount: i64, currency: &s
         provider_reference: format!("{}{}", &id[..10], &id[16..]),
         transaction_no: Some(transaction_no.into()),
         reference: reference.map(str::to_string),
-        amount: Minor(amount),
+        amount: Minor::new(amount).unwrap(),
         currency: Currency::from_code(currency).unwrap(),
         settle_currency: None,
     }

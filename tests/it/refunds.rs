@@ -546,7 +546,7 @@ async fn refunds_made_outside_the_gateway_count(db: Db) {
             provider_reference: "OUTSIDE00001".into(),
             transaction_no: Some(tx.into()),
             reference: None,
-            amount: Minor(600),
+            amount: Minor::new(600).unwrap(),
             currency: Currency::from_code("USD").unwrap(),
             settle_currency: None,
         })

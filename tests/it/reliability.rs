@@ -171,7 +171,7 @@ async fn reconciliation_leases_are_exclusive(db: Db) {
         tokio::spawn(claim(b.clone()))
     );
     let (x, y) = (x.unwrap(), y.unwrap());
-    let mut all: Vec<String> = x.iter().chain(y.iter()).cloned().collect();
+    let mut all: Vec<String> = x.iter().chain(y.iter()).map(|id| id.to_string()).collect();
     let n = all.len();
     all.sort();
     all.dedup();

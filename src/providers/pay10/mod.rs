@@ -101,7 +101,7 @@ impl Pay10Client {
         };
         // AMOUNT is 3 to 12 digits of minor units: Pay10 writes 0.50 as "050"
         // and refuses shorter values.
-        let Some(amount) = wire_amount(call.amount.0) else {
+        let Some(amount) = wire_amount(call.amount.get()) else {
             return ProviderAnswer {
                 outcome: Outcome::Failed,
                 provider_refund_id: None,

@@ -522,6 +522,21 @@ pub async fn outage_drill(
     }
 }
 
+/// A refund id for a test row, made from a readable name (`rf_early` →
+/// `rf_…000EARLY`): the same name gives the same id.
+pub fn test_refund_id(name: &str) -> refund_gateway::store::RefundId {
+    let body: String = name
+        .trim_start_matches("rf_")
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_uppercase())
+        .take(26)
+        .collect();
+    format!("rf_{body:0>26}")
+        .parse()
+        .expect("a valid refund id")
+}
+
 /// A pending 1.00 USD Pockyt refund row as the gateway stores it once sent,
 /// for tests that write rows straight to the store.
 pub fn stored_refund(
@@ -530,45 +545,27 @@ pub fn stored_refund(
     transaction_no: &str,
     provider_reference: &str,
 ) -> refund_gateway::store::RefundRow {
-    let now = refund_gateway::refunds::now_ms();
-    refund_gateway::store::RefundRow {
-        id: id.into(),
-        client: "demo".into(),
-        account: account.into(),
-        provider: "pockyt".into(),
-        livemode: 0,
-        status: refund_gateway::store::Status::Pending,
-        amount_minor: 100,
-        currency: "USD".into(),
-        settle_currency: Some("USD".into()),
-        transaction_no: transaction_no.into(),
-        reference: None,
-        refund_reference: None,
-        provider_reference: provider_reference.into(),
-        provider_refund_id: None,
-        provider_status: None,
-        provider_code: None,
-        provider_message: None,
-        failure_code: None,
-        failure_message: None,
-        reason: None,
-        receipt_email: None,
-        metadata: "{}".into(),
+    use refund_gateway::store::{
+        Currency, Minor, NewRefundRow, ProviderKind, RefundRow, Submission,
+    };
+    let usd = Currency::from_code("USD").unwrap();
+    RefundRow {
+        settle_currency: Some(usd),
         idempotency_key: Some(format!("key-{id}")),
-        request_hash: "h".into(),
-        submission: refund_gateway::store::Submission::Sent,
-        response_code: None,
-        response_body: None,
-        inflight_until: None,
-        check_attempts: 0,
-        next_check_at: None,
-        lease_until: None,
-        review_reason: None,
-        send_by: None,
-        not_found_streak: 0,
-        created_at: now,
-        updated_at: now,
-        version: 0,
+        submission: Submission::Sent,
+        ..RefundRow::recorded(NewRefundRow {
+            id: test_refund_id(id),
+            client: "demo".into(),
+            account: account.into(),
+            provider: ProviderKind::Pockyt,
+            livemode: false,
+            amount: Minor::new(100).unwrap(),
+            currency: usd,
+            transaction_no: transaction_no.into(),
+            provider_reference: provider_reference.into(),
+            request_hash: "h".into(),
+            now: refund_gateway::refunds::now_ms(),
+        })
     }
 }
 

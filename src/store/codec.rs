@@ -1,0 +1,93 @@
+//! How the typed values of a row are read from and written to a column, on
+//! either database: as the text (or integer) they are stored as, checked on
+//! the way in. A stored value that is not valid fails the read.
+
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::{Database, Decode, Encode, Type};
+
+use super::model::{Currency, EventSource, Minor, ProviderKind, RefundId, Status, Submission};
+
+/// Text columns holding a type with `as_str` and `TryFrom<String>`.
+macro_rules! text_column {
+    ($($t:ty),* $(,)?) => {$(
+        impl<DB: Database> Type<DB> for $t
+        where
+            String: Type<DB>,
+        {
+            fn type_info() -> DB::TypeInfo {
+                <String as Type<DB>>::type_info()
+            }
+            fn compatible(ty: &DB::TypeInfo) -> bool {
+                <String as Type<DB>>::compatible(ty)
+            }
+        }
+
+        impl<'r, DB: Database> Decode<'r, DB> for $t
+        where
+            String: Decode<'r, DB>,
+        {
+            fn decode(value: <DB as Database>::ValueRef<'r>) -> Result<Self, BoxDynError> {
+                let s = <String as Decode<'r, DB>>::decode(value)?;
+                Ok(<$t>::try_from(s)?)
+            }
+        }
+
+        impl<'q, DB: Database> Encode<'q, DB> for $t
+        where
+            String: Encode<'q, DB>,
+        {
+            fn encode_by_ref(
+                &self,
+                buf: &mut <DB as Database>::ArgumentBuffer<'q>,
+            ) -> Result<IsNull, BoxDynError> {
+                <String as Encode<'q, DB>>::encode(self.as_str().to_string(), buf)
+            }
+        }
+    )*};
+}
+
+text_column!(Status, Submission, EventSource, ProviderKind, RefundId);
+
+/// A currency is stored as its alpha code.
+impl Currency {
+    fn as_str(&self) -> &'static str {
+        self.code()
+    }
+}
+
+text_column!(Currency);
+
+impl<DB: Database> Type<DB> for Minor
+where
+    i64: Type<DB>,
+{
+    fn type_info() -> DB::TypeInfo {
+        <i64 as Type<DB>>::type_info()
+    }
+    fn compatible(ty: &DB::TypeInfo) -> bool {
+        <i64 as Type<DB>>::compatible(ty)
+    }
+}
+
+impl<'r, DB: Database> Decode<'r, DB> for Minor
+where
+    i64: Decode<'r, DB>,
+{
+    fn decode(value: <DB as Database>::ValueRef<'r>) -> Result<Self, BoxDynError> {
+        let v = <i64 as Decode<'r, DB>>::decode(value)?;
+        Ok(Minor::try_from(v)?)
+    }
+}
+
+impl<'q, DB: Database> Encode<'q, DB> for Minor
+where
+    i64: Encode<'q, DB>,
+{
+    fn encode_by_ref(
+        &self,
+        buf: &mut <DB as Database>::ArgumentBuffer<'q>,
+    ) -> Result<IsNull, BoxDynError> {
+        <i64 as Encode<'q, DB>>::encode(self.get(), buf)
+    }
+}

@@ -1,0 +1,689 @@
+//! The Postgres store: native column types (`timestamptz`, `boolean`,
+//! `jsonb`, checked text), leases with `FOR UPDATE SKIP LOCKED`, and every
+//! refund write as one statement (data-modifying CTEs) where it can be.
+//!
+//! The gateway counts time in Unix milliseconds; `rg_ts(ms)` and `rg_ms(t)`
+//! (migration 0007) convert at the query, so each row type is read by one
+//! `FromRow` on either database.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
+
+use super::{
+    probe, refusal, Backend, Change, CreateOutcome, ListFilter, OutboxRow, RefundEvent, RefundRow,
+    Result, SaleTerms, StoreBackend, StoreError, WebhookRow,
+};
+
+pub(super) struct PgStore {
+    pool: PgPool,
+}
+
+const SELECT_REFUND: &str = "SELECT id, client, account, provider, livemode, status, amount_minor, currency, \
+    settle_currency, transaction_no, reference, refund_reference, provider_reference, provider_refund_id, \
+    provider_status, provider_code, provider_message, failure_code, failure_message, reason, receipt_email, \
+    metadata, idempotency_key, request_hash, submission, response_code, response_body, \
+    rg_ms(inflight_until) AS inflight_until, check_attempts, rg_ms(next_check_at) AS next_check_at, \
+    rg_ms(lease_until) AS lease_until, review_reason, rg_ms(send_by) AS send_by, not_found_streak, \
+    rg_ms(created_at) AS created_at, rg_ms(updated_at) AS updated_at, version FROM refunds";
+
+const SELECT_EVENT: &str = "SELECT id, provider, account, dedupe_key, transaction_no, provider_refund_id, \
+    provider_reference, amount, outcome, provider_status, fields::text AS fields, refund_id, state, note, \
+    rg_ms(received_at) AS received_at, attempts, rg_ms(next_attempt_at) AS next_attempt_at FROM webhook_events";
+
+/// Reserve a refund's amount against its sale (binds: see [`bind_new_refund`]).
+/// A new sale row only if the refund alone fits; an existing one added to
+/// only while every reservation plus the refunds made elsewhere stay within
+/// the sale, and only in its currency once the provider confirmed it. An
+/// unconfirmed currency (Pay10: no sale lookup) pins nothing.
+const RESERVE: &str = "INSERT INTO sales (account, transaction_no, amount_minor, currency, reserved_minor, currency_confirmed, external_minor) \
+    SELECT $3, $10, $22, $8, $7, $23, $24 WHERE $22::int8 IS NULL OR $7 + $24 <= $22 \
+    ON CONFLICT (account, transaction_no) DO UPDATE \
+    SET reserved_minor = sales.reserved_minor + excluded.reserved_minor, \
+        amount_minor = COALESCE(sales.amount_minor, excluded.amount_minor), \
+        currency = CASE WHEN sales.currency_confirmed THEN sales.currency ELSE excluded.currency END, \
+        currency_confirmed = sales.currency_confirmed OR excluded.currency_confirmed, \
+        external_minor = GREATEST(sales.external_minor, excluded.external_minor) \
+    WHERE (NOT sales.currency_confirmed OR sales.currency = excluded.currency) \
+      AND (COALESCE(sales.amount_minor, excluded.amount_minor) IS NULL \
+           OR sales.reserved_minor + excluded.reserved_minor \
+              + GREATEST(sales.external_minor, excluded.external_minor) \
+              <= COALESCE(sales.amount_minor, excluded.amount_minor))";
+
+/// The refund, and its first history line, from the reservation's CTE.
+const INSERT_REFUND: &str = "INSERT INTO refunds (id, client, account, provider, livemode, status, amount_minor, currency, \
+    settle_currency, transaction_no, reference, refund_reference, provider_reference, reason, receipt_email, metadata, \
+    idempotency_key, request_hash, submission, inflight_until, check_attempts, next_check_at, created_at, updated_at) \
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, 'prepared', \
+    rg_ts($19), 0, rg_ts($20), rg_ts($21), rg_ts($21) FROM reserve RETURNING id";
+
+const RECORDED_EVENT: &str = "INSERT INTO refund_events (refund_id, at, source, status, detail) \
+    SELECT id, rg_ts($21), 'request', 'pending', 'recorded; amount reserved against the sale' FROM ins";
+
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
+fn bind_new_refund<'q>(q: PgQuery<'q>, new: &'q RefundRow, sale: &SaleTerms) -> PgQuery<'q> {
+    q.bind(&new.id)
+        .bind(&new.client)
+        .bind(&new.account)
+        .bind(new.provider)
+        .bind(new.livemode)
+        .bind(new.status)
+        .bind(new.amount_minor)
+        .bind(new.currency)
+        .bind(new.settle_currency)
+        .bind(&new.transaction_no)
+        .bind(&new.reference)
+        .bind(&new.refund_reference)
+        .bind(&new.provider_reference)
+        .bind(&new.reason)
+        .bind(&new.receipt_email)
+        .bind(Json(&new.metadata))
+        .bind(&new.idempotency_key)
+        .bind(&new.request_hash)
+        .bind(new.inflight_until)
+        .bind(new.next_check_at)
+        .bind(new.created_at)
+        .bind(sale.amount_minor)
+        .bind(sale.currency_confirmed)
+        .bind(sale.external_minor)
+}
+
+/// The compare-and-swap every refund change goes through (`$17`-`$19`: the
+/// version, status and submission its writer read).
+const UPDATE: &str = "UPDATE refunds SET status = $2, provider_refund_id = $3, provider_status = $4, provider_code = $5, \
+    provider_message = $6, failure_code = $7, failure_message = $8, response_code = $9, response_body = $10, \
+    inflight_until = rg_ts($11), check_attempts = $12, next_check_at = rg_ts($13), lease_until = rg_ts($14), \
+    review_reason = $15, updated_at = rg_ts($16), not_found_streak = $20, version = version + 1 \
+    WHERE id = $1 AND version = $17 AND status = $18 AND submission = $19";
+
+fn bind_update<'q>(q: PgQuery<'q>, c: &'q Change) -> PgQuery<'q> {
+    let u = &c.update;
+    q.bind(&c.current.id)
+        .bind(u.status)
+        .bind(&u.provider_refund_id)
+        .bind(&u.provider_status)
+        .bind(&u.provider_code)
+        .bind(&u.provider_message)
+        .bind(&u.failure_code)
+        .bind(&u.failure_message)
+        .bind(u.response_code)
+        .bind(&u.response_body)
+        .bind(u.inflight_until)
+        .bind(u.check_attempts)
+        .bind(u.next_check_at)
+        .bind(u.lease_until)
+        .bind(&u.review_reason)
+        .bind(u.updated_at)
+        .bind(c.current.version)
+        .bind(c.current.status)
+        .bind(c.current.submission)
+        .bind(u.not_found_streak)
+}
+
+const INSERT_HISTORY: &str =
+    "INSERT INTO refund_events (refund_id, at, source, status, previous_status, \
+    provider_code, provider_status, detail, actor) ";
+
+async fn insert_history(conn: &mut PgConnection, refund_id: &str, e: &RefundEvent) -> Result<()> {
+    sqlx::query(&format!(
+        "{INSERT_HISTORY} VALUES ($1, rg_ts($2), $3, $4, $5, $6, $7, $8, $9)"
+    ))
+    .bind(refund_id)
+    .bind(e.at)
+    .bind(e.source)
+    .bind(e.status)
+    .bind(e.previous_status)
+    .bind(&e.provider_code)
+    .bind(&e.provider_status)
+    .bind(&e.detail)
+    .bind(&e.actor)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+impl PgStore {
+    pub(super) async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        probe::<PgConnection>(url).await?;
+        let options: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .min_connections(2)
+            .acquire_timeout(Duration::from_secs(5))
+            // A ping before every acquire doubles the round trips of short
+            // queries; a dead connection surfaces as a query error instead
+            // (mapped to 503) and is dropped by the pool.
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(PgStore { pool })
+    }
+
+    async fn write_side_effects(conn: &mut PgConnection, c: &Change) -> Result<()> {
+        let (current, u) = (&c.current, &c.update);
+        if let Some(e) = &u.email {
+            sqlx::query(
+                "INSERT INTO email_outbox (refund_id, to_addr, subject, body, state, attempts, next_attempt_at, created_at) \
+                 VALUES ($1, $2, $3, $4, 'pending', 0, rg_ts($5), rg_ts($5)) ON CONFLICT DO NOTHING",
+            )
+            .bind(&current.id)
+            .bind(&e.to)
+            .bind(&e.subject)
+            .bind(&e.body)
+            .bind(u.updated_at)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if c.releases {
+            sqlx::query("UPDATE sales SET reserved_minor = reserved_minor - $3 WHERE account = $1 AND transaction_no = $2")
+                .bind(&current.account)
+                .bind(&current.transaction_no)
+                .bind(current.amount_minor)
+                .execute(&mut *conn)
+                .await?;
+        }
+        if c.confirms {
+            // A refund the provider made confirms the sale's currency.
+            sqlx::query("UPDATE sales SET currency = $3, currency_confirmed = true WHERE account = $1 AND transaction_no = $2 AND NOT currency_confirmed")
+                .bind(&current.account)
+                .bind(&current.transaction_no)
+                .bind(current.currency)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Leases up to `limit` rows of `table` picked by `pick` (`$1` now, `$3`
+    /// limit) until `$2`, skipping rows another process holds; their keys.
+    async fn lease(
+        &self,
+        table: &str,
+        key: &str,
+        pick: &str,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<String>> {
+        let sql = format!(
+            "UPDATE {table} SET lease_until = rg_ts($2) WHERE {key} IN (SELECT {key} FROM {table} WHERE {pick} \
+             FOR UPDATE SKIP LOCKED) RETURNING {key}"
+        );
+        Ok(sqlx::query_scalar(&sql)
+            .bind(now)
+            .bind(lease_until)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+}
+
+#[async_trait]
+impl StoreBackend for PgStore {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn find_duplicate(
+        &self,
+        client: &str,
+        idempotency_key: Option<&str>,
+        refund_reference: Option<&str>,
+    ) -> Result<Option<RefundRow>> {
+        if idempotency_key.is_none() && refund_reference.is_none() {
+            return Ok(None);
+        }
+        // Two index lookups rather than one OR, which the planner may turn into a scan.
+        let sql = format!(
+            "SELECT * FROM ({SELECT_REFUND} WHERE client = $1 AND idempotency_key = $2 \
+             UNION ALL {SELECT_REFUND} WHERE client = $1 AND refund_reference = $3) AS dup LIMIT 1"
+        );
+        Ok(sqlx::query_as(&sql)
+            .bind(client)
+            .bind(idempotency_key)
+            .bind(refund_reference)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// One statement: the reservation, the refund and its history line (a
+    /// concurrent writer waits on the sale's row lock and re-checks the
+    /// condition); a taken idempotency key or reference aborts all of it.
+    async fn create_refund(&self, new: &RefundRow, sale: &SaleTerms) -> Result<CreateOutcome> {
+        let sql = format!(
+            "WITH reserve AS ({RESERVE} RETURNING 1), ins AS ({INSERT_REFUND}) {RECORDED_EVENT}"
+        );
+        match bind_new_refund(sqlx::query(&sql), new, sale)
+            .execute(&self.pool)
+            .await
+        {
+            Ok(r) if r.rows_affected() == 1 => return Ok(CreateOutcome::Created),
+            Ok(_) => {}
+            Err(e) if StoreError::is_unique_violation(&e) => return Ok(CreateOutcome::Duplicate),
+            Err(e) => return Err(e.into()),
+        }
+        let row: Option<(Option<i64>, String, bool, i64, i64)> = sqlx::query_as(
+            "SELECT amount_minor, currency, currency_confirmed, reserved_minor, external_minor \
+             FROM sales WHERE account = $1 AND transaction_no = $2",
+        )
+        .bind(&new.account)
+        .bind(&new.transaction_no)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(refusal(new, sale, row))
+    }
+
+    async fn claim_send(&self, id: &str, version: i64, now: i64, send_by: i64) -> Result<bool> {
+        // One statement: the claim, and its history line only if it applied.
+        let n = sqlx::query(
+            "WITH c AS (UPDATE refunds SET submission = 'sent', send_by = rg_ts($3), updated_at = rg_ts($2), \
+             version = version + 1 WHERE id = $1 AND version = $4 AND status = 'pending' AND submission = 'prepared' \
+             RETURNING id) \
+             INSERT INTO refund_events (refund_id, at, source, status, previous_status, detail) \
+             SELECT id, rg_ts($2), 'request', 'pending', 'pending', 'claimed for sending; the provider is called now' FROM c",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(send_by)
+        .bind(version)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn apply_change(&self, c: &Change) -> Result<bool> {
+        if c.is_single_write() {
+            // One statement: the update, and its history line only if it applied.
+            let n = match &c.event {
+                None => {
+                    bind_update(sqlx::query(UPDATE), c)
+                        .execute(&self.pool)
+                        .await?
+                }
+                Some(e) => {
+                    let sql = format!(
+                        "WITH u AS ({UPDATE} RETURNING id) {INSERT_HISTORY} \
+                         SELECT id, rg_ts($16), $21, $2, $18, $5, $4, $22, $23 FROM u"
+                    );
+                    bind_update(sqlx::query(&sql), c)
+                        .bind(e.source)
+                        .bind(&e.detail)
+                        .bind(&e.actor)
+                        .execute(&self.pool)
+                        .await?
+                }
+            };
+            return Ok(n.rows_affected() == 1);
+        }
+        let mut tx = self.pool.begin().await?;
+        let n = bind_update(sqlx::query(UPDATE), c)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        Self::write_side_effects(&mut tx, c).await?;
+        if let Some(e) = &c.event {
+            insert_history(&mut tx, &c.current.id, e).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn refund_events(&self, refund_id: &str) -> Result<Vec<RefundEvent>> {
+        Ok(sqlx::query_as(
+            "SELECT rg_ms(at) AS at, source, status, previous_status, provider_code, provider_status, detail, actor \
+             FROM refund_events WHERE refund_id = $1 ORDER BY id",
+        )
+        .bind(refund_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn get_refund(&self, client: &str, id: &str) -> Result<Option<RefundRow>> {
+        Ok(
+            sqlx::query_as(&format!("{SELECT_REFUND} WHERE id = $1 AND client = $2"))
+                .bind(id)
+                .bind(client)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn get_refund_any_client(&self, id: &str) -> Result<Option<RefundRow>> {
+        Ok(sqlx::query_as(&format!("{SELECT_REFUND} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn list_refunds(&self, client: Option<&str>, f: &ListFilter) -> Result<Vec<RefundRow>> {
+        let mut q = QueryBuilder::<Postgres>::new(SELECT_REFUND);
+        q.push(" WHERE true");
+        if let Some(c) = client {
+            q.push(" AND client = ").push_bind(c);
+        }
+        for (col, val) in [
+            ("transaction_no", &f.transaction_no),
+            ("reference", &f.reference),
+            ("refund_reference", &f.refund_reference),
+        ] {
+            if let Some(v) = val {
+                q.push(format_args!(" AND {col} = ")).push_bind(v);
+            }
+        }
+        if let Some(s) = f.status {
+            q.push(" AND status = ").push_bind(s);
+        }
+        if let Some(p) = f.provider {
+            q.push(" AND provider = ").push_bind(p);
+        }
+        if let Some(t) = f.created_from {
+            q.push(" AND created_at >= rg_ts(").push_bind(t).push(")");
+        }
+        if let Some(t) = f.created_to {
+            q.push(" AND created_at <= rg_ts(").push_bind(t).push(")");
+        }
+        if let Some(t) = f.needs_review_before {
+            q.push(
+                " AND (review_reason IS NOT NULL OR (status = 'pending' AND created_at <= rg_ts(",
+            )
+            .push_bind(t)
+            .push(")))");
+        }
+        if let Some((created, id)) = &f.after {
+            q.push(" AND (created_at, id) < (rg_ts(")
+                .push_bind(*created)
+                .push("), ")
+                .push_bind(id)
+                .push(")");
+        }
+        q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+            .push_bind(f.limit + 1);
+        Ok(q.build_query_as().fetch_all(&self.pool).await?)
+    }
+
+    async fn claim_due(&self, now: i64, lease_until: i64, limit: i64) -> Result<Vec<RefundRow>> {
+        let ids = self
+            .lease(
+                "refunds",
+                "id",
+                "status = 'pending' AND next_check_at <= rg_ts($1) \
+                 AND (lease_until IS NULL OR lease_until < rg_ts($1)) \
+                 AND (inflight_until IS NULL OR inflight_until < rg_ts($1)) ORDER BY next_check_at LIMIT $3",
+                now,
+                lease_until,
+                limit,
+            )
+            .await?;
+        Ok(sqlx::query_as(&format!(
+            "{SELECT_REFUND} WHERE id = ANY($1) ORDER BY next_check_at"
+        ))
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn review_count(&self, before: i64) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM refunds WHERE review_reason IS NOT NULL OR (status = 'pending' AND created_at <= rg_ts($1))",
+        )
+        .bind(before)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn pending_summary(&self) -> Result<(i64, Option<i64>)> {
+        Ok(sqlx::query_as(
+            "SELECT COUNT(*), rg_ms(MIN(created_at)) FROM refunds WHERE status = 'pending'",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn insert_event(&self, e: &WebhookRow) -> Result<bool> {
+        let n = sqlx::query(
+            "INSERT INTO webhook_events (id, provider, account, dedupe_key, transaction_no, provider_refund_id, \
+             provider_reference, amount, outcome, provider_status, fields, refund_id, state, note, received_at, attempts, \
+             next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13, $14, rg_ts($15), $16, \
+             rg_ts($17)) ON CONFLICT DO NOTHING",
+        )
+        .bind(&e.id)
+        .bind(e.provider)
+        .bind(&e.account)
+        .bind(&e.dedupe_key)
+        .bind(&e.transaction_no)
+        .bind(&e.provider_refund_id)
+        .bind(&e.provider_reference)
+        .bind(&e.amount)
+        .bind(&e.outcome)
+        .bind(&e.provider_status)
+        .bind(&e.fields)
+        .bind(&e.refund_id)
+        .bind(&e.state)
+        .bind(&e.note)
+        .bind(e.received_at)
+        .bind(e.attempts)
+        .bind(e.next_attempt_at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn set_event_state(
+        &self,
+        id: &str,
+        state: &str,
+        refund_id: Option<&str>,
+        note: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE webhook_events SET state = $2, refund_id = $3, note = $4, next_attempt_at = NULL, lease_until = NULL WHERE id = $1",
+        )
+        .bind(id)
+        .bind(state)
+        .bind(refund_id)
+        .bind(note)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_refund_by_provider_ids(
+        &self,
+        accounts: &[String],
+        provider_refund_id: Option<&str>,
+        provider_reference: Option<&str>,
+    ) -> Result<Option<RefundRow>> {
+        if accounts.is_empty() || (provider_refund_id.is_none() && provider_reference.is_none()) {
+            return Ok(None);
+        }
+        let sql = format!(
+            "SELECT * FROM ({SELECT_REFUND} WHERE provider_reference = $2 AND account = ANY($3) \
+             UNION ALL {SELECT_REFUND} WHERE provider_refund_id = $1 AND account = ANY($3)) AS m LIMIT 1"
+        );
+        Ok(sqlx::query_as(&sql)
+            .bind(provider_refund_id)
+            .bind(provider_reference)
+            .bind(accounts)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn pending_on_transaction(
+        &self,
+        accounts: &[String],
+        transaction_no: &str,
+    ) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM refunds WHERE transaction_no = $1 AND status = 'pending' AND account = ANY($2)",
+        )
+        .bind(transaction_no)
+        .bind(accounts)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn provider_references_on_transaction(
+        &self,
+        account: &str,
+        transaction_no: &str,
+    ) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT provider_reference FROM refunds WHERE account = $1 AND transaction_no = $2",
+        )
+        .bind(account)
+        .bind(transaction_no)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn check_now(&self, ids: &[String], now: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE refunds SET next_check_at = rg_ts($2) WHERE id = ANY($1) AND status = 'pending'",
+        )
+        .bind(ids)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn claim_unmatched_events(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<WebhookRow>> {
+        let ids = self
+            .lease(
+                "webhook_events",
+                "id",
+                "state = 'unmatched' AND next_attempt_at <= rg_ts($1) \
+                 AND (lease_until IS NULL OR lease_until < rg_ts($1)) ORDER BY next_attempt_at LIMIT $3",
+                now,
+                lease_until,
+                limit,
+            )
+            .await?;
+        Ok(sqlx::query_as(&format!(
+            "{SELECT_EVENT} WHERE id = ANY($1) ORDER BY next_attempt_at"
+        ))
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn event_not_matched(
+        &self,
+        id: &str,
+        state: &str,
+        attempts: i64,
+        next_attempt_at: Option<i64>,
+        note: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE webhook_events SET state = $2, attempts = $3, next_attempt_at = rg_ts($4), lease_until = NULL, note = $5 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(state)
+        .bind(attempts)
+        .bind(next_attempt_at)
+        .bind(note)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn events_for_refund(&self, refund_id: &str) -> Result<Vec<WebhookRow>> {
+        Ok(sqlx::query_as(&format!(
+            "{SELECT_EVENT} WHERE refund_id = $1 ORDER BY received_at"
+        ))
+        .bind(refund_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn events_by_state(&self, state: &str) -> Result<Vec<WebhookRow>> {
+        Ok(sqlx::query_as(&format!(
+            "{SELECT_EVENT} WHERE state = $1 ORDER BY received_at"
+        ))
+        .bind(state)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn claim_emails(&self, now: i64, lease_until: i64, limit: i64) -> Result<Vec<OutboxRow>> {
+        let ids = self
+            .lease(
+                "email_outbox",
+                "refund_id",
+                "state = 'pending' AND next_attempt_at <= rg_ts($1) \
+                 AND (lease_until IS NULL OR lease_until < rg_ts($1)) ORDER BY next_attempt_at LIMIT $3",
+                now,
+                lease_until,
+                limit,
+            )
+            .await?;
+        Ok(sqlx::query_as(
+            "SELECT refund_id, to_addr, subject, body, state, attempts, last_error FROM email_outbox WHERE refund_id = ANY($1) \
+             ORDER BY next_attempt_at",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn email_attempted(
+        &self,
+        refund_id: &str,
+        now: i64,
+        error: Option<&str>,
+        next_attempt_at: Option<i64>,
+    ) -> Result<()> {
+        let (state, next) = match (error, next_attempt_at) {
+            (None, _) => ("sent", now),
+            (Some(_), Some(n)) => ("pending", n),
+            (Some(_), None) => ("abandoned", now),
+        };
+        sqlx::query(
+            "UPDATE email_outbox SET state = $2, attempts = attempts + 1, next_attempt_at = rg_ts($3), lease_until = NULL, \
+             last_error = $4, sent_at = CASE WHEN $2 = 'sent' THEN rg_ts($5) ELSE sent_at END WHERE refund_id = $1",
+        )
+        .bind(refund_id)
+        .bind(state)
+        .bind(next)
+        .bind(error)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn outbox_entry(&self, refund_id: &str) -> Result<Option<OutboxRow>> {
+        Ok(sqlx::query_as(
+            "SELECT refund_id, to_addr, subject, body, state, attempts, last_error FROM email_outbox WHERE refund_id = $1",
+        )
+        .bind(refund_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+}

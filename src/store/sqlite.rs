@@ -1,0 +1,759 @@
+//! The SQLite store, the embedded default: times in INTEGER milliseconds,
+//! flags as 0/1, JSON as TEXT. SQLite has one writer at a time, and this
+//! store owns how writers take turns: the refund hot path goes through group
+//! commit ([`batch`](super::batch): many writes, one transaction, one
+//! fsync), every other write through the write gate (queued here rather than
+//! spinning on `SQLITE_BUSY`; other processes still wait on SQLite's own lock).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::types::Json;
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
+use tokio::sync::{Mutex, MutexGuard};
+
+use super::batch::Batcher;
+use super::{
+    probe, refusal, Backend, Change, CreateOutcome, ListFilter, OutboxRow, RefundEvent, RefundRow,
+    Result, SaleTerms, StoreBackend, WebhookRow,
+};
+
+pub(super) struct SqliteStore {
+    pool: SqlitePool,
+    gate: Arc<Mutex<()>>,
+    batch: Batcher,
+}
+
+const SELECT_REFUND: &str = "SELECT id, client, account, provider, livemode, status, amount_minor, currency, \
+    settle_currency, transaction_no, reference, refund_reference, provider_reference, provider_refund_id, \
+    provider_status, provider_code, provider_message, failure_code, failure_message, reason, receipt_email, \
+    metadata, idempotency_key, request_hash, submission, response_code, response_body, inflight_until, \
+    check_attempts, next_check_at, lease_until, review_reason, send_by, not_found_streak, created_at, updated_at, \
+    version FROM refunds";
+
+const SELECT_EVENT: &str = "SELECT id, provider, account, dedupe_key, transaction_no, provider_refund_id, \
+    provider_reference, amount, outcome, provider_status, fields, refund_id, state, note, received_at, attempts, \
+    next_attempt_at FROM webhook_events";
+
+/// Reserve a refund's amount against its sale (binds: see [`bind_new_refund`]);
+/// the same rule as the Postgres store's, in SQLite's 0/1 flags.
+const RESERVE: &str = "INSERT INTO sales (account, transaction_no, amount_minor, currency, reserved_minor, currency_confirmed, external_minor) \
+    SELECT $3, $10, $22, $8, $7, $23, $24 WHERE $22 IS NULL OR $7 + $24 <= $22 \
+    ON CONFLICT (account, transaction_no) DO UPDATE \
+    SET reserved_minor = sales.reserved_minor + excluded.reserved_minor, \
+        amount_minor = COALESCE(sales.amount_minor, excluded.amount_minor), \
+        currency = CASE WHEN sales.currency_confirmed = 1 THEN sales.currency ELSE excluded.currency END, \
+        currency_confirmed = MAX(sales.currency_confirmed, excluded.currency_confirmed), \
+        external_minor = MAX(sales.external_minor, excluded.external_minor) \
+    WHERE (sales.currency_confirmed = 0 OR sales.currency = excluded.currency) \
+      AND (COALESCE(sales.amount_minor, excluded.amount_minor) IS NULL \
+           OR sales.reserved_minor + excluded.reserved_minor \
+              + MAX(sales.external_minor, excluded.external_minor) \
+              <= COALESCE(sales.amount_minor, excluded.amount_minor))";
+
+const INSERT_REFUND: &str = "INSERT INTO refunds (id, client, account, provider, livemode, status, amount_minor, currency, \
+    settle_currency, transaction_no, reference, refund_reference, provider_reference, reason, receipt_email, metadata, \
+    idempotency_key, request_hash, submission, inflight_until, check_attempts, next_check_at, created_at, updated_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, 'prepared', $19, 0, $20, $21, $21) \
+    ON CONFLICT DO NOTHING";
+
+const RECORDED_EVENT: &str = "INSERT INTO refund_events (refund_id, at, source, status, detail) \
+    VALUES ($1, $21, 'request', 'pending', 'recorded; amount reserved against the sale')";
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// Binds a new refund (and the sale's terms as `$22`-`$24`) for [`RESERVE`],
+/// [`INSERT_REFUND`] and [`RECORDED_EVENT`], which share one numbering.
+fn bind_new_refund<'q>(
+    q: SqliteQuery<'q>,
+    new: &'q RefundRow,
+    sale: &SaleTerms,
+) -> SqliteQuery<'q> {
+    q.bind(&new.id)
+        .bind(&new.client)
+        .bind(&new.account)
+        .bind(new.provider)
+        .bind(new.livemode)
+        .bind(new.status)
+        .bind(new.amount_minor)
+        .bind(new.currency)
+        .bind(new.settle_currency)
+        .bind(&new.transaction_no)
+        .bind(&new.reference)
+        .bind(&new.refund_reference)
+        .bind(&new.provider_reference)
+        .bind(&new.reason)
+        .bind(&new.receipt_email)
+        .bind(Json(&new.metadata))
+        .bind(&new.idempotency_key)
+        .bind(&new.request_hash)
+        .bind(new.inflight_until)
+        .bind(new.next_check_at)
+        .bind(new.created_at)
+        .bind(sale.amount_minor)
+        .bind(sale.currency_confirmed)
+        .bind(sale.external_minor)
+}
+
+/// The compare-and-swap every refund change goes through (`$17`-`$19`: the
+/// version, status and submission its writer read).
+const UPDATE: &str = "UPDATE refunds SET status = $2, provider_refund_id = $3, provider_status = $4, provider_code = $5, \
+    provider_message = $6, failure_code = $7, failure_message = $8, response_code = $9, response_body = $10, \
+    inflight_until = $11, check_attempts = $12, next_check_at = $13, lease_until = $14, review_reason = $15, \
+    updated_at = $16, not_found_streak = $20, version = version + 1 \
+    WHERE id = $1 AND version = $17 AND status = $18 AND submission = $19";
+
+/// `$first, $first+1, ...`: `n` bind placeholders for an `IN (...)` list.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl SqliteStore {
+    pub(super) async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let url = if url.contains("mode=") || url.contains(":memory:") {
+            url.to_string()
+        } else {
+            format!("{url}{}mode=rwc", if url.contains('?') { "&" } else { "?" })
+        };
+        probe::<SqliteConnection>(&url).await?;
+        let options: SqliteConnectOptions = url.parse()?;
+        let options = options
+            .journal_mode(SqliteJournalMode::Wal)
+            // Power-loss durability: a refund answered is a refund on disk.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        let gate = Arc::new(Mutex::new(()));
+        Ok(SqliteStore {
+            batch: Batcher::spawn(pool.clone(), gate.clone()),
+            gate,
+            pool,
+        })
+    }
+
+    async fn gate(&self) -> MutexGuard<'_, ()> {
+        self.gate.lock().await
+    }
+
+    async fn write_change(conn: &mut SqliteConnection, c: &Change) -> Result<bool> {
+        let (current, u) = (&c.current, &c.update);
+        let n = sqlx::query(UPDATE)
+            .bind(&current.id)
+            .bind(u.status)
+            .bind(&u.provider_refund_id)
+            .bind(&u.provider_status)
+            .bind(&u.provider_code)
+            .bind(&u.provider_message)
+            .bind(&u.failure_code)
+            .bind(&u.failure_message)
+            .bind(u.response_code)
+            .bind(&u.response_body)
+            .bind(u.inflight_until)
+            .bind(u.check_attempts)
+            .bind(u.next_check_at)
+            .bind(u.lease_until)
+            .bind(&u.review_reason)
+            .bind(u.updated_at)
+            .bind(current.version)
+            .bind(current.status)
+            .bind(current.submission)
+            .bind(u.not_found_streak)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        if n != 1 {
+            return Ok(false);
+        }
+        if let Some(e) = &u.email {
+            sqlx::query(
+                "INSERT INTO email_outbox (refund_id, to_addr, subject, body, state, attempts, next_attempt_at, created_at) \
+                 VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(&current.id)
+            .bind(&e.to)
+            .bind(&e.subject)
+            .bind(&e.body)
+            .bind(u.updated_at)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if c.releases {
+            sqlx::query("UPDATE sales SET reserved_minor = reserved_minor - $3 WHERE account = $1 AND transaction_no = $2")
+                .bind(&current.account)
+                .bind(&current.transaction_no)
+                .bind(current.amount_minor)
+                .execute(&mut *conn)
+                .await?;
+        }
+        if c.confirms {
+            // A refund the provider made confirms the sale's currency.
+            sqlx::query("UPDATE sales SET currency = $3, currency_confirmed = 1 WHERE account = $1 AND transaction_no = $2 AND currency_confirmed = 0")
+                .bind(&current.account)
+                .bind(&current.transaction_no)
+                .bind(current.currency)
+                .execute(&mut *conn)
+                .await?;
+        }
+        if let Some(e) = &c.event {
+            insert_history(conn, &current.id, e).await?;
+        }
+        Ok(true)
+    }
+
+    /// Leases up to `limit` rows of `table` picked by `pick` (`$1` now, `$3`
+    /// limit) until `$2`; their keys. The write gate makes it exclusive
+    /// within this process, SQLite's lock across processes.
+    async fn lease(
+        &self,
+        table: &str,
+        key: &str,
+        pick: &str,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<String>> {
+        let _gate = self.gate().await;
+        let sql = format!(
+            "UPDATE {table} SET lease_until = $2 WHERE {key} IN (SELECT {key} FROM {table} WHERE {pick}) RETURNING {key}"
+        );
+        Ok(sqlx::query_scalar(&sql)
+            .bind(now)
+            .bind(lease_until)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Rows of `select` whose `key` is one of `keys`, ordered by `order`.
+    async fn rows_by_keys<T>(
+        &self,
+        select: &str,
+        key: &str,
+        keys: &[String],
+        order: &str,
+    ) -> Result<Vec<T>>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+    {
+        if keys.is_empty() {
+            return Ok(vec![]);
+        }
+        let sql = format!(
+            "{select} WHERE {key} IN ({}) ORDER BY {order}",
+            placeholders(1, keys.len())
+        );
+        let mut q = sqlx::query_as(&sql);
+        for k in keys {
+            q = q.bind(k);
+        }
+        Ok(q.fetch_all(&self.pool).await?)
+    }
+}
+
+async fn insert_history(
+    conn: &mut SqliteConnection,
+    refund_id: &str,
+    e: &RefundEvent,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO refund_events (refund_id, at, source, status, previous_status, provider_code, provider_status, detail, actor) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(refund_id)
+    .bind(e.at)
+    .bind(e.source)
+    .bind(e.status)
+    .bind(e.previous_status)
+    .bind(&e.provider_code)
+    .bind(&e.provider_status)
+    .bind(&e.detail)
+    .bind(&e.actor)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl StoreBackend for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn find_duplicate(
+        &self,
+        client: &str,
+        idempotency_key: Option<&str>,
+        refund_reference: Option<&str>,
+    ) -> Result<Option<RefundRow>> {
+        if idempotency_key.is_none() && refund_reference.is_none() {
+            return Ok(None);
+        }
+        let sql = format!(
+            "SELECT * FROM ({SELECT_REFUND} WHERE client = $1 AND idempotency_key = $2 \
+             UNION ALL {SELECT_REFUND} WHERE client = $1 AND refund_reference = $3) AS dup LIMIT 1"
+        );
+        Ok(sqlx::query_as(&sql)
+            .bind(client)
+            .bind(idempotency_key)
+            .bind(refund_reference)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// The reservation, the refund and its history line in one savepoint of
+    /// the next group commit; a taken key or reference undoes the reservation.
+    async fn create_refund(&self, new: &RefundRow, sale: &SaleTerms) -> Result<CreateOutcome> {
+        let (row, terms) = (new.clone(), *sale);
+        let outcome = self
+            .batch
+            .run(move |conn| {
+                Box::pin(async move {
+                    let reserved = bind_new_refund(sqlx::query(RESERVE), &row, &terms)
+                        .execute(&mut *conn)
+                        .await?
+                        .rows_affected();
+                    if reserved == 0 {
+                        return Ok((None, false));
+                    }
+                    let inserted = bind_new_refund(sqlx::query(INSERT_REFUND), &row, &terms)
+                        .execute(&mut *conn)
+                        .await?
+                        .rows_affected();
+                    if inserted == 0 {
+                        return Ok((Some(CreateOutcome::Duplicate), false));
+                    }
+                    bind_new_refund(sqlx::query(RECORDED_EVENT), &row, &terms)
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok((Some(CreateOutcome::Created), true))
+                })
+            })
+            .await?;
+        if let Some(o) = outcome {
+            return Ok(o);
+        }
+        let row: Option<(Option<i64>, String, bool, i64, i64)> = sqlx::query_as(
+            "SELECT amount_minor, currency, currency_confirmed, reserved_minor, external_minor \
+             FROM sales WHERE account = $1 AND transaction_no = $2",
+        )
+        .bind(&new.account)
+        .bind(&new.transaction_no)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(refusal(new, sale, row))
+    }
+
+    async fn claim_send(&self, id: &str, version: i64, now: i64, send_by: i64) -> Result<bool> {
+        let id = id.to_string();
+        self.batch
+            .run(move |conn| {
+                Box::pin(async move {
+                    let n = sqlx::query(
+                        "UPDATE refunds SET submission = 'sent', send_by = $3, updated_at = $2, version = version + 1 \
+                         WHERE id = $1 AND version = $4 AND status = 'pending' AND submission = 'prepared'",
+                    )
+                    .bind(&id)
+                    .bind(now)
+                    .bind(send_by)
+                    .bind(version)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                    if n == 1 {
+                        sqlx::query(
+                            "INSERT INTO refund_events (refund_id, at, source, status, previous_status, detail) \
+                             VALUES ($1, $2, 'request', 'pending', 'pending', 'claimed for sending; the provider is called now')",
+                        )
+                        .bind(&id)
+                        .bind(now)
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                    Ok((n == 1, true))
+                })
+            })
+            .await
+    }
+
+    async fn apply_change(&self, c: &Change) -> Result<bool> {
+        let c = c.clone();
+        self.batch
+            .run(move |conn| {
+                Box::pin(async move {
+                    let applied = Self::write_change(conn, &c).await?;
+                    Ok((applied, applied))
+                })
+            })
+            .await
+    }
+
+    async fn refund_events(&self, refund_id: &str) -> Result<Vec<RefundEvent>> {
+        Ok(sqlx::query_as(
+            "SELECT at, source, status, previous_status, provider_code, provider_status, detail, actor \
+             FROM refund_events WHERE refund_id = $1 ORDER BY id",
+        )
+        .bind(refund_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn get_refund(&self, client: &str, id: &str) -> Result<Option<RefundRow>> {
+        Ok(
+            sqlx::query_as(&format!("{SELECT_REFUND} WHERE id = $1 AND client = $2"))
+                .bind(id)
+                .bind(client)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn get_refund_any_client(&self, id: &str) -> Result<Option<RefundRow>> {
+        Ok(sqlx::query_as(&format!("{SELECT_REFUND} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn list_refunds(&self, client: Option<&str>, f: &ListFilter) -> Result<Vec<RefundRow>> {
+        let mut q = QueryBuilder::<Sqlite>::new(SELECT_REFUND);
+        q.push(" WHERE 1 = 1");
+        if let Some(c) = client {
+            q.push(" AND client = ").push_bind(c);
+        }
+        for (col, val) in [
+            ("transaction_no", &f.transaction_no),
+            ("reference", &f.reference),
+            ("refund_reference", &f.refund_reference),
+        ] {
+            if let Some(v) = val {
+                q.push(format_args!(" AND {col} = ")).push_bind(v);
+            }
+        }
+        if let Some(s) = f.status {
+            q.push(" AND status = ").push_bind(s);
+        }
+        if let Some(p) = f.provider {
+            q.push(" AND provider = ").push_bind(p);
+        }
+        if let Some(t) = f.created_from {
+            q.push(" AND created_at >= ").push_bind(t);
+        }
+        if let Some(t) = f.created_to {
+            q.push(" AND created_at <= ").push_bind(t);
+        }
+        if let Some(t) = f.needs_review_before {
+            q.push(" AND (review_reason IS NOT NULL OR (status = 'pending' AND created_at <= ")
+                .push_bind(t)
+                .push("))");
+        }
+        if let Some((created, id)) = &f.after {
+            q.push(" AND (created_at, id) < (")
+                .push_bind(*created)
+                .push(", ")
+                .push_bind(id)
+                .push(")");
+        }
+        q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+            .push_bind(f.limit + 1);
+        Ok(q.build_query_as().fetch_all(&self.pool).await?)
+    }
+
+    async fn claim_due(&self, now: i64, lease_until: i64, limit: i64) -> Result<Vec<RefundRow>> {
+        let ids = self
+            .lease(
+                "refunds",
+                "id",
+                "status = 'pending' AND next_check_at <= $1 AND (lease_until IS NULL OR lease_until < $1) \
+                 AND (inflight_until IS NULL OR inflight_until < $1) ORDER BY next_check_at LIMIT $3",
+                now,
+                lease_until,
+                limit,
+            )
+            .await?;
+        self.rows_by_keys(SELECT_REFUND, "id", &ids, "next_check_at")
+            .await
+    }
+
+    async fn review_count(&self, before: i64) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM refunds WHERE review_reason IS NOT NULL OR (status = 'pending' AND created_at <= $1)",
+        )
+        .bind(before)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn pending_summary(&self) -> Result<(i64, Option<i64>)> {
+        Ok(
+            sqlx::query_as(
+                "SELECT COUNT(*), MIN(created_at) FROM refunds WHERE status = 'pending'",
+            )
+            .fetch_one(&self.pool)
+            .await?,
+        )
+    }
+
+    async fn insert_event(&self, e: &WebhookRow) -> Result<bool> {
+        let _gate = self.gate().await;
+        let n = sqlx::query(
+            "INSERT INTO webhook_events (id, provider, account, dedupe_key, transaction_no, provider_refund_id, \
+             provider_reference, amount, outcome, provider_status, fields, refund_id, state, note, received_at, attempts, \
+             next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&e.id)
+        .bind(e.provider)
+        .bind(&e.account)
+        .bind(&e.dedupe_key)
+        .bind(&e.transaction_no)
+        .bind(&e.provider_refund_id)
+        .bind(&e.provider_reference)
+        .bind(&e.amount)
+        .bind(&e.outcome)
+        .bind(&e.provider_status)
+        .bind(&e.fields)
+        .bind(&e.refund_id)
+        .bind(&e.state)
+        .bind(&e.note)
+        .bind(e.received_at)
+        .bind(e.attempts)
+        .bind(e.next_attempt_at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn set_event_state(
+        &self,
+        id: &str,
+        state: &str,
+        refund_id: Option<&str>,
+        note: Option<&str>,
+    ) -> Result<()> {
+        let _gate = self.gate().await;
+        sqlx::query(
+            "UPDATE webhook_events SET state = $2, refund_id = $3, note = $4, next_attempt_at = NULL, lease_until = NULL WHERE id = $1",
+        )
+        .bind(id)
+        .bind(state)
+        .bind(refund_id)
+        .bind(note)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_refund_by_provider_ids(
+        &self,
+        accounts: &[String],
+        provider_refund_id: Option<&str>,
+        provider_reference: Option<&str>,
+    ) -> Result<Option<RefundRow>> {
+        if accounts.is_empty() || (provider_refund_id.is_none() && provider_reference.is_none()) {
+            return Ok(None);
+        }
+        let list = placeholders(3, accounts.len());
+        let sql = format!(
+            "SELECT * FROM ({SELECT_REFUND} WHERE provider_reference = $2 AND account IN ({list}) \
+             UNION ALL {SELECT_REFUND} WHERE provider_refund_id = $1 AND account IN ({list})) AS m LIMIT 1"
+        );
+        let mut q = sqlx::query_as(&sql)
+            .bind(provider_refund_id)
+            .bind(provider_reference);
+        for a in accounts {
+            q = q.bind(a);
+        }
+        Ok(q.fetch_optional(&self.pool).await?)
+    }
+
+    async fn pending_on_transaction(
+        &self,
+        accounts: &[String],
+        transaction_no: &str,
+    ) -> Result<Vec<String>> {
+        if accounts.is_empty() {
+            return Ok(vec![]);
+        }
+        let sql = format!(
+            "SELECT id FROM refunds WHERE transaction_no = $1 AND status = 'pending' AND account IN ({})",
+            placeholders(2, accounts.len())
+        );
+        let mut q = sqlx::query_scalar(&sql).bind(transaction_no);
+        for a in accounts {
+            q = q.bind(a);
+        }
+        Ok(q.fetch_all(&self.pool).await?)
+    }
+
+    async fn provider_references_on_transaction(
+        &self,
+        account: &str,
+        transaction_no: &str,
+    ) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT provider_reference FROM refunds WHERE account = $1 AND transaction_no = $2",
+        )
+        .bind(account)
+        .bind(transaction_no)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn check_now(&self, ids: &[String], now: i64) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let _gate = self.gate().await;
+        let sql = format!(
+            "UPDATE refunds SET next_check_at = $1 WHERE status = 'pending' AND id IN ({})",
+            placeholders(2, ids.len())
+        );
+        let mut q = sqlx::query(&sql).bind(now);
+        for id in ids {
+            q = q.bind(id);
+        }
+        q.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn claim_unmatched_events(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<WebhookRow>> {
+        let ids = self
+            .lease(
+                "webhook_events",
+                "id",
+                "state = 'unmatched' AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until < $1) \
+                 ORDER BY next_attempt_at LIMIT $3",
+                now,
+                lease_until,
+                limit,
+            )
+            .await?;
+        self.rows_by_keys(SELECT_EVENT, "id", &ids, "next_attempt_at")
+            .await
+    }
+
+    async fn event_not_matched(
+        &self,
+        id: &str,
+        state: &str,
+        attempts: i64,
+        next_attempt_at: Option<i64>,
+        note: &str,
+    ) -> Result<()> {
+        let _gate = self.gate().await;
+        sqlx::query(
+            "UPDATE webhook_events SET state = $2, attempts = $3, next_attempt_at = $4, lease_until = NULL, note = $5 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(state)
+        .bind(attempts)
+        .bind(next_attempt_at)
+        .bind(note)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn events_for_refund(&self, refund_id: &str) -> Result<Vec<WebhookRow>> {
+        Ok(sqlx::query_as(&format!(
+            "{SELECT_EVENT} WHERE refund_id = $1 ORDER BY received_at"
+        ))
+        .bind(refund_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn events_by_state(&self, state: &str) -> Result<Vec<WebhookRow>> {
+        Ok(sqlx::query_as(&format!(
+            "{SELECT_EVENT} WHERE state = $1 ORDER BY received_at"
+        ))
+        .bind(state)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn claim_emails(&self, now: i64, lease_until: i64, limit: i64) -> Result<Vec<OutboxRow>> {
+        let ids = self
+            .lease(
+                "email_outbox",
+                "refund_id",
+                "state = 'pending' AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until < $1) \
+                 ORDER BY next_attempt_at LIMIT $3",
+                now,
+                lease_until,
+                limit,
+            )
+            .await?;
+        self.rows_by_keys(
+            "SELECT refund_id, to_addr, subject, body, state, attempts, last_error FROM email_outbox",
+            "refund_id",
+            &ids,
+            "next_attempt_at",
+        )
+        .await
+    }
+
+    async fn email_attempted(
+        &self,
+        refund_id: &str,
+        now: i64,
+        error: Option<&str>,
+        next_attempt_at: Option<i64>,
+    ) -> Result<()> {
+        let _gate = self.gate().await;
+        let (state, next) = match (error, next_attempt_at) {
+            (None, _) => ("sent", now),
+            (Some(_), Some(n)) => ("pending", n),
+            (Some(_), None) => ("abandoned", now),
+        };
+        sqlx::query(
+            "UPDATE email_outbox SET state = $2, attempts = attempts + 1, next_attempt_at = $3, lease_until = NULL, \
+             last_error = $4, sent_at = CASE WHEN $2 = 'sent' THEN $5 ELSE sent_at END WHERE refund_id = $1",
+        )
+        .bind(refund_id)
+        .bind(state)
+        .bind(next)
+        .bind(error)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn outbox_entry(&self, refund_id: &str) -> Result<Option<OutboxRow>> {
+        Ok(sqlx::query_as(
+            "SELECT refund_id, to_addr, subject, body, state, attempts, last_error FROM email_outbox WHERE refund_id = $1",
+        )
+        .bind(refund_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+}
