@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use axum::extract::MatchedPath;
 use axum::http::Request;
-use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -40,43 +39,11 @@ use store::Store;
 /// The gateway's routes (and the sandbox's, in demo mode) with the middleware stack.
 pub fn app(state: AppState, sandbox: Option<&Sandbox>, request_timeout: Duration) -> Router {
     let mut router = Router::new()
-        .route(
-            "/v1/refunds",
-            post(api::refunds::create).get(api::refunds::list),
-        )
-        .route("/v1/refunds/{id}", get(api::refunds::get_one))
-        .route("/v1/refunds/{id}/receipt", get(api::refunds::receipt))
-        .route("/v1/refunds/{id}/events", get(api::refunds::events))
-        .route("/v1/operator/review", get(api::operator::review))
-        .route(
-            "/v1/operator/refunds/{id}/events",
-            get(api::operator::events),
-        )
-        .route("/v1/operator/refunds/{id}/sync", post(api::operator::sync))
-        .route(
-            "/v1/operator/refunds/{id}/resolve",
-            post(api::operator::resolve),
-        )
-        .route("/ipn/pockyt", post(api::ipn::pockyt))
-        .route("/ipn/pockyt/{account}", post(api::ipn::pockyt_account))
-        .route("/ipn/pay10", post(api::ipn::pay10))
-        .route("/ipn/pay10/{account}", post(api::ipn::pay10_account))
-        .route("/healthz", get(api::health::healthz))
-        .route("/readyz", get(api::health::readyz))
-        .route("/metrics", get(api::docs::metrics))
-        .route(
-            "/openapi.json",
-            get(|| async {
-                (
-                    [(axum::http::header::CONTENT_TYPE, "application/json")],
-                    api::docs::document(),
-                )
-            }),
-        )
-        .merge(
-            utoipa_swagger_ui::SwaggerUi::new("/docs")
-                .config(utoipa_swagger_ui::Config::from("/openapi.json")),
-        )
+        .merge(api::refunds::routes())
+        .merge(api::operator::routes())
+        .merge(api::ipn::routes())
+        .merge(api::health::routes())
+        .merge(api::docs::routes())
         .with_state(state);
     if let Some(sb) = sandbox {
         router = router.merge(sb.router());

@@ -30,7 +30,6 @@ ALTER TABLE refunds
     ADD CONSTRAINT refunds_metadata_check CHECK (jsonb_typeof(metadata) = 'object');
 
 CREATE INDEX refunds_client_created ON refunds (client, created_at DESC, id DESC);
-CREATE INDEX refunds_created ON refunds (created_at DESC, id DESC);
 CREATE INDEX refunds_due ON refunds (next_check_at) WHERE status = 'pending';
 CREATE INDEX refunds_review ON refunds (created_at) WHERE review_reason IS NOT NULL OR status = 'pending';
 

@@ -90,3 +90,23 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         handle.render(),
     )
 }
+
+/// Metrics, the OpenAPI document and its Swagger UI.
+pub fn routes() -> axum::Router<AppState> {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route(
+            "/openapi.json",
+            get(|| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    document(),
+                )
+            }),
+        )
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/docs")
+                .config(utoipa_swagger_ui::Config::from("/openapi.json")),
+        )
+}

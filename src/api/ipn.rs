@@ -178,3 +178,13 @@ pub async fn pay10_account(
 ) -> Result<Response, ApiError> {
     handle(state, ProviderKind::Pay10, Some(account), body).await
 }
+
+/// The providers' webhook routes (one per provider, and one per account).
+pub fn routes() -> axum::Router<AppState> {
+    use axum::routing::post;
+    axum::Router::new()
+        .route("/ipn/pockyt", post(pockyt))
+        .route("/ipn/pockyt/{account}", post(pockyt_account))
+        .route("/ipn/pay10", post(pay10))
+        .route("/ipn/pay10/{account}", post(pay10_account))
+}

@@ -181,3 +181,13 @@ pub async fn resolve(
         }
     }
 }
+
+/// The operator's routes.
+pub fn routes() -> axum::Router<AppState> {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/v1/operator/review", get(review))
+        .route("/v1/operator/refunds/{id}/events", get(events))
+        .route("/v1/operator/refunds/{id}/sync", post(sync))
+        .route("/v1/operator/refunds/{id}/resolve", post(resolve))
+}

@@ -580,3 +580,13 @@ pub async fn receipt(
             .into_response()
     })
 }
+
+/// The refund resource's routes.
+pub fn routes() -> axum::Router<AppState> {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/v1/refunds", post(create).get(list))
+        .route("/v1/refunds/{id}", get(get_one))
+        .route("/v1/refunds/{id}/receipt", get(receipt))
+        .route("/v1/refunds/{id}/events", get(events))
+}
