@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use super::lifecycle::{self, decide, Decision};
 use super::Gateway;
 use crate::providers::{Outcome, ProviderKind, WebhookError, WebhookEvent};
-use crate::store::{RefundRow, StoreError, WebhookRow};
+use crate::store::{EventState, RefundRow, StoreError, WebhookRow};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum WebhookReply {
@@ -121,7 +121,11 @@ impl Gateway {
             provider_status: ev.provider_status.clone(),
             fields: serde_json::to_string(&ev.fields).unwrap_or_default(),
             refund_id: None,
-            state: if ev.is_refund { "received" } else { "ignored" }.into(),
+            state: if ev.is_refund {
+                EventState::Received
+            } else {
+                EventState::Ignored
+            },
             note: (!ev.is_refund).then(|| "not a refund event".to_string()),
             received_at: now,
             attempts: 0,
@@ -163,9 +167,9 @@ impl Gateway {
         }
         let attempts = ev.attempts + 1;
         let (state, next) = if attempts >= MAX_MATCH_ATTEMPTS {
-            ("expired", None)
+            (EventState::Expired, None)
         } else {
-            ("unmatched", Some(now + match_delay(attempts)))
+            (EventState::Unmatched, Some(now + match_delay(attempts)))
         };
         let note = format!(
             "names no refund this gateway knows; {attempts} matching attempts, {asked} pending refunds on the sale queried{}",
@@ -199,7 +203,7 @@ impl Gateway {
             self.store
                 .set_event_state(
                     &ev.id,
-                    "queried",
+                    EventState::Queried,
                     Some(&refund.id),
                     Some("amount unreadable; the refund's status is asked instead"),
                 )
@@ -209,7 +213,12 @@ impl Gateway {
         if let Some(reason) = inconsistency(ev, refund) {
             tracing::warn!(event = %ev.id, refund_id = %refund.id, %reason, "webhook rejected");
             self.store
-                .set_event_state(&ev.id, "rejected", Some(&refund.id), Some(&reason))
+                .set_event_state(
+                    &ev.id,
+                    EventState::Rejected,
+                    Some(&refund.id),
+                    Some(&reason),
+                )
                 .await?;
             return Ok(WebhookReply::Rejected(reason));
         }
@@ -245,10 +254,10 @@ impl Gateway {
         let state = match decision {
             Decision::Conflict => {
                 crate::metrics::webhook(ev.provider.as_str(), "conflict");
-                "conflict"
+                EventState::Conflict
             }
-            Decision::Move(_) => "applied",
-            Decision::Stay => "stale",
+            Decision::Move(_) => EventState::Applied,
+            Decision::Stay => EventState::Stale,
         };
         self.store
             .set_event_state(&ev.id, state, Some(&refund.id), None)

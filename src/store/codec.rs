@@ -6,7 +6,9 @@ use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::{Database, Decode, Encode, Type};
 
-use super::model::{Currency, EventSource, Minor, ProviderKind, RefundId, Status, Submission};
+use super::model::{
+    Currency, EventSource, EventState, Minor, ProviderKind, RefundId, Status, Submission,
+};
 
 /// Text columns holding a type with `as_str` and `TryFrom<String>`.
 macro_rules! text_column {
@@ -47,7 +49,14 @@ macro_rules! text_column {
     )*};
 }
 
-text_column!(Status, Submission, EventSource, ProviderKind, RefundId);
+text_column!(
+    Status,
+    Submission,
+    EventSource,
+    EventState,
+    ProviderKind,
+    RefundId
+);
 
 /// A currency is stored as its alpha code.
 impl Currency {

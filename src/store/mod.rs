@@ -168,7 +168,7 @@ pub trait StoreBackend: Send + Sync + 'static {
     async fn set_event_state(
         &self,
         id: &str,
-        state: &str,
+        state: EventState,
         refund_id: Option<&str>,
         note: Option<&str>,
     ) -> Result<()>;
@@ -206,13 +206,13 @@ pub trait StoreBackend: Send + Sync + 'static {
     async fn event_not_matched(
         &self,
         id: &str,
-        state: &str,
+        state: EventState,
         attempts: i64,
         next_attempt_at: Option<i64>,
         note: &str,
     ) -> Result<()>;
     async fn events_for_refund(&self, refund_id: &str) -> Result<Vec<WebhookRow>>;
-    async fn events_by_state(&self, state: &str) -> Result<Vec<WebhookRow>>;
+    async fn events_by_state(&self, state: EventState) -> Result<Vec<WebhookRow>>;
 
     /// Claims due receipt emails with a lease, so one process sends each.
     async fn claim_emails(&self, now: i64, lease_until: i64, limit: i64) -> Result<Vec<OutboxRow>>;

@@ -150,6 +150,76 @@ impl EventSource {
     }
 }
 
+/// What became of a stored provider webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventState {
+    /// Verified and stored; not matched yet.
+    Received,
+    /// Not about a refund (a payment notification, say).
+    Ignored,
+    /// Names no refund we know yet: retried with backoff.
+    Unmatched,
+    /// Never matched a refund; no more attempts.
+    Expired,
+    /// Its amount could not be read: the refund's status is asked instead.
+    Queried,
+    /// Contradicts the refund it names (sale or amount): not applied.
+    Rejected,
+    /// Contradicts the refund's final status: the provider is asked.
+    Conflict,
+    /// Moved the refund.
+    Applied,
+    /// Said nothing new.
+    Stale,
+}
+
+impl EventState {
+    const ALL: [EventState; 9] = [
+        EventState::Received,
+        EventState::Ignored,
+        EventState::Unmatched,
+        EventState::Expired,
+        EventState::Queried,
+        EventState::Rejected,
+        EventState::Conflict,
+        EventState::Applied,
+        EventState::Stale,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EventState::Received => "received",
+            EventState::Ignored => "ignored",
+            EventState::Unmatched => "unmatched",
+            EventState::Expired => "expired",
+            EventState::Queried => "queried",
+            EventState::Rejected => "rejected",
+            EventState::Conflict => "conflict",
+            EventState::Applied => "applied",
+            EventState::Stale => "stale",
+        }
+    }
+}
+
+impl TryFrom<String> for EventState {
+    type Error = Invalid;
+    fn try_from(s: String) -> Result<Self, Invalid> {
+        EventState::ALL
+            .into_iter()
+            .find(|e| e.as_str() == s)
+            .ok_or(Invalid {
+                what: "webhook event state",
+                value: s,
+            })
+    }
+}
+
+impl PartialEq<&str> for EventState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// One line of a refund's history, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct RefundEvent {
@@ -296,7 +366,7 @@ pub struct WebhookRow {
     pub provider_status: Option<String>,
     pub fields: String,
     pub refund_id: Option<String>,
-    pub state: String,
+    pub state: EventState,
     pub note: Option<String>,
     pub received_at: i64,
     /// Matching attempts so far (unmatched events back off, then stop).

@@ -2,9 +2,11 @@
 //! `jsonb`, checked text), leases with `FOR UPDATE SKIP LOCKED`, and every
 //! refund write as one statement (data-modifying CTEs) where it can be.
 //!
-//! The gateway counts time in Unix milliseconds; `rg_ts(ms)` and `rg_ms(t)`
-//! (migration 0007) convert at the query, so each row type is read by one
-//! `FromRow` on either database.
+//! The gateway counts time in Unix milliseconds: they are bound as
+//! `timestamptz` values ([`ts`]) and read back with `rg_ms(t)` (migration
+//! 0007), so each row type is read by one `FromRow` on either database.
+//! (No SQL function on the write path: Postgres would plan such statements
+//! anew on every execution.)
 
 use std::time::Duration;
 
@@ -12,10 +14,11 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
+use time::OffsetDateTime;
 
 use super::{
-    probe, refusal, Backend, Change, CreateOutcome, ListFilter, OutboxRow, RefundEvent, RefundRow,
-    Result, SaleTerms, StoreBackend, StoreError, WebhookRow,
+    probe, refusal, Backend, Change, CreateOutcome, EventState, ListFilter, OutboxRow, RefundEvent,
+    RefundRow, Result, SaleTerms, StoreBackend, StoreError, WebhookRow,
 };
 
 pub(super) struct PgStore {
@@ -58,10 +61,20 @@ const INSERT_REFUND: &str = "INSERT INTO refunds (id, client, account, provider,
     settle_currency, transaction_no, reference, refund_reference, provider_reference, reason, receipt_email, metadata, \
     idempotency_key, request_hash, submission, inflight_until, check_attempts, next_check_at, created_at, updated_at) \
     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, 'prepared', \
-    rg_ts($19), 0, rg_ts($20), rg_ts($21), rg_ts($21) FROM reserve RETURNING id";
+    $19, 0, $20, $21, $21 FROM reserve RETURNING id";
 
 const RECORDED_EVENT: &str = "INSERT INTO refund_events (refund_id, at, source, status, detail) \
-    SELECT id, rg_ts($21), 'request', 'pending', 'recorded; amount reserved against the sale' FROM ins";
+    SELECT id, $21, 'request', 'pending', 'recorded; amount reserved against the sale' FROM ins";
+
+/// Unix milliseconds as the instant Postgres stores (clamped to the range
+/// a timestamp can hold; the gateway's clock is far inside it).
+fn ts(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(if ms < 0 {
+        OffsetDateTime::UNIX_EPOCH
+    } else {
+        time::macros::datetime!(9999-12-31 23:59:59.999 UTC)
+    })
+}
 
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
 
@@ -84,9 +97,9 @@ fn bind_new_refund<'q>(q: PgQuery<'q>, new: &'q RefundRow, sale: &SaleTerms) -> 
         .bind(Json(&new.metadata))
         .bind(&new.idempotency_key)
         .bind(&new.request_hash)
-        .bind(new.inflight_until)
-        .bind(new.next_check_at)
-        .bind(new.created_at)
+        .bind(new.inflight_until.map(ts))
+        .bind(new.next_check_at.map(ts))
+        .bind(ts(new.created_at))
         .bind(sale.amount_minor)
         .bind(sale.currency_confirmed)
         .bind(sale.external_minor)
@@ -96,8 +109,8 @@ fn bind_new_refund<'q>(q: PgQuery<'q>, new: &'q RefundRow, sale: &SaleTerms) -> 
 /// version, status and submission its writer read).
 const UPDATE: &str = "UPDATE refunds SET status = $2, provider_refund_id = $3, provider_status = $4, provider_code = $5, \
     provider_message = $6, failure_code = $7, failure_message = $8, response_code = $9, response_body = $10, \
-    inflight_until = rg_ts($11), check_attempts = $12, next_check_at = rg_ts($13), lease_until = rg_ts($14), \
-    review_reason = $15, updated_at = rg_ts($16), not_found_streak = $20, version = version + 1 \
+    inflight_until = $11, check_attempts = $12, next_check_at = $13, lease_until = $14, \
+    review_reason = $15, updated_at = $16, not_found_streak = $20, version = version + 1 \
     WHERE id = $1 AND version = $17 AND status = $18 AND submission = $19";
 
 fn bind_update<'q>(q: PgQuery<'q>, c: &'q Change) -> PgQuery<'q> {
@@ -112,12 +125,12 @@ fn bind_update<'q>(q: PgQuery<'q>, c: &'q Change) -> PgQuery<'q> {
         .bind(&u.failure_message)
         .bind(u.response_code)
         .bind(&u.response_body)
-        .bind(u.inflight_until)
+        .bind(u.inflight_until.map(ts))
         .bind(u.check_attempts)
-        .bind(u.next_check_at)
-        .bind(u.lease_until)
+        .bind(u.next_check_at.map(ts))
+        .bind(u.lease_until.map(ts))
         .bind(&u.review_reason)
-        .bind(u.updated_at)
+        .bind(ts(u.updated_at))
         .bind(c.current.version)
         .bind(c.current.status)
         .bind(c.current.submission)
@@ -130,10 +143,10 @@ const INSERT_HISTORY: &str =
 
 async fn insert_history(conn: &mut PgConnection, refund_id: &str, e: &RefundEvent) -> Result<()> {
     sqlx::query(&format!(
-        "{INSERT_HISTORY} VALUES ($1, rg_ts($2), $3, $4, $5, $6, $7, $8, $9)"
+        "{INSERT_HISTORY} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
     ))
     .bind(refund_id)
-    .bind(e.at)
+    .bind(ts(e.at))
     .bind(e.source)
     .bind(e.status)
     .bind(e.previous_status)
@@ -169,13 +182,13 @@ impl PgStore {
         if let Some(e) = &u.email {
             sqlx::query(
                 "INSERT INTO email_outbox (refund_id, to_addr, subject, body, state, attempts, next_attempt_at, created_at) \
-                 VALUES ($1, $2, $3, $4, 'pending', 0, rg_ts($5), rg_ts($5)) ON CONFLICT DO NOTHING",
+                 VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5) ON CONFLICT DO NOTHING",
             )
             .bind(&current.id)
             .bind(&e.to)
             .bind(&e.subject)
             .bind(&e.body)
-            .bind(u.updated_at)
+            .bind(ts(u.updated_at))
             .execute(&mut *conn)
             .await?;
         }
@@ -211,12 +224,12 @@ impl PgStore {
         limit: i64,
     ) -> Result<Vec<String>> {
         let sql = format!(
-            "UPDATE {table} SET lease_until = rg_ts($2) WHERE {key} IN (SELECT {key} FROM {table} WHERE {pick} \
+            "UPDATE {table} SET lease_until = $2 WHERE {key} IN (SELECT {key} FROM {table} WHERE {pick} \
              FOR UPDATE SKIP LOCKED) RETURNING {key}"
         );
         Ok(sqlx::query_scalar(&sql)
-            .bind(now)
-            .bind(lease_until)
+            .bind(ts(now))
+            .bind(ts(lease_until))
             .bind(limit)
             .fetch_all(&self.pool)
             .await?)
@@ -290,15 +303,15 @@ impl StoreBackend for PgStore {
     async fn claim_send(&self, id: &str, version: i64, now: i64, send_by: i64) -> Result<bool> {
         // One statement: the claim, and its history line only if it applied.
         let n = sqlx::query(
-            "WITH c AS (UPDATE refunds SET submission = 'sent', send_by = rg_ts($3), updated_at = rg_ts($2), \
+            "WITH c AS (UPDATE refunds SET submission = 'sent', send_by = $3, updated_at = $2, \
              version = version + 1 WHERE id = $1 AND version = $4 AND status = 'pending' AND submission = 'prepared' \
              RETURNING id) \
              INSERT INTO refund_events (refund_id, at, source, status, previous_status, detail) \
-             SELECT id, rg_ts($2), 'request', 'pending', 'pending', 'claimed for sending; the provider is called now' FROM c",
+             SELECT id, $2, 'request', 'pending', 'pending', 'claimed for sending; the provider is called now' FROM c",
         )
         .bind(id)
-        .bind(now)
-        .bind(send_by)
+        .bind(ts(now))
+        .bind(ts(send_by))
         .bind(version)
         .execute(&self.pool)
         .await?
@@ -318,7 +331,7 @@ impl StoreBackend for PgStore {
                 Some(e) => {
                     let sql = format!(
                         "WITH u AS ({UPDATE} RETURNING id) {INSERT_HISTORY} \
-                         SELECT id, rg_ts($16), $21, $2, $18, $5, $4, $22, $23 FROM u"
+                         SELECT id, $16, $21, $2, $18, $5, $4, $22, $23 FROM u"
                     );
                     bind_update(sqlx::query(&sql), c)
                         .bind(e.source)
@@ -396,22 +409,20 @@ impl StoreBackend for PgStore {
             q.push(" AND provider = ").push_bind(p);
         }
         if let Some(t) = f.created_from {
-            q.push(" AND created_at >= rg_ts(").push_bind(t).push(")");
+            q.push(" AND created_at >= ").push_bind(ts(t));
         }
         if let Some(t) = f.created_to {
-            q.push(" AND created_at <= rg_ts(").push_bind(t).push(")");
+            q.push(" AND created_at <= ").push_bind(ts(t));
         }
         if let Some(t) = f.needs_review_before {
-            q.push(
-                " AND (review_reason IS NOT NULL OR (status = 'pending' AND created_at <= rg_ts(",
-            )
-            .push_bind(t)
-            .push(")))");
+            q.push(" AND (review_reason IS NOT NULL OR (status = 'pending' AND created_at <= ")
+                .push_bind(ts(t))
+                .push("))");
         }
         if let Some((created, id)) = &f.after {
-            q.push(" AND (created_at, id) < (rg_ts(")
-                .push_bind(*created)
-                .push("), ")
+            q.push(" AND (created_at, id) < (")
+                .push_bind(ts(*created))
+                .push(", ")
                 .push_bind(id)
                 .push(")");
         }
@@ -425,9 +436,9 @@ impl StoreBackend for PgStore {
             .lease(
                 "refunds",
                 "id",
-                "status = 'pending' AND next_check_at <= rg_ts($1) \
-                 AND (lease_until IS NULL OR lease_until < rg_ts($1)) \
-                 AND (inflight_until IS NULL OR inflight_until < rg_ts($1)) ORDER BY next_check_at LIMIT $3",
+                "status = 'pending' AND next_check_at <= $1 \
+                 AND (lease_until IS NULL OR lease_until < $1) \
+                 AND (inflight_until IS NULL OR inflight_until < $1) ORDER BY next_check_at LIMIT $3",
                 now,
                 lease_until,
                 limit,
@@ -443,9 +454,9 @@ impl StoreBackend for PgStore {
 
     async fn review_count(&self, before: i64) -> Result<i64> {
         Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM refunds WHERE review_reason IS NOT NULL OR (status = 'pending' AND created_at <= rg_ts($1))",
+            "SELECT COUNT(*) FROM refunds WHERE review_reason IS NOT NULL OR (status = 'pending' AND created_at <= $1)",
         )
-        .bind(before)
+        .bind(ts(before))
         .fetch_one(&self.pool)
         .await?)
     }
@@ -462,8 +473,8 @@ impl StoreBackend for PgStore {
         let n = sqlx::query(
             "INSERT INTO webhook_events (id, provider, account, dedupe_key, transaction_no, provider_refund_id, \
              provider_reference, amount, outcome, provider_status, fields, refund_id, state, note, received_at, attempts, \
-             next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13, $14, rg_ts($15), $16, \
-             rg_ts($17)) ON CONFLICT DO NOTHING",
+             next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13, $14, $15, $16, \
+             $17) ON CONFLICT DO NOTHING",
         )
         .bind(&e.id)
         .bind(e.provider)
@@ -477,11 +488,11 @@ impl StoreBackend for PgStore {
         .bind(&e.provider_status)
         .bind(&e.fields)
         .bind(&e.refund_id)
-        .bind(&e.state)
+        .bind(e.state)
         .bind(&e.note)
-        .bind(e.received_at)
+        .bind(ts(e.received_at))
         .bind(e.attempts)
-        .bind(e.next_attempt_at)
+        .bind(e.next_attempt_at.map(ts))
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -491,7 +502,7 @@ impl StoreBackend for PgStore {
     async fn set_event_state(
         &self,
         id: &str,
-        state: &str,
+        state: EventState,
         refund_id: Option<&str>,
         note: Option<&str>,
     ) -> Result<()> {
@@ -558,10 +569,10 @@ impl StoreBackend for PgStore {
 
     async fn check_now(&self, ids: &[String], now: i64) -> Result<()> {
         sqlx::query(
-            "UPDATE refunds SET next_check_at = rg_ts($2) WHERE id = ANY($1) AND status = 'pending'",
+            "UPDATE refunds SET next_check_at = $2 WHERE id = ANY($1) AND status = 'pending'",
         )
         .bind(ids)
-        .bind(now)
+        .bind(ts(now))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -577,8 +588,8 @@ impl StoreBackend for PgStore {
             .lease(
                 "webhook_events",
                 "id",
-                "state = 'unmatched' AND next_attempt_at <= rg_ts($1) \
-                 AND (lease_until IS NULL OR lease_until < rg_ts($1)) ORDER BY next_attempt_at LIMIT $3",
+                "state = 'unmatched' AND next_attempt_at <= $1 \
+                 AND (lease_until IS NULL OR lease_until < $1) ORDER BY next_attempt_at LIMIT $3",
                 now,
                 lease_until,
                 limit,
@@ -595,18 +606,18 @@ impl StoreBackend for PgStore {
     async fn event_not_matched(
         &self,
         id: &str,
-        state: &str,
+        state: EventState,
         attempts: i64,
         next_attempt_at: Option<i64>,
         note: &str,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE webhook_events SET state = $2, attempts = $3, next_attempt_at = rg_ts($4), lease_until = NULL, note = $5 WHERE id = $1",
+            "UPDATE webhook_events SET state = $2, attempts = $3, next_attempt_at = $4, lease_until = NULL, note = $5 WHERE id = $1",
         )
         .bind(id)
         .bind(state)
         .bind(attempts)
-        .bind(next_attempt_at)
+        .bind(next_attempt_at.map(ts))
         .bind(note)
         .execute(&self.pool)
         .await?;
@@ -622,7 +633,7 @@ impl StoreBackend for PgStore {
         .await?)
     }
 
-    async fn events_by_state(&self, state: &str) -> Result<Vec<WebhookRow>> {
+    async fn events_by_state(&self, state: EventState) -> Result<Vec<WebhookRow>> {
         Ok(sqlx::query_as(&format!(
             "{SELECT_EVENT} WHERE state = $1 ORDER BY received_at"
         ))
@@ -636,8 +647,8 @@ impl StoreBackend for PgStore {
             .lease(
                 "email_outbox",
                 "refund_id",
-                "state = 'pending' AND next_attempt_at <= rg_ts($1) \
-                 AND (lease_until IS NULL OR lease_until < rg_ts($1)) ORDER BY next_attempt_at LIMIT $3",
+                "state = 'pending' AND next_attempt_at <= $1 \
+                 AND (lease_until IS NULL OR lease_until < $1) ORDER BY next_attempt_at LIMIT $3",
                 now,
                 lease_until,
                 limit,
@@ -665,14 +676,14 @@ impl StoreBackend for PgStore {
             (Some(_), None) => ("abandoned", now),
         };
         sqlx::query(
-            "UPDATE email_outbox SET state = $2, attempts = attempts + 1, next_attempt_at = rg_ts($3), lease_until = NULL, \
-             last_error = $4, sent_at = CASE WHEN $2 = 'sent' THEN rg_ts($5) ELSE sent_at END WHERE refund_id = $1",
+            "UPDATE email_outbox SET state = $2, attempts = attempts + 1, next_attempt_at = $3, lease_until = NULL, \
+             last_error = $4, sent_at = CASE WHEN $2 = 'sent' THEN $5 ELSE sent_at END WHERE refund_id = $1",
         )
         .bind(refund_id)
         .bind(state)
-        .bind(next)
+        .bind(ts(next))
         .bind(error)
-        .bind(now)
+        .bind(ts(now))
         .execute(&self.pool)
         .await?;
         Ok(())

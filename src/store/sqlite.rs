@@ -16,8 +16,8 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use super::batch::Batcher;
 use super::{
-    probe, refusal, Backend, Change, CreateOutcome, ListFilter, OutboxRow, RefundEvent, RefundRow,
-    Result, SaleTerms, StoreBackend, WebhookRow,
+    probe, refusal, Backend, Change, CreateOutcome, EventState, ListFilter, OutboxRow, RefundEvent,
+    RefundRow, Result, SaleTerms, StoreBackend, WebhookRow,
 };
 
 pub(super) struct SqliteStore {
@@ -535,7 +535,7 @@ impl StoreBackend for SqliteStore {
         .bind(&e.provider_status)
         .bind(&e.fields)
         .bind(&e.refund_id)
-        .bind(&e.state)
+        .bind(e.state)
         .bind(&e.note)
         .bind(e.received_at)
         .bind(e.attempts)
@@ -549,7 +549,7 @@ impl StoreBackend for SqliteStore {
     async fn set_event_state(
         &self,
         id: &str,
-        state: &str,
+        state: EventState,
         refund_id: Option<&str>,
         note: Option<&str>,
     ) -> Result<()> {
@@ -663,7 +663,7 @@ impl StoreBackend for SqliteStore {
     async fn event_not_matched(
         &self,
         id: &str,
-        state: &str,
+        state: EventState,
         attempts: i64,
         next_attempt_at: Option<i64>,
         note: &str,
@@ -691,7 +691,7 @@ impl StoreBackend for SqliteStore {
         .await?)
     }
 
-    async fn events_by_state(&self, state: &str) -> Result<Vec<WebhookRow>> {
+    async fn events_by_state(&self, state: EventState) -> Result<Vec<WebhookRow>> {
         Ok(sqlx::query_as(&format!(
             "{SELECT_EVENT} WHERE state = $1 ORDER BY received_at"
         ))

@@ -460,7 +460,11 @@ async fn hole2_signed_ipn_cannot_be_reaimed(db: Db) {
         lost_now.next_check_at.unwrap() <= w.clock.now(),
         "the vague event makes the gateway ask the provider now"
     );
-    let events = g.store.events_by_state("unmatched").await.unwrap();
+    let events = g
+        .store
+        .events_by_state(refund_gateway::store::EventState::Unmatched)
+        .await
+        .unwrap();
     assert_eq!(events.len(), 1, "{events:?}");
 }
 
@@ -582,11 +586,15 @@ async fn hole5_unmatched_events_back_off_and_stop(db: Db) {
     assert_eq!(attempts, 12, "the event stops after its last attempt");
     assert!(a
         .store
-        .events_by_state("unmatched")
+        .events_by_state(refund_gateway::store::EventState::Unmatched)
         .await
         .unwrap()
         .is_empty());
-    let expired = a.store.events_by_state("expired").await.unwrap();
+    let expired = a
+        .store
+        .events_by_state(refund_gateway::store::EventState::Expired)
+        .await
+        .unwrap();
     assert_eq!((expired.len(), expired[0].attempts), (1, 12));
 }
 

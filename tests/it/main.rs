@@ -19,4 +19,5 @@ mod postgres_restart;
 mod providers;
 mod refunds;
 mod reliability;
+mod store;
 mod upgrade;

@@ -240,7 +240,7 @@ async fn out_of_order_and_conflicting_events(db: Db) {
         .await
         .unwrap()
         .into_iter()
-        .map(|e| e.state)
+        .map(|e| e.state.as_str().to_string())
         .collect();
     assert_eq!(states, ["applied", "stale", "conflict"]);
     app.stop().await;
@@ -284,7 +284,7 @@ async fn mismatched_transaction_is_rejected(db: Db) {
     assert_eq!(
         app.gateway
             .store
-            .events_by_state("rejected")
+            .events_by_state(refund_gateway::store::EventState::Rejected)
             .await
             .unwrap()
             .len(),
@@ -315,7 +315,7 @@ async fn event_before_its_refund_is_kept_and_applied(db: Db) {
     assert_eq!(
         app.gateway
             .store
-            .events_by_state("unmatched")
+            .events_by_state(refund_gateway::store::EventState::Unmatched)
             .await
             .unwrap()
             .len(),
@@ -339,7 +339,10 @@ async fn event_before_its_refund_is_kept_and_applied(db: Db) {
             .await
             .unwrap()
             .unwrap();
-        let waiting = store.events_by_state("unmatched").await.unwrap();
+        let waiting = store
+            .events_by_state(refund_gateway::store::EventState::Unmatched)
+            .await
+            .unwrap();
         (
             row.status == "succeeded" && waiting.is_empty(),
             (row, waiting),

@@ -90,7 +90,10 @@ async fn old_database_upgrades_in_place(db: Db) {
         .unwrap();
     assert_eq!(failed.failure_code.as_deref(), Some("provider_declined"));
     assert!(store.refund_events(&pending.id).await.unwrap().is_empty());
-    let waiting = store.events_by_state("unmatched").await.unwrap();
+    let waiting = store
+        .events_by_state(refund_gateway::store::EventState::Unmatched)
+        .await
+        .unwrap();
     assert_eq!(
         (waiting.len(), waiting[0].next_attempt_at),
         (1, Some(5000)),
@@ -169,7 +172,10 @@ async fn database_before_native_types_upgrades_in_place(db: Db) {
     assert_eq!((r.not_found_streak, r.version), (2, 3));
     let history = store.refund_events(&r.id).await.unwrap();
     assert_eq!((history.len(), history[0].at), (1, 1700000000123));
-    let waiting = store.events_by_state("unmatched").await.unwrap();
+    let waiting = store
+        .events_by_state(refund_gateway::store::EventState::Unmatched)
+        .await
+        .unwrap();
     assert_eq!(
         (
             waiting[0].received_at,

@@ -1,0 +1,270 @@
+//! The store on its own, on both backends: every write is a compare-and-swap
+//! on the row its writer read, the reservation never lets a sale be
+//! exceeded, typed values come back as they went in, and the list filters
+//! (built with `QueryBuilder`) select what they say. No HTTP, no providers.
+
+use crate::common::*;
+use refund_gateway::store::{
+    CreateOutcome, Currency, EventSource, ListFilter, Minor, ProviderKind, RefundRow, RefundUpdate,
+    SaleTerms, Status, Store, Submission,
+};
+
+fn row(name: &str, tx: &str, amount: i64) -> RefundRow {
+    RefundRow {
+        amount_minor: Minor::new(amount).unwrap(),
+        submission: Submission::Prepared,
+        ..stored_refund(name, "acct", tx, &format!("REF{name}"))
+    }
+}
+
+fn terms(sale: i64) -> SaleTerms {
+    SaleTerms {
+        amount_minor: Minor::new(sale),
+        currency_confirmed: true,
+        external_minor: Minor::default(),
+    }
+}
+
+async fn store(db: Db) -> Store {
+    Store::connect(&fresh_db(db).await, 4).await.unwrap()
+}
+
+async fn writes_are_compare_and_swap(db: Db) {
+    let s = store(db).await;
+    let r = RefundRow {
+        metadata: [("till".to_string(), "7".to_string())].into(),
+        livemode: true,
+        settle_currency: Some(Currency::from_code("CNY").unwrap()),
+        ..row("cas", "tx-cas", 100)
+    };
+    assert_eq!(
+        s.create_refund(&r, &terms(1_000)).await.unwrap(),
+        CreateOutcome::Created
+    );
+    let stored = s.get_refund_any_client(&r.id).await.unwrap().unwrap();
+    assert_eq!(stored, r, "typed values come back as they went in");
+
+    // The send claim applies once, and only to the version it read.
+    assert!(!s
+        .claim_send(&r.id, 7, r.created_at, r.created_at + 1)
+        .await
+        .unwrap());
+    assert!(s
+        .claim_send(&r.id, 0, r.created_at, r.created_at + 1)
+        .await
+        .unwrap());
+    assert!(!s
+        .claim_send(&r.id, 0, r.created_at, r.created_at + 1)
+        .await
+        .unwrap());
+    let sent = s.get_refund_any_client(&r.id).await.unwrap().unwrap();
+    assert_eq!((sent.submission, sent.version), (Submission::Sent, 1));
+
+    // A writer that read the row before the claim loses its write; the
+    // store's loop reads again and asks the transition again.
+    let mut asked = vec![];
+    let (after, applied) = s
+        .update_refund(&r.id, Some(&r), |current| {
+            asked.push((current.version, current.submission));
+            let mut u = RefundUpdate::from_row(current, current.updated_at + 1);
+            u.status = Status::Succeeded;
+            u.source = EventSource::Webhook;
+            Some(u)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(applied);
+    assert_eq!(
+        asked,
+        vec![(0, Submission::Prepared), (1, Submission::Sent)],
+        "the stale write was refused, the fresh one applied"
+    );
+    assert_eq!((after.status, after.version), (Status::Succeeded, 2));
+    let history = s.refund_events(&r.id).await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .map(|e| (e.source, e.status))
+            .collect::<Vec<_>>(),
+        vec![
+            (EventSource::Request, Status::Pending),
+            (EventSource::Request, Status::Pending),
+            (EventSource::Webhook, Status::Succeeded)
+        ]
+    );
+    s.close().await;
+}
+
+async fn reservations_never_exceed_the_sale(db: Db) {
+    let s = store(db).await;
+    let mut created = 0;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let s = s.clone();
+        tasks.spawn(async move {
+            s.create_refund(&row(&format!("res{i}"), "tx-res", 100), &terms(1_000))
+                .await
+                .unwrap()
+        });
+    }
+    let mut refused = vec![];
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            CreateOutcome::Created => created += 1,
+            other => refused.push(other),
+        }
+    }
+    assert_eq!(created, 10, "ten of 1.00 fit a 10.00 sale, concurrently");
+    assert!(refused.iter().all(|o| *o
+        == CreateOutcome::ExceedsRefundable {
+            refundable: Minor::default()
+        }));
+    // A taken idempotency key undoes the reservation with the refund.
+    let dup = RefundRow {
+        id: test_refund_id("dup"),
+        provider_reference: "REFDUP".into(),
+        ..row("res0", "tx-other", 100)
+    };
+    assert_eq!(
+        s.create_refund(&dup, &terms(100)).await.unwrap(),
+        CreateOutcome::Duplicate
+    );
+    assert_eq!(
+        s.create_refund(&row("other", "tx-other", 100), &terms(100))
+            .await
+            .unwrap(),
+        CreateOutcome::Created,
+        "the duplicate left no reservation behind"
+    );
+    // Another currency on a confirmed sale is refused, naming the sale's.
+    let aed = RefundRow {
+        currency: Currency::from_code("AED").unwrap(),
+        ..row("aed", "tx-other", 1)
+    };
+    assert_eq!(
+        s.create_refund(&aed, &terms(100)).await.unwrap(),
+        CreateOutcome::CurrencyMismatch {
+            sale_currency: "USD".into()
+        }
+    );
+    s.close().await;
+}
+
+async fn list_filters_select_what_they_say(db: Db) {
+    let s = store(db).await;
+    let base = 1_700_000_000_000;
+    for i in 0..6i64 {
+        let r = RefundRow {
+            created_at: base + i * 1_000,
+            updated_at: base + i * 1_000,
+            provider: if i % 2 == 0 {
+                ProviderKind::Pockyt
+            } else {
+                ProviderKind::Pay10
+            },
+            reference: Some(format!("sale-{}", i % 3)),
+            ..row(&format!("list{i}"), &format!("tx-list-{i}"), 100)
+        };
+        assert_eq!(
+            s.create_refund(&r, &SaleTerms::default()).await.unwrap(),
+            CreateOutcome::Created
+        );
+    }
+    // One refund flagged for review (by a write, as the lifecycle flags).
+    let (_, flagged) = s
+        .update_refund(&test_refund_id("list5"), None, |c| {
+            let mut u = RefundUpdate::from_row(c, c.updated_at);
+            u.review_reason = Some("flagged".into());
+            Some(u)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(flagged);
+    let ids = |rows: Vec<RefundRow>| {
+        rows.into_iter()
+            .map(|r| r.id.to_string())
+            .collect::<Vec<_>>()
+    };
+    let want = |ns: &[i64]| {
+        ns.iter()
+            .map(|n| test_refund_id(&format!("list{n}")).to_string())
+            .collect::<Vec<_>>()
+    };
+    let list = |f: ListFilter| {
+        let s = s.clone();
+        async move { ids(s.list_refunds(Some("demo"), &f).await.unwrap()) }
+    };
+    let all = ListFilter {
+        limit: 100,
+        ..Default::default()
+    };
+    assert_eq!(list(all.clone()).await, want(&[5, 4, 3, 2, 1, 0]));
+    assert_eq!(
+        list(ListFilter {
+            provider: Some(ProviderKind::Pay10),
+            ..all.clone()
+        })
+        .await,
+        want(&[5, 3, 1])
+    );
+    assert_eq!(
+        list(ListFilter {
+            reference: Some("sale-1".into()),
+            ..all.clone()
+        })
+        .await,
+        want(&[4, 1])
+    );
+    assert_eq!(
+        list(ListFilter {
+            created_from: Some(base + 1_000),
+            created_to: Some(base + 3_000),
+            ..all.clone()
+        })
+        .await,
+        want(&[3, 2, 1]),
+        "time bounds are inclusive, to the millisecond"
+    );
+    assert_eq!(
+        list(ListFilter {
+            after: Some((base + 3_000, test_refund_id("list3"))),
+            limit: 2,
+            ..all.clone()
+        })
+        .await,
+        want(&[2, 1, 0]),
+        "keyset page after list3 (one extra row tells has_more)"
+    );
+    assert_eq!(
+        list(ListFilter {
+            status: Some(Status::Succeeded),
+            ..all.clone()
+        })
+        .await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        list(ListFilter {
+            needs_review_before: Some(base - 1),
+            ..all.clone()
+        })
+        .await,
+        want(&[5]),
+        "flagged, or pending since before the cut-off"
+    );
+    assert_eq!(
+        s.list_refunds(Some("someone-else"), &all).await.unwrap(),
+        vec![]
+    );
+    assert_eq!(s.review_count(base + 1_500).await.unwrap(), 3);
+    assert_eq!(s.pending_summary().await.unwrap(), (6, Some(base)));
+    s.close().await;
+}
+
+both_backends!(
+    writes_are_compare_and_swap,
+    reservations_never_exceed_the_sale,
+    list_filters_select_what_they_say
+);
