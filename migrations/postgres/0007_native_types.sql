@@ -1,9 +1,16 @@
 -- Native column types: times as timestamptz, flags as boolean, metadata and
--- webhook fields as jsonb, every enum a checked text. Existing rows are
--- converted in place (Unix milliseconds to the same instant).
+-- webhook fields as jsonb. Existing rows are converted in place (Unix
+-- milliseconds to the same instant).
 --
--- The gateway's clock counts Unix milliseconds; these two functions are the
--- only conversion between the two, exact to the millisecond.
+-- Enums stay checked text. The refund tables keep only the CHECKs they had
+-- (status, submission, amount): Postgres reads every CHECK expression of a
+-- table anew for each INSERT or UPDATE, and four more cost about 15% of the
+-- write floor (refund-bench). Provider, currency and metadata are typed at the
+-- gateway's store boundary, which refuses to read a value that is not valid.
+--
+-- The gateway's clock counts Unix milliseconds: `rg_ts` converts the stored
+-- values below, `rg_ms` reads instants back as milliseconds (exact to the
+-- millisecond). Writes bind timestamptz values.
 CREATE FUNCTION rg_ts(ms BIGINT) RETURNS timestamptz
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
     RETURN to_timestamp(ms / 1000.0);
@@ -23,11 +30,7 @@ ALTER TABLE refunds
     ALTER COLUMN lease_until TYPE timestamptz USING rg_ts(lease_until),
     ALTER COLUMN send_by TYPE timestamptz USING rg_ts(send_by),
     ALTER COLUMN created_at TYPE timestamptz USING rg_ts(created_at),
-    ALTER COLUMN updated_at TYPE timestamptz USING rg_ts(updated_at),
-    ADD CONSTRAINT refunds_provider_check CHECK (provider IN ('pockyt', 'pay10')),
-    ADD CONSTRAINT refunds_currency_check CHECK (currency ~ '^[A-Z]{3}$'),
-    ADD CONSTRAINT refunds_settle_currency_check CHECK (settle_currency ~ '^[A-Z]{3}$'),
-    ADD CONSTRAINT refunds_metadata_check CHECK (jsonb_typeof(metadata) = 'object');
+    ALTER COLUMN updated_at TYPE timestamptz USING rg_ts(updated_at);
 
 CREATE INDEX refunds_client_created ON refunds (client, created_at DESC, id DESC);
 CREATE INDEX refunds_due ON refunds (next_check_at) WHERE status = 'pending';
@@ -36,8 +39,7 @@ CREATE INDEX refunds_review ON refunds (created_at) WHERE review_reason IS NOT N
 ALTER TABLE sales
     ALTER COLUMN currency_confirmed DROP DEFAULT,
     ALTER COLUMN currency_confirmed TYPE boolean USING currency_confirmed <> 0,
-    ALTER COLUMN currency_confirmed SET DEFAULT false,
-    ADD CONSTRAINT sales_amounts_check CHECK (external_minor >= 0 AND (amount_minor IS NULL OR amount_minor >= 0));
+    ALTER COLUMN currency_confirmed SET DEFAULT false;
 
 DROP INDEX webhook_events_due;
 ALTER TABLE webhook_events
@@ -58,6 +60,4 @@ ALTER TABLE email_outbox
 CREATE INDEX email_outbox_due ON email_outbox (next_attempt_at) WHERE state = 'pending';
 
 ALTER TABLE refund_events
-    ALTER COLUMN at TYPE timestamptz USING rg_ts(at),
-    ADD CONSTRAINT refund_events_status_check CHECK (status IN ('pending', 'succeeded', 'failed')),
-    ADD CONSTRAINT refund_events_previous_status_check CHECK (previous_status IN ('pending', 'succeeded', 'failed'));
+    ALTER COLUMN at TYPE timestamptz USING rg_ts(at);
