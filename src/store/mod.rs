@@ -325,6 +325,64 @@ async fn probe<C: sqlx::Connection>(url: &str) -> Result<()> {
     }
 }
 
+/// The list filters, the same on both databases; `time` binds a time (Unix
+/// milliseconds) the way the database stores it.
+fn push_list_filters<'a, DB, T>(
+    q: &mut sqlx::QueryBuilder<'a, DB>,
+    client: Option<&'a str>,
+    f: &'a ListFilter,
+    time: impl Fn(i64) -> T,
+) where
+    DB: sqlx::Database,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Status: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    ProviderKind: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a RefundId: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    T: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    q.push(" WHERE 1 = 1");
+    if let Some(c) = client {
+        q.push(" AND client = ").push_bind(c);
+    }
+    for (col, val) in [
+        ("transaction_no", &f.transaction_no),
+        ("reference", &f.reference),
+        ("refund_reference", &f.refund_reference),
+    ] {
+        if let Some(v) = val {
+            q.push(format_args!(" AND {col} = ")).push_bind(v);
+        }
+    }
+    if let Some(s) = f.status {
+        q.push(" AND status = ").push_bind(s);
+    }
+    if let Some(p) = f.provider {
+        q.push(" AND provider = ").push_bind(p);
+    }
+    if let Some(t) = f.created_from {
+        q.push(" AND created_at >= ").push_bind(time(t));
+    }
+    if let Some(t) = f.created_to {
+        q.push(" AND created_at <= ").push_bind(time(t));
+    }
+    if let Some(t) = f.needs_review_before {
+        q.push(" AND (review_reason IS NOT NULL OR (status = 'pending' AND created_at <= ")
+            .push_bind(time(t))
+            .push("))");
+    }
+    if let Some((created, id)) = &f.after {
+        q.push(" AND (created_at, id) < (")
+            .push_bind(time(*created))
+            .push(", ")
+            .push_bind(id)
+            .push(")");
+    }
+    q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+        .push_bind(f.limit + 1);
+}
+
 /// What a refused reservation leaves: the refund alone against what the
 /// provider reported, or (with the sale row: amount, currency, confirmed,
 /// reserved, external) every reservation and the refunds made elsewhere.

@@ -17,8 +17,8 @@ use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 
 use super::{
-    probe, refusal, Backend, Change, CreateOutcome, EventState, ListFilter, OutboxRow, RefundEvent,
-    RefundRow, Result, SaleTerms, StoreBackend, StoreError, WebhookRow,
+    probe, push_list_filters, refusal, Backend, Change, CreateOutcome, EventState, ListFilter,
+    OutboxRow, RefundEvent, RefundRow, Result, SaleTerms, StoreBackend, StoreError, WebhookRow,
 };
 
 pub(super) struct PgStore {
@@ -389,45 +389,7 @@ impl StoreBackend for PgStore {
 
     async fn list_refunds(&self, client: Option<&str>, f: &ListFilter) -> Result<Vec<RefundRow>> {
         let mut q = QueryBuilder::<Postgres>::new(SELECT_REFUND);
-        q.push(" WHERE true");
-        if let Some(c) = client {
-            q.push(" AND client = ").push_bind(c);
-        }
-        for (col, val) in [
-            ("transaction_no", &f.transaction_no),
-            ("reference", &f.reference),
-            ("refund_reference", &f.refund_reference),
-        ] {
-            if let Some(v) = val {
-                q.push(format_args!(" AND {col} = ")).push_bind(v);
-            }
-        }
-        if let Some(s) = f.status {
-            q.push(" AND status = ").push_bind(s);
-        }
-        if let Some(p) = f.provider {
-            q.push(" AND provider = ").push_bind(p);
-        }
-        if let Some(t) = f.created_from {
-            q.push(" AND created_at >= ").push_bind(ts(t));
-        }
-        if let Some(t) = f.created_to {
-            q.push(" AND created_at <= ").push_bind(ts(t));
-        }
-        if let Some(t) = f.needs_review_before {
-            q.push(" AND (review_reason IS NOT NULL OR (status = 'pending' AND created_at <= ")
-                .push_bind(ts(t))
-                .push("))");
-        }
-        if let Some((created, id)) = &f.after {
-            q.push(" AND (created_at, id) < (")
-                .push_bind(ts(*created))
-                .push(", ")
-                .push_bind(id)
-                .push(")");
-        }
-        q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
-            .push_bind(f.limit + 1);
+        push_list_filters(&mut q, client, f, ts);
         Ok(q.build_query_as().fetch_all(&self.pool).await?)
     }
 

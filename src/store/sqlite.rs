@@ -16,8 +16,8 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use super::batch::Batcher;
 use super::{
-    probe, refusal, Backend, Change, CreateOutcome, EventState, ListFilter, OutboxRow, RefundEvent,
-    RefundRow, Result, SaleTerms, StoreBackend, WebhookRow,
+    probe, push_list_filters, refusal, Backend, Change, CreateOutcome, EventState, ListFilter,
+    OutboxRow, RefundEvent, RefundRow, Result, SaleTerms, StoreBackend, WebhookRow,
 };
 
 pub(super) struct SqliteStore {
@@ -214,9 +214,10 @@ impl SqliteStore {
     }
 
     /// Leases up to `limit` rows of `table` picked by `pick` (`$1` now, `$3`
-    /// limit) until `$2`; their keys. The write gate makes it exclusive
-    /// within this process, SQLite's lock across processes.
-    async fn lease(
+    /// limit) until `$2`, and returns them as they are now, in the same
+    /// statement. The write gate makes it exclusive within this process,
+    /// SQLite's lock across processes.
+    async fn lease<T>(
         &self,
         table: &str,
         key: &str,
@@ -224,42 +225,20 @@ impl SqliteStore {
         now: i64,
         lease_until: i64,
         limit: i64,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<T>>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+    {
         let _gate = self.gate().await;
         let sql = format!(
-            "UPDATE {table} SET lease_until = $2 WHERE {key} IN (SELECT {key} FROM {table} WHERE {pick}) RETURNING {key}"
+            "UPDATE {table} SET lease_until = $2 WHERE {key} IN (SELECT {key} FROM {table} WHERE {pick}) RETURNING *"
         );
-        Ok(sqlx::query_scalar(&sql)
+        Ok(sqlx::query_as(&sql)
             .bind(now)
             .bind(lease_until)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?)
-    }
-
-    /// Rows of `select` whose `key` is one of `keys`, ordered by `order`.
-    async fn rows_by_keys<T>(
-        &self,
-        select: &str,
-        key: &str,
-        keys: &[String],
-        order: &str,
-    ) -> Result<Vec<T>>
-    where
-        T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
-    {
-        if keys.is_empty() {
-            return Ok(vec![]);
-        }
-        let sql = format!(
-            "{select} WHERE {key} IN ({}) ORDER BY {order}",
-            placeholders(1, keys.len())
-        );
-        let mut q = sqlx::query_as(&sql);
-        for k in keys {
-            q = q.bind(k);
-        }
-        Ok(q.fetch_all(&self.pool).await?)
     }
 }
 
@@ -438,50 +417,12 @@ impl StoreBackend for SqliteStore {
 
     async fn list_refunds(&self, client: Option<&str>, f: &ListFilter) -> Result<Vec<RefundRow>> {
         let mut q = QueryBuilder::<Sqlite>::new(SELECT_REFUND);
-        q.push(" WHERE 1 = 1");
-        if let Some(c) = client {
-            q.push(" AND client = ").push_bind(c);
-        }
-        for (col, val) in [
-            ("transaction_no", &f.transaction_no),
-            ("reference", &f.reference),
-            ("refund_reference", &f.refund_reference),
-        ] {
-            if let Some(v) = val {
-                q.push(format_args!(" AND {col} = ")).push_bind(v);
-            }
-        }
-        if let Some(s) = f.status {
-            q.push(" AND status = ").push_bind(s);
-        }
-        if let Some(p) = f.provider {
-            q.push(" AND provider = ").push_bind(p);
-        }
-        if let Some(t) = f.created_from {
-            q.push(" AND created_at >= ").push_bind(t);
-        }
-        if let Some(t) = f.created_to {
-            q.push(" AND created_at <= ").push_bind(t);
-        }
-        if let Some(t) = f.needs_review_before {
-            q.push(" AND (review_reason IS NOT NULL OR (status = 'pending' AND created_at <= ")
-                .push_bind(t)
-                .push("))");
-        }
-        if let Some((created, id)) = &f.after {
-            q.push(" AND (created_at, id) < (")
-                .push_bind(*created)
-                .push(", ")
-                .push_bind(id)
-                .push(")");
-        }
-        q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
-            .push_bind(f.limit + 1);
+        push_list_filters(&mut q, client, f, |t| t);
         Ok(q.build_query_as().fetch_all(&self.pool).await?)
     }
 
     async fn claim_due(&self, now: i64, lease_until: i64, limit: i64) -> Result<Vec<RefundRow>> {
-        let ids = self
+        let mut rows: Vec<RefundRow> = self
             .lease(
                 "refunds",
                 "id",
@@ -492,8 +433,8 @@ impl StoreBackend for SqliteStore {
                 limit,
             )
             .await?;
-        self.rows_by_keys(SELECT_REFUND, "id", &ids, "next_check_at")
-            .await
+        rows.sort_by_key(|r| r.next_check_at);
+        Ok(rows)
     }
 
     async fn review_count(&self, before: i64) -> Result<i64> {
@@ -645,7 +586,7 @@ impl StoreBackend for SqliteStore {
         lease_until: i64,
         limit: i64,
     ) -> Result<Vec<WebhookRow>> {
-        let ids = self
+        let mut rows: Vec<WebhookRow> = self
             .lease(
                 "webhook_events",
                 "id",
@@ -656,8 +597,8 @@ impl StoreBackend for SqliteStore {
                 limit,
             )
             .await?;
-        self.rows_by_keys(SELECT_EVENT, "id", &ids, "next_attempt_at")
-            .await
+        rows.sort_by_key(|r| r.next_attempt_at);
+        Ok(rows)
     }
 
     async fn event_not_matched(
@@ -701,22 +642,14 @@ impl StoreBackend for SqliteStore {
     }
 
     async fn claim_emails(&self, now: i64, lease_until: i64, limit: i64) -> Result<Vec<OutboxRow>> {
-        let ids = self
-            .lease(
-                "email_outbox",
-                "refund_id",
-                "state = 'pending' AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until < $1) \
-                 ORDER BY next_attempt_at LIMIT $3",
-                now,
-                lease_until,
-                limit,
-            )
-            .await?;
-        self.rows_by_keys(
-            "SELECT refund_id, to_addr, subject, body, state, attempts, last_error FROM email_outbox",
+        self.lease(
+            "email_outbox",
             "refund_id",
-            &ids,
-            "next_attempt_at",
+            "state = 'pending' AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until < $1) \
+             ORDER BY next_attempt_at LIMIT $3",
+            now,
+            lease_until,
+            limit,
         )
         .await
     }

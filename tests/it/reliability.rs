@@ -156,15 +156,21 @@ async fn reconciliation_leases_are_exclusive(db: Db) {
         };
         a.create_refund(&row, &Default::default()).await.unwrap();
     }
-    let claim = |s: refund_gateway::store::Store| async move {
-        let mut got = vec![];
-        for _ in 0..40 {
-            let now = refund_gateway::refunds::now_ms();
-            let batch = s.claim_due(now, now + 60_000, 3).await.unwrap();
-            got.extend(batch.into_iter().map(|r| r.id));
-            tokio::task::yield_now().await;
+    // The two claim in rounds (a barrier starts each), so both take part
+    // however the test threads are scheduled.
+    let rounds = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+    let claim = |s: refund_gateway::store::Store| {
+        let rounds = rounds.clone();
+        async move {
+            let mut got = vec![];
+            for _ in 0..40 {
+                rounds.wait().await;
+                let now = refund_gateway::refunds::now_ms();
+                let batch = s.claim_due(now, now + 60_000, 3).await.unwrap();
+                got.extend(batch.into_iter().map(|r| r.id));
+            }
+            got
         }
-        got
     };
     let (x, y) = tokio::join!(
         tokio::spawn(claim(a.clone())),

@@ -121,10 +121,14 @@ async fn reservations_never_exceed_the_sale(db: Db) {
             refundable: Minor::default()
         }));
     // A taken idempotency key undoes the reservation with the refund.
+    let first = row("first", "tx-first", 100);
+    assert_eq!(
+        s.create_refund(&first, &terms(100)).await.unwrap(),
+        CreateOutcome::Created
+    );
     let dup = RefundRow {
-        id: test_refund_id("dup"),
-        provider_reference: "REFDUP".into(),
-        ..row("res0", "tx-other", 100)
+        idempotency_key: first.idempotency_key.clone(),
+        ..row("dup", "tx-other", 100)
     };
     assert_eq!(
         s.create_refund(&dup, &terms(100)).await.unwrap(),
