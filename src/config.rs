@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 use crate::providers::pay10::crypto::EncryptionKey;
 use crate::providers::pay10::Pay10Account;
 use crate::providers::pockyt::PockytAccount;
-use crate::providers::{HttpSettings, ProviderKind};
-use crate::sandbox::SandboxConfig;
+use crate::providers::HttpSettings;
+use crate::types::ProviderKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -242,9 +242,12 @@ pub struct Demo {
     pub api_key: String,
     /// `None`: mount the sandbox in this process. `Some(url)`: use that sandbox.
     pub external_sandbox: Option<String>,
-    pub sandbox: SandboxConfig,
     /// Whether the in-process sandbox sends IPNs to this gateway.
     pub sandbox_ipns: bool,
+    /// How long the in-process sandbox keeps a magic-`91` caller waiting.
+    pub sandbox_slow_response: Duration,
+    /// How long a magic-`94` refund stays pending in the in-process sandbox.
+    pub sandbox_pending_delay: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -418,8 +421,9 @@ impl Config {
             demo: demo_mode.then(|| Demo {
                 api_key: format!("sk_demo_{}", ulid::Ulid::new().to_string().to_lowercase()),
                 external_sandbox: None,
-                sandbox: SandboxConfig::demo(),
                 sandbox_ipns: true,
+                sandbox_slow_response: Duration::from_secs(20),
+                sandbox_pending_delay: Duration::from_secs(1),
             }),
             reconcile_interval: Duration::from_millis(500),
             reconcile_max_attempts: 30,
@@ -470,58 +474,6 @@ impl Config {
             return Err(invalid("provider_timeout_ms", "must be greater than zero"));
         }
         Ok(())
-    }
-
-    /// Adds demo mode's sandbox accounts and demo client, pointed at `sandbox_base`.
-    pub fn demo_accounts(&mut self, sandbox_base: &str) {
-        let Some(demo) = self.demo.clone() else {
-            return;
-        };
-        let base = sandbox_base.trim_end_matches('/');
-        let sb = &demo.sandbox;
-        let mut accounts = vec![
-            Account {
-                name: "pockyt-sandbox".into(),
-                livemode: false,
-                notice: None,
-                store_name: self.merchant_name.clone(),
-                credentials: AccountCredentials::Pockyt(PockytAccount {
-                    base_url: format!("{base}/sandbox/pockyt"),
-                    merchant_no: sb.pockyt_merchant_no.clone(),
-                    store_no: sb.pockyt_store_no.clone(),
-                    token: SecretString::from(sb.pockyt_token.clone()),
-                }),
-            },
-            Account {
-                name: "pay10-sandbox".into(),
-                livemode: false,
-                notice: None,
-                store_name: self.merchant_name.clone(),
-                credentials: AccountCredentials::Pay10(Pay10Account {
-                    base_url: format!("{base}/sandbox/pay10"),
-                    pay_id: sb.pay10_pay_id.clone(),
-                    salt: SecretString::from(sb.pay10_salt.clone()),
-                    key: sb.pay10_key.clone(),
-                }),
-            },
-        ];
-        accounts.append(&mut self.accounts);
-        self.accounts = accounts;
-        let mut hash = [0u8; 32];
-        hash.copy_from_slice(&Sha256::digest(demo.api_key.as_bytes()));
-        self.clients.insert(
-            0,
-            Client {
-                name: "demo".into(),
-                key_hash: hash,
-                accounts: [
-                    (ProviderKind::Pockyt, "pockyt-sandbox".to_string()),
-                    (ProviderKind::Pay10, "pay10-sandbox".to_string()),
-                ]
-                .into_iter()
-                .collect(),
-            },
-        );
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {

@@ -80,6 +80,64 @@ pub fn app(state: AppState, sandbox: Option<&Sandbox>, request_timeout: Duration
         )
 }
 
+/// Adds demo mode's sandbox accounts (the sandbox's demo credentials) and the
+/// demo client to `config`, pointed at the sandbox at `sandbox_base`.
+pub fn demo_accounts(config: &mut Config, sandbox_base: &str) {
+    use config::{Account, AccountCredentials, Client};
+    use providers::pay10::Pay10Account;
+    use providers::pockyt::PockytAccount;
+    use secrecy::SecretString;
+    use sha2::{Digest, Sha256};
+    let Some(demo) = config.demo.clone() else {
+        return;
+    };
+    let base = sandbox_base.trim_end_matches('/');
+    let sb = sandbox::SandboxConfig::demo();
+    let mut accounts = vec![
+        Account {
+            name: "pockyt-sandbox".into(),
+            livemode: false,
+            notice: None,
+            store_name: config.merchant_name.clone(),
+            credentials: AccountCredentials::Pockyt(PockytAccount {
+                base_url: format!("{base}/sandbox/pockyt"),
+                merchant_no: sb.pockyt_merchant_no.clone(),
+                store_no: sb.pockyt_store_no.clone(),
+                token: SecretString::from(sb.pockyt_token.clone()),
+            }),
+        },
+        Account {
+            name: "pay10-sandbox".into(),
+            livemode: false,
+            notice: None,
+            store_name: config.merchant_name.clone(),
+            credentials: AccountCredentials::Pay10(Pay10Account {
+                base_url: format!("{base}/sandbox/pay10"),
+                pay_id: sb.pay10_pay_id.clone(),
+                salt: SecretString::from(sb.pay10_salt.clone()),
+                key: sb.pay10_key.clone(),
+            }),
+        },
+    ];
+    accounts.append(&mut config.accounts);
+    config.accounts = accounts;
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&Sha256::digest(demo.api_key.as_bytes()));
+    config.clients.insert(
+        0,
+        Client {
+            name: "demo".into(),
+            key_hash: hash,
+            accounts: [
+                (types::ProviderKind::Pockyt, "pockyt-sandbox".to_string()),
+                (types::ProviderKind::Pay10, "pay10-sandbox".to_string()),
+            ]
+            .into_iter()
+            .collect(),
+        },
+    );
+}
+
 /// A bound, configured gateway, ready to serve.
 pub struct Application {
     listener: TcpListener,
@@ -111,9 +169,11 @@ impl Application {
                 .external_sandbox
                 .clone()
                 .unwrap_or_else(|| format!("http://{addr}"));
-            config.demo_accounts(&base);
+            demo_accounts(&mut config, &base);
             if demo.external_sandbox.is_none() {
-                let mut sc = demo.sandbox.clone();
+                let mut sc = sandbox::SandboxConfig::demo();
+                sc.slow_response = demo.sandbox_slow_response;
+                sc.pending_delay = demo.sandbox_pending_delay;
                 sc.ipn_url = demo.sandbox_ipns.then(|| format!("http://{addr}"));
                 // The demo's sandbox keeps its sales beside the demo database,
                 // so a restarted demo stays consistent with its refunds.

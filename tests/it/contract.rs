@@ -298,7 +298,7 @@ async fn pay10_webhook_variants_are_applied() {
     if let Some(d) = config.demo.as_mut() {
         d.external_sandbox = Some(base.clone());
     }
-    config.demo_accounts(&base);
+    refund_gateway::demo_accounts(&mut config, &base);
     let store = Store::connect(&config.database_url, 2).await.unwrap();
     let g = Gateway::new(&config, store);
     let sale = sale_at(

@@ -44,7 +44,7 @@ impl World {
         if let Some(d) = config.demo.as_mut() {
             d.external_sandbox = Some(sandbox_url.clone());
         }
-        config.demo_accounts(&sandbox_url);
+        refund_gateway::demo_accounts(&mut config, &sandbox_url);
         config.reconcile_not_found_after = Duration::from_secs(60);
         tweak(&mut config);
         World {

@@ -161,7 +161,9 @@ pub fn test_config(db_url: &str) -> Config {
     c.reconcile_base_delay = Duration::from_millis(200);
     c.reconcile_max_delay = Duration::from_millis(1000);
     if let Some(d) = c.demo.as_mut() {
-        d.sandbox = fast_sandbox();
+        let fast = fast_sandbox();
+        d.sandbox_slow_response = fast.slow_response;
+        d.sandbox_pending_delay = fast.pending_delay;
         // Most tests watch one mechanism at a time; webhook tests turn IPNs on.
         d.sandbox_ipns = false;
     }
