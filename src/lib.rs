@@ -80,6 +80,28 @@ pub fn app(state: AppState, sandbox: Option<&Sandbox>, request_timeout: Duration
         )
 }
 
+/// What the gateway takes from the configuration (it reads nothing else of it).
+pub fn gateway_settings(c: &Config) -> refunds::GatewaySettings {
+    refunds::GatewaySettings {
+        accounts: c.accounts.clone(),
+        clients: c.clients.clone(),
+        operators: c.operators.clone(),
+        http: c.http,
+        policy: refunds::reconcile::Policy {
+            interval: c.reconcile_interval,
+            base_delay: c.reconcile_base_delay,
+            max_delay: c.reconcile_max_delay,
+            max_attempts: c.reconcile_max_attempts,
+            lease: c.http.timeout * 2 + Duration::from_secs(5),
+            not_found_after: c.reconcile_not_found_after,
+            not_found_checks: c.reconcile_not_found_checks.max(1),
+        },
+        merchant_name: c.merchant_name.clone(),
+        review_after: c.review_after,
+        email_enabled: c.smtp.is_some(),
+    }
+}
+
 /// Adds demo mode's sandbox accounts (the sandbox's demo credentials) and the
 /// demo client to `config`, pointed at the sandbox at `sandbox_base`.
 pub fn demo_accounts(config: &mut Config, sandbox_base: &str) {
@@ -190,7 +212,7 @@ impl Application {
         }
         metrics::handle();
         let store = Store::connect(&config.database_url, config.db_max_connections).await?;
-        let gateway = Arc::new(Gateway::new(&config, store));
+        let gateway = Arc::new(Gateway::new(gateway_settings(&config), store));
         let router = app(
             AppState {
                 gateway: gateway.clone(),

@@ -26,8 +26,6 @@ use crate::store::{RefundRow, RefundUpdate};
 
 use std::time::Duration;
 
-use crate::config::Config;
-
 pub use crate::store::{Status, Submission};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,22 +69,18 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn from_config(c: &Config) -> Self {
-        Policy {
-            interval: c.reconcile_interval,
-            base_delay: c.reconcile_base_delay,
-            max_delay: c.reconcile_max_delay,
-            max_attempts: c.reconcile_max_attempts,
-            lease: c.http.timeout * 2 + Duration::from_secs(5),
-            not_found_after: c.reconcile_not_found_after,
-            not_found_checks: c.reconcile_not_found_checks.max(1),
-        }
-    }
-
-    /// Defaults for code that applies answers outside a configured gateway
-    /// (the benchmark's database floor).
+    /// For code that applies answers outside a configured gateway (the
+    /// benchmark's database floor): the default timings, never waited on there.
     pub fn floor() -> Self {
-        Policy::from_config(&Config::demo("sqlite::memory:", ""))
+        Policy {
+            interval: Duration::from_millis(500),
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(300),
+            max_attempts: 30,
+            lease: Duration::from_secs(35),
+            not_found_after: Duration::from_secs(15 * 60),
+            not_found_checks: 3,
+        }
     }
 
     pub fn max_delay_ms(&self) -> i64 {

@@ -15,12 +15,13 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use crate::config::{Account, AccountCredentials, Client, Config};
+use crate::config::{Account, AccountCredentials, Client, Operator};
 use crate::money::{Currency, Minor};
 use crate::providers::pay10::Pay10Client;
 use crate::providers::pockyt::PockytClient;
 use crate::providers::{
-    http_client, ProviderClient, ProviderKind, RefundCall, SaleInfo, SaleLookup, StatusQuery,
+    http_client, HttpSettings, ProviderClient, ProviderKind, RefundCall, SaleInfo, SaleLookup,
+    StatusQuery,
 };
 use crate::store::{
     CreateOutcome, EventSource, NewRefundRow, RefundEvent, RefundId, RefundRow, RefundUpdate,
@@ -167,10 +168,28 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
+/// What the gateway is made of: the accounts, API clients and operators it
+/// serves, and the few settings its rules need (the composition root,
+/// [`crate::gateway_settings`], takes them from the configuration).
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub accounts: Vec<Account>,
+    pub clients: Vec<Client>,
+    pub operators: Vec<Operator>,
+    pub http: HttpSettings,
+    pub policy: reconcile::Policy,
+    /// Printed on receipts of accounts without a store name.
+    pub merchant_name: String,
+    /// A refund pending this long joins the review queue.
+    pub review_after: Duration,
+    /// Receipt emails are enqueued only when SMTP is configured.
+    pub email_enabled: bool,
+}
+
 impl Gateway {
-    pub fn new(config: &Config, store: Store) -> Self {
-        let http = http_client(config.http);
-        let accounts = config
+    pub fn new(settings: GatewaySettings, store: Store) -> Self {
+        let http = http_client(settings.http);
+        let accounts = settings
             .accounts
             .iter()
             .map(|a| {
@@ -209,13 +228,13 @@ impl Gateway {
             credential_groups,
             clock: Clock::default(),
             pause: None,
-            clients: config.clients.iter().cloned().map(Arc::new).collect(),
-            provider_timeout: config.http.timeout,
-            reconcile: reconcile::Policy::from_config(config),
-            merchant_name: config.merchant_name.clone(),
-            operators: config.operators.iter().cloned().map(Arc::new).collect(),
-            review_after: config.review_after,
-            email_enabled: config.smtp.is_some(),
+            clients: settings.clients.into_iter().map(Arc::new).collect(),
+            provider_timeout: settings.http.timeout,
+            reconcile: settings.policy,
+            merchant_name: settings.merchant_name,
+            operators: settings.operators.into_iter().map(Arc::new).collect(),
+            review_after: settings.review_after,
+            email_enabled: settings.email_enabled,
         }
     }
 

@@ -300,7 +300,7 @@ async fn pay10_webhook_variants_are_applied() {
     }
     refund_gateway::demo_accounts(&mut config, &base);
     let store = Store::connect(&config.database_url, 2).await.unwrap();
-    let g = Gateway::new(&config, store);
+    let g = Gateway::new(refund_gateway::gateway_settings(&config), store);
     let sale = sale_at(
         &reqwest::Client::new(),
         &base,

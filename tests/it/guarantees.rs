@@ -61,7 +61,7 @@ impl World {
         let store = Store::connect(&self.config.database_url, 2)
             .await
             .expect("store connects");
-        let mut g = Gateway::new(&self.config, store);
+        let mut g = Gateway::new(refund_gateway::gateway_settings(&self.config), store);
         g.clock = self.clock.clone();
         g.pause = pause;
         Arc::new(g)
