@@ -74,9 +74,14 @@ impl StoreError {
         ) || matches!(self, StoreError::Db(sqlx::Error::Database(e)) if e.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
     }
 
-    /// A unique constraint refused the write (a taken key or reference).
-    fn is_unique_violation(e: &sqlx::Error) -> bool {
-        matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+    /// The unique constraint (by name) that refused a write, if one did.
+    fn violated_unique(e: &sqlx::Error) -> Option<String> {
+        match e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                Some(d.constraint().unwrap_or_default().to_string())
+            }
+            _ => None,
+        }
     }
 }
 

@@ -286,7 +286,17 @@ impl StoreBackend for PgStore {
         {
             Ok(r) if r.rows_affected() == 1 => return Ok(CreateOutcome::Created),
             Ok(_) => {}
-            Err(e) if StoreError::is_unique_violation(&e) => return Ok(CreateOutcome::Duplicate),
+            // The client's idempotency key or refund reference is taken: a
+            // repeated request. Any other unique index refusing (a refund id or
+            // provider reference made twice) is a fault, not a duplicate.
+            Err(e)
+                if matches!(
+                    StoreError::violated_unique(&e).as_deref(),
+                    Some("refunds_client_idempotency_key" | "refunds_client_refund_reference")
+                ) =>
+            {
+                return Ok(CreateOutcome::Duplicate)
+            }
             Err(e) => return Err(e.into()),
         }
         let row: Option<(Option<i64>, String, bool, i64, i64)> = sqlx::query_as(

@@ -53,11 +53,13 @@ const RESERVE: &str = "INSERT INTO sales (account, transaction_no, amount_minor,
               + MAX(sales.external_minor, excluded.external_minor) \
               <= COALESCE(sales.amount_minor, excluded.amount_minor))";
 
+/// A taken idempotency key or refund reference inserts nothing (a repeated
+/// request); any other unique index refusing is an error, not a duplicate.
 const INSERT_REFUND: &str = "INSERT INTO refunds (id, client, account, provider, livemode, status, amount_minor, currency, \
     settle_currency, transaction_no, reference, refund_reference, provider_reference, reason, receipt_email, metadata, \
     idempotency_key, request_hash, submission, inflight_until, check_attempts, next_check_at, created_at, updated_at) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, 'prepared', $19, 0, $20, $21, $21) \
-    ON CONFLICT DO NOTHING";
+    ON CONFLICT (client, idempotency_key) DO NOTHING ON CONFLICT (client, refund_reference) DO NOTHING";
 
 const RECORDED_EVENT: &str = "INSERT INTO refund_events (refund_id, at, source, status, detail) \
     VALUES ($1, $21, 'request', 'pending', 'recorded; amount reserved against the sale')";

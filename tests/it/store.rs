@@ -141,6 +141,13 @@ async fn reservations_never_exceed_the_sale(db: Db) {
         CreateOutcome::Created,
         "the duplicate left no reservation behind"
     );
+    // Our own provider reference made twice is a fault, never taken for a
+    // repeated request.
+    let clash = RefundRow {
+        provider_reference: first.provider_reference.clone(),
+        ..row("clash", "tx-clash", 1)
+    };
+    assert!(s.create_refund(&clash, &terms(100)).await.is_err());
     // Another currency on a confirmed sale is refused, naming the sale's.
     let aed = RefundRow {
         currency: Currency::from_code("AED").unwrap(),
