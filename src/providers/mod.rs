@@ -59,6 +59,13 @@ impl ProviderKind {
         broken
     }
 
+    /// Whether the refund id a webhook carries is the provider's own id of
+    /// the refund (Pockyt's refund transaction number), worth keeping on the
+    /// refund; Pay10's `REFUND_ORDER_ID` is our reference echoed back.
+    pub fn webhook_refund_id_is_providers(&self) -> bool {
+        matches!(self, ProviderKind::Pockyt)
+    }
+
     /// The largest refund the provider's wire format can carry, in minor units
     /// (Pay10 `AMOUNT` is at most 12 digits).
     pub fn max_amount_minor(&self) -> i64 {

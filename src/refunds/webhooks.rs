@@ -228,7 +228,7 @@ impl Gateway {
             provider_refund_id: ev
                 .provider_refund_id
                 .clone()
-                .filter(|_| refund.provider == ProviderKind::Pockyt),
+                .filter(|_| refund.provider.webhook_refund_id_is_providers()),
             provider_status: ev.provider_status.clone(),
             provider_code: None,
             message: None,
