@@ -63,7 +63,14 @@ async fn no_secrets_in_logs() {
         )
         .await;
     assert_eq!(unauthorized.status, 401);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Let the webhooks and reconciliation settle every refund (their logs
+    // are what this test reads).
+    let pending = eventually(Duration::from_secs(15), || async {
+        let (n, _) = app.gateway.pending_summary().await.unwrap();
+        (n == 0, n)
+    })
+    .await;
+    assert_eq!(pending, 0, "every refund settled");
     app.stop().await;
 
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();

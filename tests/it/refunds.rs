@@ -490,9 +490,13 @@ async fn pending_then_success_by_sync(db: Db) {
         .post_refund(Some("p10"), &pay10_refund(&p, "0.94"))
         .await;
     assert_eq!(r.body["status"], "pending", "{}", r.text);
-    tokio::time::sleep(Duration::from_millis(400)).await;
     let id = r.body["id"].as_str().unwrap();
-    let synced = app.get(&format!("/v1/refunds/{id}?sync=true")).await;
+    // The provider settles it after a moment; a sync then reports it.
+    let synced = eventually(Duration::from_secs(5), || async {
+        let s = app.get(&format!("/v1/refunds/{id}?sync=true")).await;
+        (s.body["status"] == "succeeded", s)
+    })
+    .await;
     assert_eq!(synced.body["status"], "succeeded", "{}", synced.text);
     app.stop().await;
 }
