@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use super::parse::Text;
 use super::refunds::{events_json, RefundEvents};
 use super::{ApiError, AppState, OperatorAuthed};
 use crate::refunds::lifecycle::Status;
@@ -69,6 +70,7 @@ pub async fn events(
     OperatorAuthed(_operator): OperatorAuthed,
     Path(id): Path<String>,
 ) -> Result<Json<RefundEvents>, ApiError> {
+    let id = super::parse::refund_id(&id)?;
     let events = state
         .gateway
         .history(None, &id)
@@ -95,6 +97,7 @@ pub async fn sync(
     OperatorAuthed(op): OperatorAuthed,
     Path(id): Path<String>,
 ) -> Result<Json<RefundObject>, ApiError> {
+    let id = super::parse::refund_id(&id)?;
     let row = state
         .gateway
         .operator_sync(&id, &op.name)
@@ -111,11 +114,19 @@ pub async fn sync(
 #[serde(deny_unknown_fields)]
 pub struct ResolveBody {
     /// `succeeded` or `failed` (never back to `pending`).
-    #[schema(pattern = "^(succeeded|failed)$")]
-    pub status: String,
+    #[schema(value_type = String, pattern = "^(succeeded|failed)$")]
+    pub status: FinalStatus,
     /// Why: what the operator checked (required, 1-1000 characters).
-    #[schema(min_length = 1, max_length = 1000)]
-    pub note: String,
+    #[schema(value_type = String, min_length = 1, max_length = 1000)]
+    pub note: Text<1000>,
+}
+
+/// The statuses an operator may resolve a refund to.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinalStatus {
+    Succeeded,
+    Failed,
 }
 
 #[utoipa::path(
@@ -127,7 +138,7 @@ pub struct ResolveBody {
     request_body(content = ResolveBody, content_type = "application/json"),
     responses(
         (status = 200, description = "Resolved; the provider's answer, the operator and the note are in the refund's history", body = RefundObject),
-        (status = 400, description = "`invalid_request`", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_request` (with `errors`) or `malformed_json`", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 401, description = "`unauthorized`", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "`resolution_refused`: the provider, asked now, does not confirm it, or the refund is already final", body = super::error::Problem, content_type = "application/problem+json"),
@@ -141,33 +152,13 @@ pub async fn resolve(
     body: Body,
 ) -> Result<Json<RefundObject>, ApiError> {
     let bytes = super::read_body(body, 16 * 1024).await?;
-    let req: ResolveBody = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            format!(
-                "the body must be {{\"status\": \"succeeded\"|\"failed\", \"note\": \"...\"}}: {e}"
-            ),
-        )
-    })?;
-    let target = match Status::parse(&req.status) {
-        Some(s @ (Status::Succeeded | Status::Failed)) => s,
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "status must be succeeded or failed",
-            ))
-        }
+    let req: ResolveBody = super::parse::json(&bytes)?;
+    let target = match req.status {
+        FinalStatus::Succeeded => Status::Succeeded,
+        FinalStatus::Failed => Status::Failed,
     };
-    let note = req.note.trim();
-    if note.is_empty() || note.chars().count() > 1000 || note.chars().any(char::is_control) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "note is required: 1-1000 characters saying what was checked",
-        ));
-    }
+    let note = req.note.0.trim();
+    let id = super::parse::refund_id(&id)?;
     match state.gateway.resolve(&id, &op.name, target, note).await? {
         Resolution::Done(row) => Ok(Json(RefundObject::from(row.as_ref()))),
         Resolution::NotFound => Err(ApiError::not_found("refund")),

@@ -11,6 +11,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use super::ApiError;
+use crate::types::RefundId;
 
 /// Parses a JSON body into `T`; the first field that does not fit is named.
 pub fn json<T: de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
@@ -54,6 +55,13 @@ pub fn query<T: de::DeserializeOwned>(raw: Option<&str>) -> Result<T, ApiError> 
         let path = e.path().to_string();
         field_error(&path, &e.into_inner().to_string())
     })
+}
+
+/// A refund id from a path. Anything that cannot be one names no refund:
+/// 404, answered without asking the database (which may refuse bytes such
+/// as NUL).
+pub fn refund_id(raw: &str) -> Result<RefundId, ApiError> {
+    raw.parse().map_err(|_| ApiError::not_found("refund"))
 }
 
 /// serde's message, in our words: which field, and what it must be.

@@ -340,13 +340,6 @@ pub async fn create(
     })
 }
 
-/// A refund id as the gateway issues them (`rf_` + a 26-character ULID).
-/// Anything else names no refund: answered 404 without asking the database
-/// (which may refuse bytes such as NUL).
-fn is_refund_id(id: &str) -> bool {
-    id.len() == 29 && id.starts_with("rf_") && id[3..].bytes().all(|b| b.is_ascii_alphanumeric())
-}
-
 #[utoipa::path(
     get,
     path = "/v1/refunds/{id}",
@@ -371,9 +364,7 @@ pub async fn get_one(
 ) -> Result<Json<RefundObject>, ApiError> {
     let q: GetQuery = parse::query(raw.as_deref())?;
     let sync = q.sync.unwrap_or_default().0;
-    if !is_refund_id(&id) {
-        return Err(ApiError::not_found("refund"));
-    }
+    let id = parse::refund_id(&id)?;
     let row = state
         .gateway
         .refund(&client.name, &id)
@@ -449,9 +440,7 @@ pub async fn events(
     Authed(client): Authed,
     Path(id): Path<String>,
 ) -> Result<Json<RefundEvents>, ApiError> {
-    if !is_refund_id(&id) {
-        return Err(ApiError::not_found("refund"));
-    }
+    let id = parse::refund_id(&id)?;
     let events = state
         .gateway
         .history(Some(&client.name), &id)
@@ -552,9 +541,7 @@ pub async fn receipt(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if !is_refund_id(&id) {
-        return Err(ApiError::not_found("refund"));
-    }
+    let id = parse::refund_id(&id)?;
     let row = state
         .gateway
         .refund(&client.name, &id)

@@ -151,7 +151,7 @@ pub trait StoreBackend: Send + Sync + 'static {
 
     /// One compare-and-swap of a refund (version, status and submission as
     /// read), with its side effects and history line. True if applied.
-    async fn apply_change(&self, change: &Change) -> Result<bool>;
+    async fn apply_change(&self, change: Change) -> Result<bool>;
 
     /// A refund's history, oldest first.
     async fn refund_events(&self, refund_id: &str) -> Result<Vec<RefundEvent>>;
@@ -296,7 +296,7 @@ impl Store {
             let Some(u) = transition(&current) else {
                 return Ok(Some((current, false)));
             };
-            if self.apply_change(&Change::new(&current, &u)).await? {
+            if self.apply_change(Change::new(&current, &u)).await? {
                 let mut after = current;
                 u.apply_to(&mut after);
                 after.version += 1;
@@ -388,15 +388,32 @@ fn push_list_filters<'a, DB, T>(
         .push_bind(f.limit + 1);
 }
 
+/// A sale's row, as a refused reservation reads it.
+#[derive(sqlx::FromRow)]
+struct SaleRow {
+    amount_minor: Option<i64>,
+    currency: String,
+    currency_confirmed: bool,
+    reserved_minor: i64,
+    external_minor: i64,
+}
+
+const SELECT_SALE: &str =
+    "SELECT amount_minor, currency, currency_confirmed, reserved_minor, external_minor \
+    FROM sales WHERE account = $1 AND transaction_no = $2";
+
 /// What a refused reservation leaves: the refund alone against what the
-/// provider reported, or (with the sale row: amount, currency, confirmed,
-/// reserved, external) every reservation and the refunds made elsewhere.
-fn refusal(
-    new: &RefundRow,
-    sale: &SaleTerms,
-    row: Option<(Option<i64>, String, bool, i64, i64)>,
-) -> CreateOutcome {
-    let Some((amount, currency, confirmed, reserved, external)) = row else {
+/// provider reported, or (with the sale row) every reservation and the
+/// refunds made elsewhere.
+fn refusal(new: &RefundRow, sale: &SaleTerms, row: Option<SaleRow>) -> CreateOutcome {
+    let Some(SaleRow {
+        amount_minor: amount,
+        currency,
+        currency_confirmed: confirmed,
+        reserved_minor: reserved,
+        external_minor: external,
+    }) = row
+    else {
         return CreateOutcome::ExceedsRefundable {
             refundable: Minor::new(
                 sale.amount_minor

@@ -9,214 +9,124 @@ use std::collections::BTreeMap;
 pub use crate::money::{Currency, Minor};
 pub use crate::types::{Invalid, ProviderKind, RefundId};
 
-/// A refund's status. Only [`crate::refunds::lifecycle`] decides a change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Pending,
-    Succeeded,
-    Failed,
+/// An enum stored as text: its variants with their texts, and `as_str`,
+/// `parse`, `TryFrom<String>` (what the store's codec decodes with),
+/// `Display` and comparison with text.
+macro_rules! text_enum {
+    (
+        $(#[$meta:meta])*
+        $name:ident ($what:literal) {
+            $($(#[$vmeta:meta])* $variant:ident = $text:literal,)*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)*
+        }
+
+        impl $name {
+            pub fn as_str(&self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                match s {
+                    $($text => Some($name::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = Invalid;
+            fn try_from(s: String) -> Result<Self, Invalid> {
+                $name::parse(&s).ok_or(Invalid { what: $what, value: s })
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+    };
+}
+
+text_enum! {
+    /// A refund's status. Only [`crate::refunds::lifecycle`] decides a change.
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    Status("refund status") {
+        Pending = "pending",
+        Succeeded = "succeeded",
+        Failed = "failed",
+    }
 }
 
 impl Status {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Status::Pending => "pending",
-            Status::Succeeded => "succeeded",
-            Status::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "pending" => Some(Status::Pending),
-            "succeeded" => Some(Status::Succeeded),
-            "failed" => Some(Status::Failed),
-            _ => None,
-        }
-    }
-
     pub fn is_final(&self) -> bool {
         !matches!(self, Status::Pending)
     }
 }
 
-impl TryFrom<String> for Status {
-    type Error = Invalid;
-    fn try_from(s: String) -> Result<Self, Invalid> {
-        Status::parse(&s).ok_or(Invalid {
-            what: "refund status",
-            value: s,
-        })
+text_enum! {
+    /// Whether the refund may have reached the provider: `Prepared` until the
+    /// send claim (a compare-and-swap) moves it to `Sent`, just before the call.
+    Submission("refund submission") {
+        Prepared = "prepared",
+        Sent = "sent",
     }
 }
 
-impl TryFrom<String> for Submission {
-    type Error = Invalid;
-    fn try_from(s: String) -> Result<Self, Invalid> {
-        Submission::parse(&s).ok_or(Invalid {
-            what: "refund submission",
-            value: s,
-        })
+text_enum! {
+    /// Who or what caused a change of a refund (its history says so).
+    EventSource("event source") {
+        /// The POS's request and the provider's answer to our call.
+        Request = "request",
+        /// A client's `?sync=true` status query.
+        StatusQuery = "status_query",
+        Webhook = "webhook",
+        Reconciliation = "reconciliation",
+        Operator = "operator",
     }
 }
 
-impl TryFrom<String> for EventSource {
-    type Error = Invalid;
-    fn try_from(s: String) -> Result<Self, Invalid> {
-        EventSource::parse(&s).ok_or(Invalid {
-            what: "event source",
-            value: s,
-        })
-    }
-}
-
-impl std::fmt::Display for Status {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl PartialEq<&str> for Status {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
-impl PartialEq<str> for Status {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
-    }
-}
-
-/// Whether the refund may have reached the provider: `Prepared` until the
-/// send claim (a compare-and-swap) moves it to `Sent`, just before the call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Submission {
-    Prepared,
-    Sent,
-}
-
-impl Submission {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Submission::Prepared => "prepared",
-            Submission::Sent => "sent",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "prepared" => Some(Submission::Prepared),
-            "sent" => Some(Submission::Sent),
-            _ => None,
-        }
-    }
-}
-
-/// Who or what caused a change of a refund (its history says so).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EventSource {
-    /// The POS's request and the provider's answer to our call.
-    Request,
-    /// A client's `?sync=true` status query.
-    StatusQuery,
-    Webhook,
-    Reconciliation,
-    Operator,
-}
-
-impl EventSource {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            EventSource::Request => "request",
-            EventSource::StatusQuery => "status_query",
-            EventSource::Webhook => "webhook",
-            EventSource::Reconciliation => "reconciliation",
-            EventSource::Operator => "operator",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            EventSource::Request,
-            EventSource::StatusQuery,
-            EventSource::Webhook,
-            EventSource::Reconciliation,
-            EventSource::Operator,
-        ]
-        .into_iter()
-        .find(|e| e.as_str() == s)
-    }
-}
-
-/// What became of a stored provider webhook.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EventState {
-    /// Verified and stored; not matched yet.
-    Received,
-    /// Not about a refund (a payment notification, say).
-    Ignored,
-    /// Names no refund we know yet: retried with backoff.
-    Unmatched,
-    /// Never matched a refund; no more attempts.
-    Expired,
-    /// Its amount could not be read: the refund's status is asked instead.
-    Queried,
-    /// Contradicts the refund it names (sale or amount): not applied.
-    Rejected,
-    /// Contradicts the refund's final status: the provider is asked.
-    Conflict,
-    /// Moved the refund.
-    Applied,
-    /// Said nothing new.
-    Stale,
-}
-
-impl EventState {
-    const ALL: [EventState; 9] = [
-        EventState::Received,
-        EventState::Ignored,
-        EventState::Unmatched,
-        EventState::Expired,
-        EventState::Queried,
-        EventState::Rejected,
-        EventState::Conflict,
-        EventState::Applied,
-        EventState::Stale,
-    ];
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            EventState::Received => "received",
-            EventState::Ignored => "ignored",
-            EventState::Unmatched => "unmatched",
-            EventState::Expired => "expired",
-            EventState::Queried => "queried",
-            EventState::Rejected => "rejected",
-            EventState::Conflict => "conflict",
-            EventState::Applied => "applied",
-            EventState::Stale => "stale",
-        }
-    }
-}
-
-impl TryFrom<String> for EventState {
-    type Error = Invalid;
-    fn try_from(s: String) -> Result<Self, Invalid> {
-        EventState::ALL
-            .into_iter()
-            .find(|e| e.as_str() == s)
-            .ok_or(Invalid {
-                what: "webhook event state",
-                value: s,
-            })
-    }
-}
-
-impl PartialEq<&str> for EventState {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
+text_enum! {
+    /// What became of a stored provider webhook.
+    EventState("webhook event state") {
+        /// Verified and stored; not matched yet.
+        Received = "received",
+        /// Not about a refund (a payment notification, say).
+        Ignored = "ignored",
+        /// Names no refund we know yet: retried with backoff.
+        Unmatched = "unmatched",
+        /// Never matched a refund; no more attempts.
+        Expired = "expired",
+        /// Its amount could not be read: the refund's status is asked instead.
+        Queried = "queried",
+        /// Contradicts the refund it names (sale or amount): not applied.
+        Rejected = "rejected",
+        /// Contradicts the refund's final status: the provider is asked.
+        Conflict = "conflict",
+        /// Moved the refund.
+        Applied = "applied",
+        /// Said nothing new.
+        Stale = "stale",
     }
 }
 
@@ -231,12 +141,6 @@ pub struct RefundEvent {
     pub provider_status: Option<String>,
     pub detail: Option<String>,
     pub actor: Option<String>,
-}
-
-impl PartialEq<&str> for Submission {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
 }
 
 /// A refund record: everything in the public refund object plus the client,

@@ -19,6 +19,7 @@ use time::OffsetDateTime;
 use super::{
     probe, push_list_filters, refusal, Backend, Change, CreateOutcome, EventState, ListFilter,
     OutboxRow, RefundEvent, RefundRow, Result, SaleTerms, StoreBackend, StoreError, WebhookRow,
+    SELECT_SALE,
 };
 
 pub(super) struct PgStore {
@@ -299,14 +300,11 @@ impl StoreBackend for PgStore {
             }
             Err(e) => return Err(e.into()),
         }
-        let row: Option<(Option<i64>, String, bool, i64, i64)> = sqlx::query_as(
-            "SELECT amount_minor, currency, currency_confirmed, reserved_minor, external_minor \
-             FROM sales WHERE account = $1 AND transaction_no = $2",
-        )
-        .bind(&new.account)
-        .bind(&new.transaction_no)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query_as(SELECT_SALE)
+            .bind(&new.account)
+            .bind(&new.transaction_no)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(refusal(new, sale, row))
     }
 
@@ -329,7 +327,8 @@ impl StoreBackend for PgStore {
         Ok(n == 1)
     }
 
-    async fn apply_change(&self, c: &Change) -> Result<bool> {
+    async fn apply_change(&self, change: Change) -> Result<bool> {
+        let c = &change;
         if c.is_single_write() {
             // One statement: the update, and its history line only if it applied.
             let n = match &c.event {

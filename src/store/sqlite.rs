@@ -17,7 +17,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use super::batch::Batcher;
 use super::{
     probe, push_list_filters, refusal, Backend, Change, CreateOutcome, EventState, ListFilter,
-    OutboxRow, RefundEvent, RefundRow, Result, SaleTerms, StoreBackend, WebhookRow,
+    OutboxRow, RefundEvent, RefundRow, Result, SaleTerms, StoreBackend, WebhookRow, SELECT_SALE,
 };
 
 pub(super) struct SqliteStore {
@@ -335,14 +335,11 @@ impl StoreBackend for SqliteStore {
         if let Some(o) = outcome {
             return Ok(o);
         }
-        let row: Option<(Option<i64>, String, bool, i64, i64)> = sqlx::query_as(
-            "SELECT amount_minor, currency, currency_confirmed, reserved_minor, external_minor \
-             FROM sales WHERE account = $1 AND transaction_no = $2",
-        )
-        .bind(&new.account)
-        .bind(&new.transaction_no)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query_as(SELECT_SALE)
+            .bind(&new.account)
+            .bind(&new.transaction_no)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(refusal(new, sale, row))
     }
 
@@ -378,8 +375,7 @@ impl StoreBackend for SqliteStore {
             .await
     }
 
-    async fn apply_change(&self, c: &Change) -> Result<bool> {
-        let c = c.clone();
+    async fn apply_change(&self, c: Change) -> Result<bool> {
         self.batch
             .run(move |conn| {
                 Box::pin(async move {

@@ -128,6 +128,23 @@ async fn review_queue_and_audited_resolutions(db: Db) {
         .await;
         assert_eq!(r.status, 400, "{}", r.text);
     }
+    // An id that cannot be a refund's names none: 404, never a database error.
+    for (method, path) in [
+        ("GET", "/v1/operator/refunds/rf_%00/events"),
+        ("POST", "/v1/operator/refunds/rf_%00/sync"),
+        (
+            "GET",
+            "/v1/operator/refunds/rf_01lowercase0000000000000000/events",
+        ),
+    ] {
+        let r = operator(&app, method, path, None).await;
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (404, Some("not_found")),
+            "{path}: {}",
+            r.text
+        );
+    }
     // The provider's records prove it: resolved, with an audit trail.
     let ok = operator(
         &app,
