@@ -104,12 +104,7 @@ async fn review_queue_and_audited_resolutions(db: Db) {
         Some(json!({"status": "failed", "note": "customer says no money arrived"})),
     )
     .await;
-    assert_eq!(
-        (wrong.status, wrong.body["code"].as_str()),
-        (409, Some("resolution_refused")),
-        "{}",
-        wrong.text
-    );
+    wrong.assert_problem(409, "resolution_refused");
     assert_eq!(
         app.get(&format!("/v1/refunds/{late_id}")).await.body["status"],
         "pending"
@@ -155,12 +150,7 @@ async fn review_queue_and_audited_resolutions(db: Db) {
         ),
     )
     .await;
-    assert_eq!(
-        (ok.status, ok.body["status"].as_str()),
-        (200, Some("succeeded")),
-        "{}",
-        ok.text
-    );
+    ok.assert_refund(200, "succeeded");
     let history = app.get(&format!("/v1/refunds/{late_id}/events")).await;
     assert_eq!(history.status, 200, "{}", history.text);
     let events = history.body["data"].as_array().unwrap().clone();

@@ -260,12 +260,7 @@ async fn mismatched_transaction_is_rejected(db: Db) {
         "application/x-www-form-urlencoded",
     )
     .await;
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (422, Some("webhook_rejected")),
-        "{}",
-        r.text
-    );
+    r.assert_problem(422, "webhook_rejected");
     let mut wrong_amount = refund_fields(&sale, &refund, &reference, "success");
     wrong_amount[3] = ("refundAmount", "9.99");
     let r = post_ipn(
@@ -376,12 +371,7 @@ async fn webhook_beats_the_provider_answer(db: Db) {
     let r = app
         .post_refund(Some("beat"), &pockyt_refund(&sale, "0.91"))
         .await;
-    assert_eq!(
-        (r.status, r.body["status"].as_str()),
-        (201, Some("succeeded")),
-        "{}",
-        r.text
-    );
+    r.assert_refund(201, "succeeded");
     assert_eq!(app.sandbox().stats().pockyt_refunds_applied, 1);
     app.stop().await;
 }

@@ -41,12 +41,7 @@ async fn full_and_partial_refunds(db: Db) {
     let r = app
         .post_refund(Some("p10-a"), &pay10_refund(&p, "60.00"))
         .await;
-    assert_eq!(
-        (r.status, r.body["status"].as_str()),
-        (201, Some("succeeded")),
-        "{}",
-        r.text
-    );
+    r.assert_refund(201, "succeeded");
     assert_eq!(r.body["provider_code"], "000");
     let r = app
         .post_refund(Some("p10-b"), &pay10_refund(&p, "40.01"))
@@ -71,33 +66,18 @@ async fn sale_not_success_and_currency_mismatch_are_refused(db: Db) {
     let r = app
         .post_refund(Some("a"), &pockyt_refund(&pending, "1.00"))
         .await;
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (422, Some("transaction_not_refundable")),
-        "{}",
-        r.text
-    );
+    r.assert_problem(422, "transaction_not_refundable");
 
     let sale = app.pockyt_sale("10.00", "USD", "success").await;
     let mut body = pockyt_refund(&sale, "1.00");
     body["currency"] = json!("EUR");
     let r = app.post_refund(Some("b"), &body).await;
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (422, Some("currency_mismatch")),
-        "{}",
-        r.text
-    );
+    r.assert_problem(422, "currency_mismatch");
 
     let r = app
         .post_refund(Some("c"), &json!({"provider":"pockyt","transaction_no":"123456789012345678","amount":"1.00","currency":"USD"}))
         .await;
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (422, Some("transaction_not_found")),
-        "{}",
-        r.text
-    );
+    r.assert_problem(422, "transaction_not_found");
 
     // Pay10: the first refund fixes the sale's currency for the gateway.
     let p = app.pay10_sale("100.00", "AED").await;
@@ -110,12 +90,7 @@ async fn sale_not_success_and_currency_mismatch_are_refused(db: Db) {
     let mut body = pay10_refund(&p, "1.00");
     body["currency"] = json!("USD");
     let r = app.post_refund(Some("e"), &body).await;
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (422, Some("currency_mismatch")),
-        "{}",
-        r.text
-    );
+    r.assert_problem(422, "currency_mismatch");
     assert_eq!(app.list_all().await.len(), 1);
     assert_eq!(app.sandbox().stats().pockyt_refunds_applied, 0);
     app.stop().await;
@@ -127,34 +102,19 @@ async fn decline_timeout_and_503(db: Db) {
     let r = app
         .post_refund(Some("decline"), &pockyt_refund(&sale, "0.93"))
         .await;
-    assert_eq!(
-        (r.status, r.body["status"].as_str()),
-        (201, Some("failed")),
-        "{}",
-        r.text
-    );
+    r.assert_refund(201, "failed");
     assert_eq!(r.body["failure_code"], "provider_declined");
     assert_eq!(r.body["provider_code"], "000040");
 
     let r = app
         .post_refund(Some("unavailable"), &pockyt_refund(&sale, "0.92"))
         .await;
-    assert_eq!(
-        (r.status, r.body["status"].as_str()),
-        (201, Some("pending")),
-        "{}",
-        r.text
-    );
+    r.assert_refund(201, "pending");
 
     let r = app
         .post_refund(Some("timeout"), &pockyt_refund(&sale, "0.91"))
         .await;
-    assert_eq!(
-        (r.status, r.body["status"].as_str()),
-        (201, Some("pending")),
-        "{}",
-        r.text
-    );
+    r.assert_refund(201, "pending");
     // The sandbox did apply it; reconciliation finds it and settles it once.
     let id = r.body["id"].as_str().unwrap().to_string();
     let done = app
@@ -559,12 +519,7 @@ async fn refunds_made_outside_the_gateway_count(db: Db) {
     let r = app
         .post_refund(Some("too-much"), &pockyt_refund(&sale, "5.00"))
         .await;
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (422, Some("amount_exceeds_refundable")),
-        "{}",
-        r.text
-    );
+    r.assert_problem(422, "amount_exceeds_refundable");
     assert!(
         r.body["detail"].as_str().unwrap().contains("4.00 USD left"),
         "{}",

@@ -227,6 +227,30 @@ pub struct Resp {
     pub text: String,
 }
 
+impl Resp {
+    /// The answer is a problem with this HTTP status and `code`.
+    #[track_caller]
+    pub fn assert_problem(&self, status: u16, code: &str) {
+        assert_eq!(
+            (self.status, self.body["code"].as_str()),
+            (status, Some(code)),
+            "{}",
+            self.text
+        );
+    }
+
+    /// The answer is a refund object with this HTTP status and refund `status`.
+    #[track_caller]
+    pub fn assert_refund(&self, status: u16, refund_status: &str) {
+        assert_eq!(
+            (self.status, self.body["status"].as_str()),
+            (status, Some(refund_status)),
+            "{}",
+            self.text
+        );
+    }
+}
+
 impl TestApp {
     /// Graceful shutdown; waits until the server and worker have stopped.
     pub async fn stop(mut self) {
