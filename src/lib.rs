@@ -213,6 +213,8 @@ impl Application {
         metrics::handle();
         let store = Store::connect(&config.database_url, config.db_max_connections).await?;
         let gateway = Arc::new(Gateway::new(gateway_settings(&config), store));
+        // Every time rule goes by the database's clock from the start.
+        gateway.sync_clock().await?;
         let router = app(
             AppState {
                 gateway: gateway.clone(),

@@ -89,3 +89,10 @@ pub fn connection_shed() {
 pub fn review_queue(n: i64) {
     metrics::gauge!("refund_gateway_review_queue").set(n as f64);
 }
+
+/// This host's wall clock minus the database's, as last measured (the
+/// gateway goes by the database's clock; a large value means the host's
+/// time sync is broken).
+pub fn clock_skew(skew_ms: i64) {
+    metrics::gauge!("refund_gateway_host_clock_skew_seconds").set(skew_ms as f64 / 1000.0);
+}

@@ -51,6 +51,14 @@ impl Currency {
         format!("{:03}", self.0.numeric())
     }
 
+    /// Whether a provider's currency field names this currency: the alpha
+    /// code (any case) or the ISO numeric code (Pay10's `CURRENCY_CODE`).
+    pub fn matches_wire(&self, wire: &str) -> bool {
+        let wire = wire.trim();
+        wire.eq_ignore_ascii_case(self.code())
+            || wire.parse::<u16>().is_ok_and(|n| n == self.0.numeric())
+    }
+
     pub fn minor_digits(&self) -> u32 {
         u32::from(self.0.exponent().unwrap_or(0))
     }

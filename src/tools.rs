@@ -21,7 +21,7 @@ pub fn sign_pockyt(token: &str, args: &[String]) -> Result<String, String> {
     if token.is_empty() {
         return Err("the token is empty".into());
     }
-    Ok(pockyt::sign(pairs(args)?, token))
+    pockyt::sign(pairs(args)?, token).map_err(|e| e.to_string())
 }
 
 /// Pay10 HASH of `KEY=VALUE` arguments.
@@ -29,7 +29,7 @@ pub fn hash_pay10(salt: &str, args: &[String]) -> Result<String, String> {
     if salt.is_empty() {
         return Err("the salt is empty".into());
     }
-    Ok(pay10::hash(pairs(args)?, salt))
+    pay10::hash(pairs(args)?, salt).map_err(|e| e.to_string())
 }
 
 pub fn encrypt_pay10(key: &str, plaintext: &str) -> Result<String, String> {

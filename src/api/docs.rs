@@ -76,7 +76,7 @@ pub fn document() -> String {
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Ok((pending, oldest)) = state.gateway.pending_summary().await {
         let age = oldest
-            .map(|t| (crate::refunds::now_ms() - t) as f64 / 1000.0)
+            .map(|t| (state.gateway.clock.now() - t) as f64 / 1000.0)
             .unwrap_or(0.0);
         crate::metrics::reconciliation(pending, age);
     }

@@ -31,6 +31,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub detail: String,
     pub errors: Option<BTreeMap<String, Vec<String>>>,
+    /// Seconds after which the same request may succeed (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -40,7 +42,14 @@ impl ApiError {
             code,
             detail: detail.into(),
             errors: None,
+            retry_after: None,
         }
+    }
+
+    /// Adds a `Retry-After` header of `secs` seconds (at least 1).
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs.max(1));
+        self
     }
 
     pub fn validation(errors: BTreeMap<String, Vec<String>>) -> Self {
@@ -49,6 +58,7 @@ impl ApiError {
             code: "invalid_request",
             detail: "some fields are invalid; see errors".into(),
             errors: Some(errors),
+            retry_after: None,
         }
     }
 
@@ -106,12 +116,17 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
-        (
+        let mut res = (
             self.status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             body,
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        res
     }
 }
 

@@ -164,11 +164,11 @@ pub async fn resolve(
         Resolution::NotFound => Err(ApiError::not_found("refund")),
         Resolution::Refused(e) => {
             tracing::warn!(refund_id = %id, operator = %op.name, reason = %e, "operator resolution refused");
-            Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "resolution_refused",
-                e.to_string(),
-            ))
+            let mut err = ApiError::new(StatusCode::CONFLICT, "resolution_refused", e.to_string());
+            if let Some(secs) = e.retry_after_secs() {
+                err = err.retry_after(secs);
+            }
+            Err(err)
         }
     }
 }

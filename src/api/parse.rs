@@ -223,6 +223,18 @@ impl<'de> Deserialize<'de> for Metadata {
                     "key {k:?}: keys are 1-40 characters, values at most 500"
                 )));
             }
+            // Every database stores what is accepted, the same way: no NUL
+            // (Postgres text cannot hold one), no control character in a key.
+            if k.chars().any(char::is_control) {
+                return Err(de::Error::custom(format!(
+                    "key {k:?}: keys must not contain control characters"
+                )));
+            }
+            if s.contains('\0') {
+                return Err(de::Error::custom(format!(
+                    "key {k:?}: values must not contain the NUL character"
+                )));
+            }
             out.insert(k, s);
         }
         Ok(Metadata(out))

@@ -137,8 +137,10 @@ impl CreateRefundBody {
         let mut errors: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut add = |field: &str, msg: String| errors.entry(field.into()).or_default().push(msg);
         let provider = self.provider;
-        let transaction_no = self.transaction_no.map(|t| t.0);
-        let reference = self.reference.map(|t| t.0);
+        // A barcode scanner adds spaces around what it reads: the ids are
+        // trimmed, then checked against what the provider allows.
+        let transaction_no = self.transaction_no.map(|t| t.0.trim().to_string());
+        let reference = self.reference.map(|t| t.0.trim().to_string());
         let amount = match self.currency.parse_amount(&self.amount.0) {
             Ok(a) if a.get() > provider.max_amount_minor() => {
                 add(

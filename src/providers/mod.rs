@@ -1,6 +1,7 @@
 //! The provider layer: one interface ([`ProviderClient`]) over the Pockyt and
 //! Pay10 adapters. Providers know nothing of HTTP handlers or the store.
 
+pub mod pairs;
 pub mod pay10;
 pub mod pockyt;
 
@@ -24,6 +25,20 @@ impl ProviderKind {
 
     /// What the provider needs to find the sale, and which fields it takes:
     /// each broken rule as (field, message).
+    ///
+    /// The sale ids go into the provider's delimited and signed strings, so
+    /// each is held to what the provider allows, and never to less than
+    /// what cannot be confused with a delimiter (see [`pairs`]):
+    /// - Pay10 `PG_REF_NUM`: 1-20 digits (the provider's numbering).
+    /// - Pay10 `ORDER_ID`: 1-50 of `A-Z a-z 0-9 _ -`. Pay10's documents type
+    ///   it `AN` (alphanumeric), yet their own example is `PAY10_823647263`:
+    ///   the underscore is accepted because the provider uses it, the hyphen
+    ///   because merchants' order ids commonly carry one; neither is a
+    ///   delimiter of any Pay10 string (`~`, `=`, and `,` `{` `}` in answers).
+    /// - Pockyt `transactionNo`: 1-64 letters and digits (Pockyt's are digits).
+    /// - Pockyt `reference`: 1-64 printable ASCII characters without space,
+    ///   `&` or `=` (the signing string's delimiters); non-ASCII is refused
+    ///   because Pockyt's documents do not say how it is signed.
     pub fn check_sale_ids(
         &self,
         transaction_no: Option<&str>,
@@ -31,22 +46,47 @@ impl ProviderKind {
         has_settle_currency: bool,
     ) -> Vec<(&'static str, &'static str)> {
         let mut broken = vec![];
+        let all = |s: &str, max: usize, ok: fn(u8) -> bool| {
+            (1..=max).contains(&s.len()) && s.bytes().all(ok)
+        };
         match self {
-            ProviderKind::Pockyt if transaction_no.is_none() && reference.is_none() => {
-                broken.push(("transaction_no", "pockyt needs transaction_no or reference"));
+            ProviderKind::Pockyt => {
+                if transaction_no.is_none() && reference.is_none() {
+                    broken.push(("transaction_no", "pockyt needs transaction_no or reference"));
+                }
+                if transaction_no.is_some_and(|t| !all(t, 64, |b| b.is_ascii_alphanumeric())) {
+                    broken.push((
+                        "transaction_no",
+                        "pockyt transactionNo is 1-64 letters and digits",
+                    ));
+                }
+                if reference.is_some_and(|r| {
+                    !all(r, 64, |b| b.is_ascii_graphic() && b != b'&' && b != b'=')
+                }) {
+                    broken.push((
+                        "reference",
+                        "pockyt reference is 1-64 printable ASCII characters without spaces, '&' or '='",
+                    ));
+                }
             }
-            ProviderKind::Pockyt => {}
             ProviderKind::Pay10 => {
                 match transaction_no {
-                    Some(t) if !(t.len() <= 20 && t.bytes().all(|b| b.is_ascii_digit())) => {
-                        broken.push(("transaction_no", "pay10 PG_REF_NUM is digits only"))
+                    Some(t) if !all(t, 20, |b| b.is_ascii_digit()) => {
+                        broken.push(("transaction_no", "pay10 PG_REF_NUM is 1-20 digits"))
                     }
                     None => broken.push(("transaction_no", "is required for pay10 (PG_REF_NUM)")),
                     _ => {}
                 }
                 match reference {
-                    Some(r) if r.len() > 50 => {
-                        broken.push(("reference", "pay10 ORDER_ID is at most 50 characters"))
+                    Some(r)
+                        if !all(r, 50, |b| {
+                            b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+                        }) =>
+                    {
+                        broken.push((
+                            "reference",
+                            "pay10 ORDER_ID is 1-50 letters, digits, '_' or '-'",
+                        ))
                     }
                     None => broken.push(("reference", "is required for pay10 (ORDER_ID)")),
                     _ => {}
@@ -86,6 +126,16 @@ impl ProviderKind {
             .flatten(),
             _ => currency.parse_amount(amount).ok().map(|m| m.get()),
         }
+    }
+
+    /// The currency a webhook states, if it states one (Pockyt `currency`,
+    /// Pay10 `CURRENCY_CODE`, ISO numeric).
+    pub fn webhook_currency(&self, fields: &BTreeMap<String, String>) -> Option<String> {
+        let key = match self {
+            ProviderKind::Pockyt => "currency",
+            ProviderKind::Pay10 => "CURRENCY_CODE",
+        };
+        fields.get(key).filter(|v| !v.trim().is_empty()).cloned()
     }
 
     /// The `failure_code` a POS can act on, from the provider's code for a
@@ -207,7 +257,42 @@ pub struct ProviderAnswer {
     pub message: Option<String>,
 }
 
+/// Text a provider sent, made fit to store the same way on every database:
+/// NUL (which Postgres text cannot hold) becomes U+FFFD, and it is cut to
+/// 1000 characters (a provider's message is never longer in earnest).
+pub fn stored_text(s: String) -> String {
+    if !s.contains('\0') && s.len() <= 1000 {
+        return s;
+    }
+    s.replace('\0', "\u{FFFD}").chars().take(1000).collect()
+}
+
 impl ProviderAnswer {
+    /// The answer with every text made fit to store ([`stored_text`]).
+    pub fn stored(self) -> Self {
+        Self {
+            outcome: self.outcome,
+            provider_refund_id: self.provider_refund_id.map(stored_text),
+            provider_status: self.provider_status.map(stored_text),
+            provider_code: self.provider_code.map(stored_text),
+            message: self.message.map(stored_text),
+        }
+    }
+
+    /// The request could not be built (a value the provider's string cannot
+    /// carry): nothing was sent, so the refund provably did not happen.
+    pub fn not_sent(why: impl std::fmt::Display) -> Self {
+        Self {
+            outcome: Outcome::Failed,
+            provider_refund_id: None,
+            provider_status: None,
+            provider_code: None,
+            message: Some(format!(
+                "the request could not be built ({why}); nothing was sent to the provider"
+            )),
+        }
+    }
+
     pub fn unknown(message: impl Into<String>) -> Self {
         Self {
             outcome: Outcome::Unknown,
@@ -306,7 +391,18 @@ impl ProviderClient {
             SaleLookup::Unavailable(_) => "unavailable",
         };
         crate::metrics::provider_call(self.kind().as_str(), "sale_lookup", outcome, started);
-        Some(found)
+        Some(match found {
+            SaleLookup::Found(sale) => SaleLookup::Found(SaleInfo {
+                transaction_no: stored_text(sale.transaction_no),
+                reference: sale.reference.map(stored_text),
+                amount: stored_text(sale.amount),
+                currency: stored_text(sale.currency),
+                settle_currency: sale.settle_currency.map(stored_text),
+                status: stored_text(sale.status),
+                refunded: sale.refunded,
+            }),
+            other => other,
+        })
     }
 
     pub async fn refund(&self, call: &RefundCall) -> ProviderAnswer {
@@ -321,7 +417,7 @@ impl ProviderClient {
             answer.outcome.as_str(),
             started,
         );
-        answer
+        answer.stored()
     }
 
     pub async fn refund_status(&self, query: &StatusQuery) -> ProviderAnswer {
@@ -336,7 +432,7 @@ impl ProviderClient {
             answer.outcome.as_str(),
             started,
         );
-        answer
+        answer.stored()
     }
 
     /// Whether two accounts hold the very same credentials (so a webhook that
@@ -376,6 +472,35 @@ where
         Some(serde_json::Value::Bool(b)) => Some(b.to_string()),
         Some(other) => Some(other.to_string()),
     })
+}
+
+/// The largest provider answer the gateway reads, in bytes. Pockyt and
+/// Pay10 answer a refund or a status query in well under 4 KiB; a sale with
+/// a thousand refunds listed stays under 300 KiB. A larger answer is not
+/// read (it is an unreadable answer: outcome unknown), so a provider, or
+/// anything posing as one, cannot make the gateway allocate what it sends.
+pub const MAX_PROVIDER_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// Reads a provider's answer body, at most [`MAX_PROVIDER_RESPONSE_BYTES`]:
+/// a larger one (by its `Content-Length`, or as it streams in) is refused
+/// with a message, without reading the rest.
+pub(crate) async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
+    let max = MAX_PROVIDER_RESPONSE_BYTES;
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(format!("the answer is larger than {max} bytes; not read"));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("the answer was cut off: {e}"))?
+    {
+        if out.len() + chunk.len() > max {
+            return Err(format!("the answer is larger than {max} bytes; not read"));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 /// `base` + `path`, tolerating a trailing slash on the configured base URL.

@@ -12,7 +12,7 @@ use lettre::message::header::ContentType;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 
-use super::{now_ms, Gateway};
+use super::Gateway;
 use crate::config::Smtp;
 use crate::store::OutboxRow;
 
@@ -60,11 +60,12 @@ impl Gateway {
         &self,
         mailer: &Mailer,
     ) -> Result<usize, crate::store::StoreError> {
-        let now = now_ms();
+        // Email leases span processes: the shared clock (the database's).
+        let now = self.clock.now();
         let due = self.store.claim_emails(now, now + 60_000, 16).await?;
         for e in &due {
             let result = mailer.send(e).await;
-            let now = now_ms();
+            let now = self.clock.now();
             match result {
                 Ok(()) => {
                     tracing::info!(refund_id = %e.refund_id, "receipt email sent");

@@ -18,8 +18,11 @@
 //!   claimed for sending (`not_submitted`, decided by a compare-and-swap that
 //!   makes any later claim fail); the sender itself passed its send deadline
 //!   before calling (`not_submitted`); or the send deadline plus the
-//!   provider's processing window passed and several status queries in a row
-//!   found no such refund (`not_received_by_provider`).
+//!   provider's processing window passed and the provider has no such refund
+//!   (`not_received_by_provider`). One function, [`never_received`], decides
+//!   the time part for every path (reconciliation, a client's sync, an
+//!   operator); the unattended paths also want several "no such refund"
+//!   answers in a row.
 
 use crate::providers::{Outcome, ProviderAnswer};
 use crate::store::{RefundRow, RefundUpdate};
@@ -180,29 +183,21 @@ pub fn status_query(
     u.check_attempts = current.check_attempts + 1;
     if reply.outcome == Outcome::NotFound {
         u.not_found_streak = current.not_found_streak + 1;
-        let sender_window_over = current.inflight_until.is_none_or(|t| t < now);
-        if current.submission == Submission::Prepared && sender_window_over {
+        match never_received(current, now, policy) {
             // Never claimed for sending: this write bumps the version, so the
             // sender's claim (a compare-and-swap on the version it wrote) fails
             // and it never calls the provider.
-            fail(
-                &mut u,
-                "not_submitted",
-                "the refund was never sent to the provider",
-            );
-            tracing::info!(refund_id = %current.id, "refund was never submitted; marked failed");
-        } else if current.submission == Submission::Sent
-            && current
-                .send_by
-                .is_some_and(|t| now >= t.saturating_add(policy.not_found_after_ms()))
-            && u.not_found_streak >= i64::from(policy.not_found_checks)
-        {
-            fail(
-                &mut u,
-                "not_received_by_provider",
-                "the provider has no record of this refund: it never arrived there",
-            );
-            tracing::warn!(refund_id = %current.id, streak = u.not_found_streak, "provider never received the refund; marked failed");
+            Ok(proof @ NeverReceived::NotSubmitted) => {
+                fail(&mut u, proof.code(), proof.message());
+                tracing::info!(refund_id = %current.id, "refund was never submitted; marked failed");
+            }
+            Ok(proof @ NeverReceived::NotReceived)
+                if u.not_found_streak >= i64::from(policy.not_found_checks) =>
+            {
+                fail(&mut u, proof.code(), proof.message());
+                tracing::warn!(refund_id = %current.id, streak = u.not_found_streak, "provider never received the refund; marked failed");
+            }
+            _ => {}
         }
     }
     if reply.outcome == Outcome::Misconfigured {
@@ -229,6 +224,19 @@ pub fn status_query(
     u
 }
 
+/// A signed provider message (a webhook, a sale's refund listing) that
+/// contradicts the refund as recorded: it flags the refund for review with
+/// `what` differs (written to its history) and changes nothing else. `None`
+/// when the refund is already flagged for this very reason.
+pub fn contradicted(current: &RefundRow, what: &str, now: i64) -> Option<RefundUpdate> {
+    if current.review_reason.as_deref() == Some(what) {
+        return None;
+    }
+    let mut u = RefundUpdate::from_row(current, now);
+    u.review_reason = Some(what.to_string());
+    Some(u)
+}
+
 /// The sender held its claim past the send deadline (it was paused) and did
 /// not call the provider: it fails the refund itself. Only a pending refund
 /// changes; the sender knows no request left, whatever else was written since.
@@ -245,6 +253,69 @@ pub fn sender_abandoned(current: &RefundRow, now: i64) -> Option<RefundUpdate> {
     Some(u)
 }
 
+/// How a pending refund is known never to have reached the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NeverReceived {
+    /// Never claimed for sending, and its sender's window is over.
+    NotSubmitted,
+    /// Sent, and the send deadline plus the provider's processing window
+    /// (`not_found_after`) are over: a provider that has no record of it by
+    /// now never got it.
+    NotReceived,
+}
+
+impl NeverReceived {
+    pub fn code(&self) -> &'static str {
+        match self {
+            NeverReceived::NotSubmitted => "not_submitted",
+            NeverReceived::NotReceived => "not_received_by_provider",
+        }
+    }
+
+    fn message(&self) -> &'static str {
+        match self {
+            NeverReceived::NotSubmitted => "the refund was never sent to the provider",
+            NeverReceived::NotReceived => {
+                "the provider has no record of this refund: it never arrived there"
+            }
+        }
+    }
+}
+
+/// The one rule for "the provider provably never got it", for every path
+/// that may fail a refund the provider says it does not know (status
+/// queries by reconciliation or a client, an operator's resolution). It
+/// decides the time part; a "no such refund" answer from the provider is the
+/// caller's evidence. `Err(Some(t))`: not before `t` (ms); `Err(None)`:
+/// never provable (a sent refund without a send deadline).
+///
+/// All times are the gateway's shared clock (the database's; see
+/// [`crate::refunds::Clock`]), so a deadline one process wrote means the same
+/// to every other.
+pub fn never_received(
+    current: &RefundRow,
+    now: i64,
+    policy: &Policy,
+) -> Result<NeverReceived, Option<i64>> {
+    match current.submission {
+        Submission::Prepared => match current.inflight_until {
+            Some(t) if t >= now => Err(Some(t.saturating_add(1))),
+            _ => Ok(NeverReceived::NotSubmitted),
+        },
+        Submission::Sent => {
+            let Some(send_by) = current.send_by else {
+                return Err(None);
+            };
+            let at = send_by.saturating_add(policy.not_found_after_ms());
+            if now >= at {
+                Ok(NeverReceived::NotReceived)
+            } else {
+                Err(Some(at))
+            }
+        }
+    }
+}
+
 /// Why an operator's resolution is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResolveRefusal {
@@ -252,8 +323,50 @@ pub enum ResolveRefusal {
     AlreadyFinal(Status),
     #[error("the provider does not confirm it: asked now, it answered {0}")]
     Contradicted(String),
-    #[error("the provider says it has no such refund, but the gateway may still send it until {0}; try again after that")]
-    SenderMayStillSend(i64),
+    /// The provider has no such refund yet, but may still receive or apply
+    /// it until `at` (ms): the operator may resolve it `failed` from then.
+    #[error("the provider has no record of this refund yet, but it may still be processing it until {} ({} s from now); resolve it as failed after that", fmt_time(*at), secs_until(*at, *now))]
+    ProviderMayStillApply { at: i64, now: i64 },
+    #[error("the provider has no record of this refund, but the gateway sent it without a send deadline, so it cannot prove the provider never got it; ask the provider's support")]
+    NeverProvable,
+}
+
+impl ResolveRefusal {
+    /// Seconds until the same resolution may be accepted, where known.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            ResolveRefusal::ProviderMayStillApply { at, now } => {
+                u64::try_from(secs_until(*at, *now)).ok()
+            }
+            _ => None,
+        }
+    }
+
+    /// When the same resolution may be accepted (ms), where known.
+    pub fn possible_at(&self) -> Option<i64> {
+        match self {
+            ResolveRefusal::ProviderMayStillApply { at, .. } => Some(*at),
+            _ => None,
+        }
+    }
+}
+
+/// Whole seconds from `now` to `at` (ms), rounded up, never negative.
+fn secs_until(at: i64, now: i64) -> i64 {
+    (at.saturating_sub(now).max(0) + 999) / 1000
+}
+
+/// An RFC 3339 UTC time, to the millisecond, for messages.
+pub fn fmt_time(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
 }
 
 /// An operator's resolution of a refund to `target`, with a note, checked
@@ -283,18 +396,14 @@ pub fn operator_resolution(
     };
     let confirms = match (target, reply.outcome) {
         (Status::Succeeded, Outcome::Succeeded) | (Status::Failed, Outcome::Failed) => true,
-        (Status::Failed, Outcome::NotFound) => {
-            let can_still_send = match current.submission {
-                Submission::Prepared => current.inflight_until.is_some_and(|t| t >= now),
-                Submission::Sent => current.send_by.is_none_or(|t| t >= now),
-            };
-            if can_still_send && current.status == Status::Pending {
-                return Err(ResolveRefusal::SenderMayStillSend(
-                    current.send_by.or(current.inflight_until).unwrap_or(now),
-                ));
+        (Status::Failed, Outcome::NotFound) if current.status == Status::Pending => {
+            match never_received(current, now, policy) {
+                Ok(_) => true,
+                Err(Some(at)) => return Err(ResolveRefusal::ProviderMayStillApply { at, now }),
+                Err(None) => return Err(ResolveRefusal::NeverProvable),
             }
-            true
         }
+        (Status::Failed, Outcome::NotFound) => true,
         _ => false,
     };
     if current.status.is_final() && current.status != target {
@@ -308,11 +417,13 @@ pub fn operator_resolution(
         && target == Status::Failed
         && reply.outcome == Outcome::NotFound
     {
-        fail(
-            &mut u,
-            "not_received_by_provider",
-            "resolved by an operator: the provider has no record of this refund",
-        );
+        if let Ok(proof) = never_received(current, now, policy) {
+            fail(
+                &mut u,
+                proof.code(),
+                "resolved by an operator: the provider has no record of this refund",
+            );
+        }
     }
     u.review_reason = None;
     u.next_check_at = None;

@@ -37,22 +37,98 @@ pub fn now_ms() -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// The gateway's clock: the system time, plus an offset that tests move
-/// forward to play a process pause of any length (shared by the gateways of
-/// one test, so the paused one wakes up as late as the world around it).
-#[derive(Debug, Clone, Default)]
+/// The gateway's clock: the database's time.
+///
+/// Deadlines that one process writes (a send deadline, an in-flight window,
+/// a lease, a next check) are compared by every other process, so every
+/// process must read time from one clock, and it is the database's: each
+/// process takes the database's time when it starts and every
+/// [`CLOCK_SYNC_INTERVAL`] (see [`Gateway::sync_clock`]), and counts the time
+/// in between on the monotonic clock, which a step of the host's wall clock
+/// does not move. A host clock that is hours off therefore changes nothing
+/// but a logged ERROR. (With SQLite the database is on this host, and its
+/// clock is the host's.)
+///
+/// Tests move [`Clock::advance`] forward to play a process pause of any
+/// length (shared by the gateways of one test, so the paused one wakes up as
+/// late as the world around it), and [`Clock::misset_host_clock`] to play a
+/// host whose wall clock is wrong.
+#[derive(Debug, Clone)]
 pub struct Clock {
-    offset_ms: Arc<AtomicI64>,
+    inner: Arc<ClockInner>,
+}
+
+#[derive(Debug)]
+struct ClockInner {
+    /// (database time in ms, the monotonic instant it was taken at).
+    anchor: std::sync::RwLock<(i64, std::time::Instant)>,
+    /// Played pauses (tests).
+    offset_ms: AtomicI64,
+    /// How far this host's wall clock is set wrong (tests).
+    host_error_ms: AtomicI64,
+    /// The host's clock minus the database's, as last measured.
+    host_skew_ms: AtomicI64,
+}
+
+/// How often each process re-reads the database's clock.
+pub const CLOCK_SYNC_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A host clock this far from the database's is reported as an ERROR (the
+/// gateway goes by the database's either way).
+pub const CLOCK_SKEW_WARNING_MS: i64 = 2_000;
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock {
+            inner: Arc::new(ClockInner {
+                anchor: std::sync::RwLock::new((now_ms(), std::time::Instant::now())),
+                offset_ms: AtomicI64::new(0),
+                host_error_ms: AtomicI64::new(0),
+                host_skew_ms: AtomicI64::new(0),
+            }),
+        }
+    }
 }
 
 impl Clock {
+    /// Now, in Unix ms, on the database's clock.
     pub fn now(&self) -> i64 {
-        now_ms().saturating_add(self.offset_ms.load(Ordering::SeqCst))
+        let (at_ms, at) = *self.inner.anchor.read().unwrap_or_else(|e| e.into_inner());
+        let elapsed = i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX);
+        at_ms
+            .saturating_add(elapsed)
+            .saturating_add(self.inner.offset_ms.load(Ordering::SeqCst))
     }
 
     pub fn advance(&self, by: Duration) {
         let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
-        self.offset_ms.fetch_add(ms, Ordering::SeqCst);
+        self.inner.offset_ms.fetch_add(ms, Ordering::SeqCst);
+    }
+
+    /// This host's wall clock (as the process reads it).
+    pub fn host_now(&self) -> i64 {
+        now_ms().saturating_add(self.inner.host_error_ms.load(Ordering::SeqCst))
+    }
+
+    /// Plays a host whose wall clock is `by_ms` off (negative: behind), as a
+    /// process started there would be before it reads the database's clock.
+    pub fn misset_host_clock(&self, by_ms: i64) {
+        self.inner.host_error_ms.store(by_ms, Ordering::SeqCst);
+        *self.inner.anchor.write().unwrap_or_else(|e| e.into_inner()) =
+            (self.host_now(), std::time::Instant::now());
+    }
+
+    /// The host's clock minus the database's, as last measured (ms).
+    pub fn host_skew_ms(&self) -> i64 {
+        self.inner.host_skew_ms.load(Ordering::SeqCst)
+    }
+
+    /// Takes `db_ms` as the time at `at`.
+    fn anchor(&self, db_ms: i64, at: std::time::Instant, host_ms: i64) {
+        *self.inner.anchor.write().unwrap_or_else(|e| e.into_inner()) = (db_ms, at);
+        self.inner
+            .host_skew_ms
+            .store(host_ms.saturating_sub(db_ms), Ordering::SeqCst);
     }
 }
 
@@ -238,6 +314,42 @@ impl Gateway {
         }
     }
 
+    /// Reads the database's clock and goes by it from now on (see
+    /// [`Clock`]). A reading that took longer than a second is not trusted
+    /// (the previous one stays). Returns the host's clock minus the
+    /// database's (ms); a difference beyond [`CLOCK_SKEW_WARNING_MS`] is
+    /// logged as an ERROR.
+    pub async fn sync_clock(&self) -> Result<i64, StoreError> {
+        let started = std::time::Instant::now();
+        let host_before = self.clock.host_now();
+        let db = self.store.database_time_ms().await?;
+        let rtt = started.elapsed();
+        if rtt > Duration::from_secs(1) {
+            tracing::warn!(
+                rtt_ms = rtt.as_millis(),
+                "the database's clock took too long to read; keeping the previous reading"
+            );
+            return Ok(self.clock.host_skew_ms());
+        }
+        let half = i64::try_from((rtt / 2).as_millis()).unwrap_or(0);
+        let host = host_before.saturating_add(half);
+        let db = db.map_or(host, |t| t);
+        let previous = self.clock.host_skew_ms();
+        self.clock.anchor(db, started + rtt / 2, host);
+        let skew = host - db;
+        crate::metrics::clock_skew(skew);
+        if skew.abs() > CLOCK_SKEW_WARNING_MS && (previous - skew).abs() > CLOCK_SKEW_WARNING_MS / 2
+        {
+            tracing::error!(
+                skew_ms = skew,
+                "this host's clock is {:.1} s {} the database's; the gateway goes by the database's clock, but fix this host's time sync (NTP)",
+                skew.abs() as f64 / 1000.0,
+                if skew > 0 { "ahead of" } else { "behind" }
+            );
+        }
+        Ok(skew)
+    }
+
     /// The store name printed on a refund's receipt.
     pub fn store_name(&self, row: &RefundRow) -> String {
         self.accounts
@@ -402,29 +514,9 @@ impl Gateway {
             tracing::warn!(amount = %sale.amount, "provider reported an unreadable sale amount");
             return Err(Refusal::ProviderUnavailable);
         };
-        // Refunds the provider lists that this gateway did not make count
-        // against the sale too (ours are counted by their reservations). Ours
-        // are recorded before the provider hears of them, so none is missed.
-        let ours = if sale.refunded.is_empty() {
-            // Nothing listed: nothing to tell apart (and no query on the hot path).
-            Vec::new()
-        } else {
-            self.store
-                .provider_references_on_transaction(&handle.account.name, &sale.transaction_no)
-                .await?
-        };
-        let external: i64 = sale
-            .refunded
-            .iter()
-            .filter(|r| r.reference.as_ref().is_none_or(|x| !ours.contains(x)))
-            .filter_map(|r| match req.currency.parse_amount(&r.amount) {
-                Ok(m) => Some(m.get()),
-                Err(_) => {
-                    tracing::warn!(amount = %r.amount, "provider listed an unreadable refund amount");
-                    None
-                }
-            })
-            .sum();
+        let external = self
+            .count_listed_refunds(handle, &sale, req.currency)
+            .await?;
         Ok(SaleCheck {
             transaction_no: sale.transaction_no,
             reference: sale.reference,
@@ -435,6 +527,77 @@ impl Gateway {
                 external_minor: Minor::new(external).unwrap_or_default(),
             },
         })
+    }
+
+    /// What the provider lists as applied on a sale counts against it,
+    /// whatever our records say: the minor units the reservations of our
+    /// own live refunds do not already hold. That is every listed refund
+    /// made elsewhere, every listed refund of ours that we recorded `failed`
+    /// (the provider got it after all: its reservation was released), and
+    /// whatever a listed refund of ours exceeds the amount we asked for.
+    /// Each of ours that the listing contradicts is flagged for review now.
+    /// (Ours are recorded before the provider hears of them, so none is
+    /// mistaken for one made elsewhere.)
+    async fn count_listed_refunds(
+        &self,
+        handle: &AccountHandle,
+        sale: &SaleInfo,
+        currency: Currency,
+    ) -> Result<i64, Refusal> {
+        if sale.refunded.is_empty() {
+            // Nothing listed: nothing to tell apart (and no query on the hot path).
+            return Ok(0);
+        }
+        let ours = self
+            .store
+            .refunds_on_transaction(&handle.account.name, &sale.transaction_no)
+            .await?;
+        let mut counted: i64 = 0;
+        for listed in &sale.refunded {
+            let Ok(amount) = currency.parse_amount(&listed.amount) else {
+                tracing::warn!(amount = %listed.amount, "provider listed an unreadable refund amount");
+                continue;
+            };
+            let amount = amount.get();
+            let own = listed
+                .reference
+                .as_ref()
+                .and_then(|r| ours.iter().find(|o| &o.provider_reference == r));
+            let Some(own) = own else {
+                counted = counted.saturating_add(amount);
+                continue;
+            };
+            let contradiction = if own.status == Status::Failed {
+                counted = counted.saturating_add(amount);
+                Some(format!(
+                    "the provider lists this refund as applied on its sale ({} {}) but it is recorded failed",
+                    listed.amount,
+                    currency.code()
+                ))
+            } else if amount != own.amount_minor.get() {
+                counted = counted.saturating_add((amount - own.amount_minor.get()).max(0));
+                Some(format!(
+                    "the provider lists this refund on its sale as {} {}, not the {} {} recorded",
+                    listed.amount,
+                    currency.code(),
+                    currency.format(own.amount_minor),
+                    currency.code()
+                ))
+            } else {
+                None
+            };
+            if let Some(what) = contradiction {
+                tracing::error!(refund_id = %own.id, %what, "provider's sale listing contradicts a refund; flagged for review");
+                self.store
+                    .update_refund(&own.id, Some(own), |current| {
+                        let mut u = lifecycle::contradicted(current, &what, self.clock.now())?;
+                        u.source = EventSource::Reconciliation;
+                        Some(u)
+                    })
+                    .await?;
+            }
+        }
+        Ok(counted)
     }
 
     fn new_row(

@@ -57,7 +57,16 @@ impl Gateway {
 /// Runs reconciliation until `shutdown` flips to true.
 pub async fn run(gateway: Arc<Gateway>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let interval = gateway.reconcile.interval;
+    let mut last_clock_sync = std::time::Instant::now();
     loop {
+        if last_clock_sync.elapsed() >= super::CLOCK_SYNC_INTERVAL {
+            match gateway.sync_clock().await {
+                Ok(_) => last_clock_sync = std::time::Instant::now(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the database's clock failed; counting on from the last reading")
+                }
+            }
+        }
         match gateway.reconcile_due().await {
             Ok(n) if n > 0 => tracing::debug!(checked = n, "reconciliation pass"),
             Ok(_) => {}

@@ -211,7 +211,19 @@ impl Gateway {
             return Ok(WebhookReply::Accepted);
         }
         if let Some(reason) = inconsistency(ev, refund) {
-            tracing::warn!(event = %ev.id, refund_id = %refund.id, %reason, "webhook rejected");
+            // Verified and naming this very refund, yet saying something
+            // else: the provider's own report is never ignored. It changes
+            // nothing by itself, and flags the refund with what differs.
+            tracing::warn!(event = %ev.id, refund_id = %refund.id, %reason, "webhook contradicts the refund it names; flagged for review");
+            crate::metrics::webhook(ev.provider.as_str(), "contradiction");
+            let flagged = format!("a signed {} webhook ({}) says {reason}", ev.provider, ev.id);
+            self.store
+                .update_refund(&refund.id, Some(refund), |current| {
+                    let mut u = lifecycle::contradicted(current, &flagged, self.clock.now())?;
+                    u.source = crate::store::EventSource::Webhook;
+                    Some(u)
+                })
+                .await?;
             self.store
                 .set_event_state(
                     &ev.id,
@@ -289,22 +301,42 @@ impl Gateway {
     }
 }
 
-/// Why an event cannot belong to this refund, if it cannot.
+/// Why an event cannot belong to this refund as recorded, if it cannot:
+/// every difference, named (sale, amount, currency).
 fn inconsistency(ev: &WebhookRow, refund: &RefundRow) -> Option<String> {
+    let mut differs = vec![];
     if let Some(tx) = &ev.transaction_no {
         if tx != &refund.transaction_no {
-            return Some(format!(
-                "transactionNo {tx} does not match the refund's {}",
+            differs.push(format!(
+                "transaction {tx}, not the refund's {}",
                 refund.transaction_no
             ));
         }
     }
     if let (Some(amount), Some(minor)) = (&ev.amount, event_amount(ev, refund)) {
         if minor != refund.amount_minor.get() {
-            return Some(format!("amount {amount} does not match the refund"));
+            differs.push(format!(
+                "amount {amount} ({} {}), not the refund's {} {}",
+                refund
+                    .currency
+                    .format(crate::money::Minor::new(minor).unwrap_or_default()),
+                refund.currency.code(),
+                refund.currency.format(refund.amount_minor),
+                refund.currency.code()
+            ));
         }
     }
-    None
+    let fields: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(&ev.fields).unwrap_or_default();
+    if let Some(currency) = ev.provider.webhook_currency(&fields) {
+        if !refund.currency.matches_wire(&currency) {
+            differs.push(format!(
+                "currency {currency}, not the refund's {}",
+                refund.currency.code()
+            ));
+        }
+    }
+    (!differs.is_empty()).then(|| differs.join("; "))
 }
 
 /// The event's amount in minor units, read in the provider's format(s);

@@ -436,6 +436,7 @@ enum Magic {
     Unavailable,
     Decline,
     PendingThenSuccess,
+    LateApply,
 }
 
 fn magic(amount: Minor) -> Magic {
@@ -444,6 +445,7 @@ fn magic(amount: Minor) -> Magic {
         92 => Magic::Unavailable,
         93 => Magic::Decline,
         94 => Magic::PendingThenSuccess,
+        95 => Magic::LateApply,
         _ => Magic::Normal,
     }
 }

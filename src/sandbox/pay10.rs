@@ -123,7 +123,13 @@ fn refund_fields(
 }
 
 fn encrypted(sb: &Sandbox, fields: &BTreeMap<String, String>) -> Response {
-    let text = crypto::encode_pairs(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    // The sandbox plays the provider: it joins what it has, as a server would
+    // (the gateway's own builder refuses delimiters; a provider may not).
+    let text = fields
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("~");
     encrypted_text(sb, &text)
 }
 

@@ -287,6 +287,30 @@ async fn tran_query(State(sb): State<Sandbox>, body: Bytes) -> Response {
 }
 
 async fn refund(State(sb): State<Sandbox>, body: Bytes) -> Response {
+    // Magic 95: the provider takes the request, works on it past the
+    // caller's timeout, and only then applies it (until then a query finds
+    // no such refund) and answers. Like a real server, it goes on when the
+    // caller hangs up.
+    let late = authenticate(&sb, &body).ok().is_some_and(|f| {
+        match (f.get("refundAmount"), f.get("currency")) {
+            (Some(a), Some(c)) => Currency::from_code(c)
+                .ok()
+                .and_then(|c| c.parse_amount(a).ok())
+                .is_some_and(|a| magic(a) == Magic::LateApply),
+            _ => false,
+        }
+    });
+    if late {
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(sb.config.slow_response).await;
+            apply_refund(sb, body).await
+        });
+        return task.await.unwrap_or_else(|_| unavailable());
+    }
+    apply_refund(sb, body).await
+}
+
+async fn apply_refund(sb: Sandbox, body: Bytes) -> Response {
     let fields = match authenticate(&sb, &body) {
         Ok(f) => f,
         Err(r) => return r,
@@ -298,6 +322,7 @@ async fn refund(State(sb): State<Sandbox>, body: Bytes) -> Response {
             "required parameter missing: refundAmount, currency",
         );
     };
+
     if get("transactionNo").is_none() && get("reference").is_none() {
         return envelope(
             "000020",

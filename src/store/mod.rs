@@ -127,6 +127,10 @@ impl Change {
 pub trait StoreBackend: Send + Sync + 'static {
     fn backend(&self) -> Backend;
     async fn ping(&self) -> Result<()>;
+    /// The database server's clock (Unix ms), where it has its own: the one
+    /// clock every gateway process on this database goes by. `None`: the
+    /// database runs on this host (SQLite), whose clock it is.
+    async fn database_time_ms(&self) -> Result<Option<i64>>;
     async fn close(&self);
 
     /// The refund a repeated request (same key or same `refund_reference`) refers to.
@@ -191,12 +195,12 @@ pub trait StoreBackend: Send + Sync + 'static {
         accounts: &[String],
         transaction_no: &str,
     ) -> Result<Vec<String>>;
-    /// Our provider references for the refunds on a sale.
-    async fn provider_references_on_transaction(
+    /// Our refunds on a sale (every status).
+    async fn refunds_on_transaction(
         &self,
         account: &str,
         transaction_no: &str,
-    ) -> Result<Vec<String>>;
+    ) -> Result<Vec<RefundRow>>;
     /// Makes pending refunds due for a status query now.
     async fn check_now(&self, ids: &[String], now: i64) -> Result<()>;
     /// Claims unmatched events due for another matching attempt, leased.

@@ -248,6 +248,14 @@ impl StoreBackend for PgStore {
         Ok(())
     }
 
+    async fn database_time_ms(&self) -> Result<Option<i64>> {
+        let ms: i64 =
+            sqlx::query_scalar("SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::int8")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(Some(ms))
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }
@@ -524,14 +532,14 @@ impl StoreBackend for PgStore {
         .await?)
     }
 
-    async fn provider_references_on_transaction(
+    async fn refunds_on_transaction(
         &self,
         account: &str,
         transaction_no: &str,
-    ) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT provider_reference FROM refunds WHERE account = $1 AND transaction_no = $2",
-        )
+    ) -> Result<Vec<RefundRow>> {
+        Ok(sqlx::query_as(&format!(
+            "{SELECT_REFUND} WHERE account = $1 AND transaction_no = $2"
+        ))
         .bind(account)
         .bind(transaction_no)
         .fetch_all(&self.pool)

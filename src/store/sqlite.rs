@@ -278,6 +278,12 @@ impl StoreBackend for SqliteStore {
         Ok(())
     }
 
+    async fn database_time_ms(&self) -> Result<Option<i64>> {
+        // An SQLite file is shared only by processes of one host: the
+        // database's clock is the host's.
+        Ok(None)
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }
@@ -547,14 +553,14 @@ impl StoreBackend for SqliteStore {
         Ok(q.fetch_all(&self.pool).await?)
     }
 
-    async fn provider_references_on_transaction(
+    async fn refunds_on_transaction(
         &self,
         account: &str,
         transaction_no: &str,
-    ) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT provider_reference FROM refunds WHERE account = $1 AND transaction_no = $2",
-        )
+    ) -> Result<Vec<RefundRow>> {
+        Ok(sqlx::query_as(&format!(
+            "{SELECT_REFUND} WHERE account = $1 AND transaction_no = $2"
+        ))
         .bind(account)
         .bind(transaction_no)
         .fetch_all(&self.pool)

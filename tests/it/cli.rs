@@ -88,7 +88,8 @@ fn hash_pay10_matches_the_documented_recipe() {
             ("REFUND_ORDER_ID", "3213132313213"),
         ],
         "1518b6433cc24337",
-    );
+    )
+    .unwrap();
     assert_eq!(out, format!("{expected}\n"));
     assert_eq!(run(&["hash", "pay10", "A=1"], &[("PAY10_SALT", "s")]).0, 0);
 }

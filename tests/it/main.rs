@@ -15,6 +15,7 @@ mod newcomer;
 mod operations;
 mod operator;
 mod outcomes;
+mod outsiders;
 mod postgres_restart;
 mod providers;
 mod refunds;

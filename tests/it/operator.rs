@@ -15,6 +15,9 @@ async fn app_with_operator(db: Db) -> TestApp {
     // The background reconciler stays out of the way: the operator decides.
     c.reconcile_interval = Duration::from_secs(3600);
     c.review_after = Duration::from_millis(1);
+    // The provider's processing window after the send deadline: short, so
+    // that "the provider never got it" is provable within the test.
+    c.reconcile_not_found_after = Duration::from_millis(300);
     let mut hash = [0u8; 32];
     hash.copy_from_slice(&Sha256::digest(OPS_KEY.as_bytes()));
     c.operators.push(refund_gateway::config::Operator {

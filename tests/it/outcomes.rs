@@ -15,7 +15,7 @@ fn pockyt_ipn(fields: &[(&str, &str)], token: &str) -> String {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let sign = pk::sign(fields.iter().copied(), token);
+    let sign = pk::sign(fields.iter().copied(), token).unwrap();
     f.push(("verifySign".into(), sign));
     serde_urlencoded::to_string(&f).unwrap()
 }
@@ -27,7 +27,7 @@ fn pay10_webhook(fields: &[(&str, &str)], salt: &str) -> Value {
         .collect();
     obj.insert(
         "HASH".into(),
-        json!(p10::hash(fields.iter().copied(), salt)),
+        json!(p10::hash(fields.iter().copied(), salt).unwrap()),
     );
     Value::Object(obj)
 }

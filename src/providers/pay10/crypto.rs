@@ -11,6 +11,8 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::providers::pairs::{PairError, Pairs, PAY10};
+
 pub const HASH_FIELD: &str = "HASH";
 /// What Pay10 encrypts instead of a response when it fails internally.
 pub const PROVIDER_ERROR_TEXT: &str = "Something goes wrong!";
@@ -83,29 +85,27 @@ impl std::fmt::Debug for EncryptionKey {
     }
 }
 
-/// Computes the upper-case SHA-256 HASH of `fields` (without `HASH`) and `salt`.
-pub fn hash<'a, I>(fields: I, salt: &str) -> String
+/// Computes the upper-case SHA-256 HASH of `fields` (without `HASH`) and
+/// `salt`. The fields go through [`Pairs`]: a key or value holding `~`, `=`
+/// or a control character, or a repeated key, is refused.
+pub fn hash<'a, I>(fields: I, salt: &str) -> Result<String, PairError>
 where
     I: IntoIterator<Item = (&'a str, &'a str)>,
 {
-    let sorted: BTreeMap<&str, &str> = fields
-        .into_iter()
-        .filter(|(k, _)| *k != HASH_FIELD)
-        .collect();
+    let pairs = Pairs::new(PAY10, fields.into_iter().filter(|(k, _)| *k != HASH_FIELD))?;
+    Ok(hash_pairs(&pairs, salt))
+}
+
+/// The HASH of pairs already built.
+pub fn hash_pairs(pairs: &Pairs, salt: &str) -> String {
     let mut hasher = Sha256::new();
-    for (i, (k, v)) in sorted.into_iter().enumerate() {
-        if i > 0 {
-            hasher.update(b"~");
-        }
-        hasher.update(k.as_bytes());
-        hasher.update(b"=");
-        hasher.update(v.as_bytes());
-    }
+    hasher.update(pairs.joined().as_bytes());
     hasher.update(salt.as_bytes());
     hex::encode_upper(hasher.finalize())
 }
 
-/// Verifies the `HASH` among `fields` in constant time; a missing HASH fails.
+/// Verifies the `HASH` among `fields` in constant time; a missing HASH, or
+/// fields that cannot be told apart from the delimiters, fail.
 pub fn verify<'a, I>(fields: I, salt: &str) -> bool
 where
     I: IntoIterator<Item = (&'a str, &'a str)> + Clone,
@@ -118,28 +118,19 @@ where
     else {
         return false;
     };
-    hash(fields, salt)
-        .as_bytes()
-        .ct_eq(received.as_bytes())
-        .into()
+    let Ok(expected) = hash(fields, salt) else {
+        return false;
+    };
+    expected.as_bytes().ct_eq(received.as_bytes()).into()
 }
 
-/// Renders `KEY=VALUE~KEY=VALUE` (byte-sorted, so output is deterministic).
-pub fn encode_pairs<'a, I>(fields: I) -> String
+/// Renders `KEY=VALUE~KEY=VALUE` (byte-sorted, so output is deterministic),
+/// refusing what [`Pairs`] refuses.
+pub fn encode_pairs<'a, I>(fields: I) -> Result<String, PairError>
 where
     I: IntoIterator<Item = (&'a str, &'a str)>,
 {
-    let sorted: BTreeMap<&str, &str> = fields.into_iter().collect();
-    let mut out = String::new();
-    for (i, (k, v)) in sorted.into_iter().enumerate() {
-        if i > 0 {
-            out.push('~');
-        }
-        out.push_str(k);
-        out.push('=');
-        out.push_str(v);
-    }
-    out
+    Ok(Pairs::new(PAY10, fields)?.joined())
 }
 
 /// Splits `KEY=VALUE~...` on `~`, each pair on the first `=`. Tolerates the
@@ -153,7 +144,10 @@ pub fn decode_pairs(plaintext: &str) -> Option<BTreeMap<String, String>> {
     let mut map = BTreeMap::new();
     for pair in inner.split('~').filter(|p| !p.trim().is_empty()) {
         let (k, v) = pair.split_once('=')?;
-        map.insert(k.trim().to_string(), v.to_string());
+        // A repeated key makes the answer ambiguous: unreadable.
+        if map.insert(k.trim().to_string(), v.to_string()).is_some() {
+            return None;
+        }
     }
     if map.is_empty() {
         None
@@ -179,20 +173,20 @@ mod tests {
         ];
         let manual = "ORDER_ID=37170171~PAY_ID=1009120902164952~REFUND_ORDER_ID=32131323132131518b6433cc24337";
         let expected = hex::encode_upper(Sha256::digest(manual.as_bytes()));
-        assert_eq!(hash(fields, "1518b6433cc24337"), expected);
+        assert_eq!(hash(fields, "1518b6433cc24337").unwrap(), expected);
         assert_eq!(expected.len(), 64);
     }
 
     #[test]
     fn empty_value_stays_as_key_equals() {
-        let h = hash([("A", ""), ("B", "1")], "salt");
+        let h = hash([("A", ""), ("B", "1")], "salt").unwrap();
         assert_eq!(h, hex::encode_upper(Sha256::digest(b"A=~B=1salt")));
     }
 
     #[test]
     fn verify_accepts_own_hash_and_rejects_tampering() {
         let mut f = vec![("ORDER_ID", "1"), ("AMOUNT", "100")];
-        let h = hash(f.clone(), "salt");
+        let h = hash(f.clone(), "salt").unwrap();
         f.push(("HASH", &h));
         assert!(verify(f.clone(), "salt"));
         assert!(!verify(f.clone(), "other"));
@@ -226,10 +220,16 @@ mod tests {
 
     #[test]
     fn pairs_round_trip_and_split_on_first_equals() {
-        let s = encode_pairs([("B", "x=y"), ("A", "1")]);
-        assert_eq!(s, "A=1~B=x=y");
-        let m = decode_pairs(&s).unwrap();
+        assert!(encode_pairs([("B", "x=y"), ("A", "1")]).is_err());
+        let s = encode_pairs([("B", "xy"), ("A", "1")]).unwrap();
+        assert_eq!(s, "A=1~B=xy");
+        // An answer's value may hold `=`: split on the first.
+        let m = decode_pairs("A=1~B=x=y").unwrap();
         assert_eq!(m["B"], "x=y");
+        assert!(
+            decode_pairs("AMOUNT=100~AMOUNT=9000").is_none(),
+            "a repeated key is ambiguous"
+        );
         let seed = decode_pairs("{ORDER_ID=PAY10_1~AMOUNT=100}").unwrap();
         assert_eq!(seed["AMOUNT"], "100");
         assert!(decode_pairs(PROVIDER_ERROR_TEXT).is_none());
@@ -243,7 +243,7 @@ mod tests {
         }
 
         #[test]
-        fn hash_is_independent_of_order(mut pairs in proptest::collection::btree_map("[A-Z_]{1,12}", "[ -~]{0,20}", 0..12)) {
+        fn hash_is_independent_of_order(mut pairs in proptest::collection::btree_map("[A-Z_]{1,12}", "[ -<>-}]{0,20}", 0..12)) {
             pairs.remove(HASH_FIELD);
             let forward: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             let mut backward = forward.clone();

@@ -80,9 +80,9 @@ impl Pay10Client {
             format!("pay10 {kind}")
         })?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| {
+        let bytes = super::read_capped(resp).await.map_err(|e| {
             tracing::warn!(error = %e, status, %url, "pay10 body could not be read");
-            "pay10 response body was cut off".to_string()
+            format!("pay10 response unreadable: {e}")
         })?;
         if status >= 500 {
             tracing::warn!(status, %url, "pay10 answered with a server error");
@@ -91,7 +91,7 @@ impl Pay10Client {
         if status >= 400 {
             tracing::warn!(status, %url, "pay10 answered with a client error (is base_url right?)");
         }
-        Ok(bytes.to_vec())
+        Ok(bytes)
     }
 
     #[tracing::instrument(skip_all, fields(provider = "pay10", op = "refund", refund_id = %call.refund_id))]
@@ -113,7 +113,7 @@ impl Pay10Client {
             };
         };
         let currency = call.currency.numeric();
-        let plaintext = crypto::encode_pairs([
+        let plaintext = match crypto::encode_pairs([
             ("PAY_ID", self.account.pay_id.as_str()),
             ("ORDER_ID", order_id.as_str()),
             ("AMOUNT", amount.as_str()),
@@ -122,7 +122,13 @@ impl Pay10Client {
             ("PG_REF_NUM", pg_ref.as_str()),
             ("REFUND_FLAG", "R"),
             ("REFUND_ORDER_ID", call.provider_reference.as_str()),
-        ]);
+        ]) {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::error!(error = %e, "pay10 refund refused before sending");
+                return ProviderAnswer::not_sent(e);
+            }
+        };
         let body = EncEnvelope {
             pay_id: self.account.pay_id.clone(),
             encdata: self.account.key.encrypt(&plaintext),
@@ -167,14 +173,22 @@ impl Pay10Client {
             return ProviderAnswer::unknown("pay10 requery needs ORDER_ID");
         };
         let salt = self.account.salt.expose_secret();
-        let hash = crypto::hash(
+        let hash = match crypto::hash(
             [
                 ("PAY_ID", self.account.pay_id.as_str()),
                 ("ORDER_ID", order_id.as_str()),
                 ("REFUND_ORDER_ID", q.provider_reference.as_str()),
             ],
             salt,
-        );
+        ) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(error = %e, "pay10 requery refused before sending");
+                return ProviderAnswer::unknown(format!(
+                    "the status query could not be built ({e}); nothing was asked"
+                ));
+            }
+        };
         let body = RequeryRequest {
             pay_id: self.account.pay_id.clone(),
             order_id: order_id.clone(),
@@ -411,7 +425,7 @@ mod tests {
             ("TXNTYPE", "REFUND"),
             ("REFUND_ORDER_ID", "R1234567"),
         ];
-        let hash = crypto::hash(signed, salt);
+        let hash = crypto::hash(signed, salt).unwrap();
         let mut obj: serde_json::Map<String, serde_json::Value> = signed
             .iter()
             .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
@@ -448,7 +462,7 @@ mod tests {
             ("TXNTYPE", "REFUND"),
             ("REFUND_ORDER_ID", "R1234567"),
         ];
-        let hash = crypto::hash(fields, salt);
+        let hash = crypto::hash(fields, salt).unwrap();
         let mut obj: serde_json::Map<String, serde_json::Value> = fields
             .iter()
             .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))

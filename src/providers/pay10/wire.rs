@@ -90,7 +90,10 @@ pub fn parse_fields(body: &[u8]) -> Option<BTreeMap<String, String>> {
         match seg.split_once('=') {
             Some((k, v)) if is_key(k.trim()) => {
                 let k = k.trim().to_string();
-                map.insert(k.clone(), v.trim().to_string());
+                // A repeated key makes the answer ambiguous: unreadable.
+                if map.insert(k.clone(), v.trim().to_string()).is_some() {
+                    return None;
+                }
                 last = Some(k);
             }
             // A separator inside a value: glue it back onto the previous value.
@@ -125,6 +128,7 @@ mod tests {
         let m = parse_fields(json).unwrap();
         assert_eq!(m["AMOUNT"], "100");
         assert!(parse_fields(b"<html>502</html>").is_none());
+        assert!(parse_fields(b"{RESPONSE_CODE=000, AMOUNT=100, AMOUNT=9000}").is_none());
         assert!(parse_fields(b"").is_none());
     }
 }

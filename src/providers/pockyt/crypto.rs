@@ -1,16 +1,16 @@
 //! Pockyt `verifySign`: MD5 over the byte-sorted `key=value&` pairs (every sent
 //! field except `verifySign`, empty ones left out) followed by `md5(token)`.
 
-use std::collections::BTreeMap;
-
 use md5::{Digest, Md5};
 use subtle::ConstantTimeEq;
+
+use crate::providers::pairs::{PairError, Pairs, POCKYT};
 
 pub const SIGN_FIELD: &str = "verifySign";
 
 /// Computes the signature of `params`, skipping `verifySign` and empty values
 /// (the gateway never sends empty values).
-pub fn sign<'a, I>(params: I, token: &str) -> String
+pub fn sign<'a, I>(params: I, token: &str) -> Result<String, PairError>
 where
     I: IntoIterator<Item = (&'a str, &'a str)>,
 {
@@ -18,24 +18,23 @@ where
 }
 
 /// The signature under either of the SDKs' rules for empty values: signed as
-/// `key=&` (PHP, Java, Python) or left out (Go, JS).
-pub fn sign_with<'a, I>(params: I, token: &str, sign_empty: bool) -> String
+/// `key=&` (PHP, Java, Python) or left out (Go, JS). The pairs go through
+/// [`Pairs`]: a key or value holding `&`, `=` or a control character, or a
+/// repeated key, is refused.
+pub fn sign_with<'a, I>(params: I, token: &str, sign_empty: bool) -> Result<String, PairError>
 where
     I: IntoIterator<Item = (&'a str, &'a str)>,
 {
-    let sorted: BTreeMap<&str, &str> = params
-        .into_iter()
-        .filter(|(k, v)| *k != SIGN_FIELD && (sign_empty || !v.is_empty()))
-        .collect();
+    let pairs = Pairs::new(
+        POCKYT,
+        params
+            .into_iter()
+            .filter(|(k, v)| *k != SIGN_FIELD && (sign_empty || !v.is_empty())),
+    )?;
     let mut hasher = Md5::new();
-    for (k, v) in sorted {
-        hasher.update(k.as_bytes());
-        hasher.update(b"=");
-        hasher.update(v.as_bytes());
-        hasher.update(b"&");
-    }
+    hasher.update(pairs.terminated().as_bytes());
     hasher.update(hex::encode(Md5::digest(token.as_bytes())).as_bytes());
-    hex::encode(hasher.finalize())
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Checks the `verifySign` among `params` in constant time, with empty values
@@ -60,7 +59,9 @@ where
     else {
         return false;
     };
-    let expected = sign_with(params, token, sign_empty);
+    let Ok(expected) = sign_with(params, token, sign_empty) else {
+        return false;
+    };
     expected.as_bytes().ct_eq(received.as_bytes()).into()
 }
 
@@ -85,7 +86,7 @@ mod tests {
             ("storeNo", "300014"),
             ("transactionNo", "297553638300708562"),
         ];
-        assert_eq!(sign(p, TOKEN), "0df745088d7202a6d186596acdc82c6a");
+        assert_eq!(sign(p, TOKEN).unwrap(), "0df745088d7202a6d186596acdc82c6a");
     }
 
     #[test]
@@ -99,7 +100,10 @@ mod tests {
             ("status", "success"),
             ("time", "20221020142817"),
         ];
-        assert_eq!(sign(p.clone(), TOKEN), "435d01c5d5fa88cfe8168fbfbf732519");
+        assert_eq!(
+            sign(p.clone(), TOKEN).unwrap(),
+            "435d01c5d5fa88cfe8168fbfbf732519"
+        );
         p.push(("verifySign", "435d01c5d5fa88cfe8168fbfbf732519"));
         assert!(verify(p.clone(), TOKEN));
         assert!(!verify(p.clone(), "another-token"));
@@ -114,9 +118,24 @@ mod tests {
         assert!(!verify([("merchantNo", "200043")], TOKEN));
     }
 
+    #[test]
+    fn a_delimiter_inside_a_value_never_signs_or_verifies() {
+        // Two different messages, one signing string: refused both ways.
+        assert!(sign([("a", "1&b=2")], TOKEN).is_err());
+        let sig = sign([("a", "1"), ("b", "2")], TOKEN).unwrap();
+        assert!(verify(
+            [("a", "1"), ("b", "2"), ("verifySign", sig.as_str())],
+            TOKEN
+        ));
+        assert!(!verify(
+            [("a", "1&b=2"), ("verifySign", sig.as_str())],
+            TOKEN
+        ));
+    }
+
     proptest::proptest! {
         #[test]
-        fn signing_is_independent_of_insertion_order(pairs in proptest::collection::btree_map("[a-zA-Z]{1,12}", "[ -~]{0,20}", 0..12)) {
+        fn signing_is_independent_of_insertion_order(pairs in proptest::collection::btree_map("[a-zA-Z]{1,12}", "[ -%'-<>-~]{0,20}", 0..12)) {
             let forward: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             let mut backward = forward.clone();
             backward.reverse();

@@ -9,6 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use super::pairs::PairError;
 use super::{
     join_url, ListedRefund, Outcome, ProviderAnswer, ProviderKind, RefundCall, SaleInfo,
     SaleLookup, StatusQuery, WebhookError, WebhookEvent,
@@ -61,8 +62,9 @@ impl PockytClient {
         &self.account
     }
 
-    /// Adds `merchantNo`, `storeNo` and `verifySign` to `fields`.
-    fn signed(&self, fields: Vec<(&'static str, String)>) -> Map<String, Value> {
+    /// Adds `merchantNo`, `storeNo` and `verifySign` to `fields`; refused
+    /// (nothing to send) when a value cannot go into the signing string.
+    fn signed(&self, fields: Vec<(&'static str, String)>) -> Result<Map<String, Value>, PairError> {
         let mut all: Vec<(&str, String)> = vec![
             ("merchantNo", self.account.merchant_no.clone()),
             ("storeNo", self.account.store_no.clone()),
@@ -71,13 +73,13 @@ impl PockytClient {
         let sign = crypto::sign(
             all.iter().map(|(k, v)| (*k, v.as_str())),
             self.account.token.expose_secret(),
-        );
+        )?;
         let mut map: Map<String, Value> = all
             .into_iter()
             .map(|(k, v)| (k.to_string(), Value::String(v)))
             .collect();
         map.insert(crypto::SIGN_FIELD.into(), Value::String(sign));
-        map
+        Ok(map)
     }
 
     async fn post<T: DeserializeOwned>(&self, path: &str, body: Map<String, Value>) -> Reply<T> {
@@ -95,11 +97,11 @@ impl PockytClient {
             }
         };
         let status = resp.status().as_u16();
-        let bytes = match resp.bytes().await {
+        let bytes = match super::read_capped(resp).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, status, %url, "pockyt body could not be read");
-                return Reply::Unknown("pockyt response body was cut off".into());
+                return Reply::Unknown(format!("pockyt response unreadable: {e}"));
             }
         };
         if status >= 500 {
@@ -134,10 +136,11 @@ impl PockytClient {
             (None, Some(r)) => ("reference", r.to_string()),
             (None, None) => return Err("no transactionNo or reference to query".into()),
         };
-        match self
-            .post::<TranQueryResult>(TRAN_QUERY_PATH, self.signed(vec![field]))
-            .await
-        {
+        let body = self.signed(vec![field]).map_err(|e| {
+            tracing::error!(error = %e, "pockyt tran-query refused before sending");
+            format!("the query could not be built ({e}); nothing was asked")
+        })?;
+        match self.post::<TranQueryResult>(TRAN_QUERY_PATH, body).await {
             Reply::Parsed(_, env) => Ok(env),
             Reply::Unknown(m) => Err(m),
         }
@@ -211,10 +214,14 @@ impl PockytClient {
             (None, Some(r)) => fields.push(("reference", r.clone())),
             (None, None) => return ProviderAnswer::unknown("no original transaction to refund"),
         }
-        let answer = match self
-            .post::<RefundResult>(REFUND_PATH, self.signed(fields))
-            .await
-        {
+        let body = match self.signed(fields) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "pockyt refund refused before sending");
+                return ProviderAnswer::not_sent(e);
+            }
+        };
+        let answer = match self.post::<RefundResult>(REFUND_PATH, body).await {
             Reply::Parsed(http, env) => map_refund_reply(http, env),
             Reply::Unknown(m) => ProviderAnswer::unknown(m),
         };

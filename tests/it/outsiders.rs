@@ -1,0 +1,462 @@
+//! What outsiders broke in the third round, each as the class it belongs to:
+//! text that reaches a provider's delimited string, a provider's signed word
+//! that contradicts a final refund, "the provider never got it" decided too
+//! early, a sale's refunds counted by our records instead of the provider's,
+//! one process's clock deciding for another, and the edges around them.
+
+use std::time::Duration;
+
+use crate::common::*;
+use refund_gateway::providers::pockyt::crypto as pk;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const OPS_KEY: &str = "ok_ops_outsiders";
+
+fn with_operator(c: &mut refund_gateway::config::Config) {
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&Sha256::digest(OPS_KEY.as_bytes()));
+    c.operators.push(refund_gateway::config::Operator {
+        name: "ops-outsiders".into(),
+        key_hash: hash,
+    });
+}
+
+async fn events(app: &TestApp, id: &str) -> Vec<Value> {
+    let r = app.get(&format!("/v1/refunds/{id}/events")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body["data"].as_array().cloned().unwrap_or_default()
+}
+
+/// Every sale id that could carry a pair, a delimiter or a control
+/// character into a provider's string is refused with a field error, and
+/// nothing is recorded or sent. The outsiders' own input first, then the
+/// other members of its class.
+async fn a_sale_id_that_could_rewrite_a_provider_message_is_refused(db: Db) {
+    let app = spawn_app(&fresh_db(db).await).await;
+    let sale = app.pay10_sale("100.00", "AED").await;
+    let order_id = sale["ORDER_ID"].as_str().unwrap();
+    let pg_ref = sale["PG_REF_NUM"].as_str().unwrap();
+    let pay10_cases = [
+        ("reference", format!("{order_id}~AMOUNT=9000")),
+        ("reference", format!("{order_id}=1")),
+        ("reference", format!("{order_id} ~")),
+        ("reference", format!("{order_id},AMOUNT=9000")),
+        ("reference", format!("{{{order_id}}}")),
+        ("reference", format!("{order_id}&x")),
+        ("reference", "Ä".repeat(3)),
+        ("reference", "A".repeat(51)),
+        ("transaction_no", format!("{pg_ref}~AMOUNT=9000")),
+        ("transaction_no", "12ab".to_string()),
+    ];
+    for (i, (field, value)) in pay10_cases.iter().enumerate() {
+        let mut body = json!({"provider": "pay10", "transaction_no": pg_ref, "reference": order_id, "amount": "1.00", "currency": "AED"});
+        body[field] = json!(value);
+        let r = app.post_refund(Some(&format!("p{i}")), &body).await;
+        r.assert_problem(400, "invalid_request");
+        assert!(r.body["errors"][field].is_array(), "{value}: {}", r.text);
+    }
+    let pockyt = app.pockyt_sale("100.00", "USD", "success").await;
+    let tx = pockyt["transactionNo"].as_str().unwrap();
+    let pockyt_cases = [
+        ("reference", "ref&refundAmount=90.00".to_string()),
+        ("reference", "ref=1".to_string()),
+        ("reference", "two words".to_string()),
+        ("reference", "naïve".to_string()),
+        ("transaction_no", format!("{tx}&refundAmount=90.00")),
+        ("transaction_no", format!("{tx}=")),
+    ];
+    for (i, (field, value)) in pockyt_cases.iter().enumerate() {
+        let mut body = json!({"provider": "pockyt", "amount": "1.00", "currency": "USD"});
+        body[field] = json!(value);
+        let r = app.post_refund(Some(&format!("k{i}")), &body).await;
+        r.assert_problem(400, "invalid_request");
+        assert!(r.body["errors"][field].is_array(), "{value}: {}", r.text);
+    }
+    assert!(app.list_all().await.is_empty(), "nothing recorded");
+    assert_eq!(app.sandbox().refunded_total("pay10", pg_ref), Some(0));
+    assert_eq!(app.sandbox().refunded_total("pockyt", tx), Some(0));
+    let stats = app.sandbox().stats();
+    assert_eq!(
+        (stats.pockyt_refunds_applied, stats.pay10_refunds_applied),
+        (0, 0),
+        "nothing sent"
+    );
+
+    // What the provider allows still works: Pay10's own `PAY10_…` ids, and
+    // ids with the spaces a barcode scanner adds around them.
+    let ok = app
+        .post_refund(
+            Some("ok-pay10"),
+            &json!({"provider": "pay10", "transaction_no": format!(" {pg_ref} "), "reference": format!("{order_id} "), "amount": "1.00", "currency": "AED"}),
+        )
+        .await;
+    ok.assert_refund(201, "succeeded");
+    assert_eq!(ok.body["transaction_no"], pg_ref);
+    assert_eq!(app.sandbox().refunded_total("pay10", pg_ref), Some(100));
+    app.stop().await;
+}
+
+/// A Pockyt IPN signed with the account's token, by the published rules.
+fn signed_ipn(fields: &[(&str, &str)]) -> String {
+    let mut f: Vec<(String, String)> = fields
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let sign = pk::sign(fields.iter().copied(), creds::POCKYT_TOKEN).unwrap();
+    f.push(("verifySign".into(), sign));
+    serde_urlencoded::to_string(&f).unwrap()
+}
+
+mod creds {
+    pub const POCKYT_TOKEN: &str = "5cbfb079f15b150122261c8537086d77a";
+}
+
+/// The provider's signed word that a final refund was made for another
+/// amount or currency (or another sale) never changes the refund, and never
+/// goes unnoticed: the refund is flagged with what differs, in its history.
+async fn a_signed_report_that_contradicts_a_final_refund_flags_it(db: Db) {
+    let app = spawn_app(&fresh_db(db).await).await;
+    let sale = app.pockyt_sale("100.00", "USD", "success").await;
+    let tx = sale["transactionNo"].as_str().unwrap();
+    let r = app
+        .post_refund(Some("one"), &pockyt_refund(&sale, "1.00"))
+        .await;
+    r.assert_refund(201, "succeeded");
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let reference = app
+        .gateway
+        .store
+        .get_refund_any_client(&id)
+        .await
+        .unwrap()
+        .unwrap()
+        .provider_reference;
+    let provider_id = r.body["provider_refund_id"].as_str().unwrap().to_string();
+    let cases = [
+        ("90.00", "USD", "success", "amount 90.00"),
+        ("1.00", "EUR", "success", "currency EUR"),
+    ];
+    for (amount, currency, status, says) in cases {
+        let body = signed_ipn(&[
+            ("transactionNo", tx),
+            ("refundTransactionNo", &provider_id),
+            ("refundReference", &reference),
+            ("refundAmount", amount),
+            ("currency", currency),
+            ("status", status),
+        ]);
+        let resp = app
+            .send(
+                app.http
+                    .post(format!("{}/ipn/pockyt", app.base))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(body),
+            )
+            .await;
+        resp.assert_problem(422, "webhook_rejected");
+        let now = app.get(&format!("/v1/refunds/{id}")).await;
+        assert_eq!(now.body["status"], "succeeded", "never changed by it");
+        assert_eq!(now.body["amount"], "1.00");
+        let reason = now.body["review_reason"].as_str().unwrap_or_default();
+        assert!(reason.contains(says), "{says}: {}", now.text);
+        let history = events(&app, &id).await;
+        assert!(
+            history.iter().any(|e| e["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("flagged for review") && d.contains(says))),
+            "{history:?}"
+        );
+    }
+    // It is in the review queue, for a person to look at.
+    let queue = app.get("/v1/refunds?needs_review=true").await;
+    assert!(queue.text.contains(&id), "{}", queue.text);
+    app.stop().await;
+}
+
+/// One rule decides "the provider provably never got it", for every path:
+/// an operator cannot fail a refund the provider may still be processing
+/// (409, with when it becomes possible), however the provider answers now.
+async fn an_operator_cannot_fail_a_refund_the_provider_may_still_apply(db: Db) {
+    let mut c = test_config(&fresh_db(db).await);
+    with_operator(&mut c);
+    c.reconcile_interval = Duration::from_secs(3600);
+    if let Some(d) = c.demo.as_mut() {
+        d.sandbox_slow_response = Duration::from_secs(3);
+    }
+    let app = spawn_with(c).await;
+    let sale = app.pockyt_sale("10.95", "USD", "success").await;
+    // 95: the provider takes it, applies it 3 s later, answers after our timeout.
+    let a = app
+        .post_refund(Some("a"), &pockyt_refund(&sale, "10.95"))
+        .await;
+    a.assert_refund(201, "pending");
+    let id = a.body["id"].as_str().unwrap().to_string();
+    // Past our send deadline; the provider has no record of it yet.
+    let r = app
+        .send(
+            app.http
+                .post(format!("{}/v1/operator/refunds/{id}/resolve", app.base))
+                .bearer_auth(OPS_KEY)
+                .json(&json!({"status": "failed", "note": "provider dashboard shows nothing"})),
+        )
+        .await;
+    r.assert_problem(409, "resolution_refused");
+    let detail = r.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("may still be processing") && detail.contains("s from now"),
+        "{detail}"
+    );
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry > 800, "the default window is 15 minutes: {retry}");
+    // The provider applies it after all; the refund is never called failed.
+    let done = eventually(Duration::from_secs(20), || async {
+        let s = app
+            .send(
+                app.http
+                    .post(format!("{}/v1/operator/refunds/{id}/sync", app.base))
+                    .bearer_auth(OPS_KEY),
+            )
+            .await;
+        (s.body["status"] == "succeeded", s.body)
+    })
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let b = app
+        .post_refund(Some("b"), &pockyt_refund(&sale, "10.95"))
+        .await;
+    b.assert_problem(422, "amount_exceeds_refundable");
+    assert_eq!(
+        app.sandbox()
+            .refunded_total("pockyt", sale["transactionNo"].as_str().unwrap()),
+        Some(1095),
+        "refunded once"
+    );
+    app.stop().await;
+}
+
+/// What the provider lists as applied on a sale counts against it, even a
+/// refund we recorded `failed`; the contradiction is flagged at once.
+async fn a_listed_refund_we_recorded_failed_still_counts_against_the_sale(db: Db) {
+    let mut c = test_config(&fresh_db(db).await);
+    // A window shorter than the provider's processing: the automatic rule
+    // fails the refund before the provider applies it.
+    c.reconcile_not_found_after = Duration::from_millis(100);
+    c.reconcile_not_found_checks = 1;
+    if let Some(d) = c.demo.as_mut() {
+        d.sandbox_slow_response = Duration::from_secs(3);
+    }
+    let app = spawn_with(c).await;
+    let sale = app.pockyt_sale("10.95", "USD", "success").await;
+    let tx = sale["transactionNo"].as_str().unwrap();
+    let a = app
+        .post_refund(Some("a"), &pockyt_refund(&sale, "10.95"))
+        .await;
+    a.assert_refund(201, "pending");
+    let id = a.body["id"].as_str().unwrap().to_string();
+    let failed = app
+        .wait_for(&id, Duration::from_secs(10), |b| b["status"] == "failed")
+        .await;
+    assert_eq!(
+        failed["failure_code"], "not_received_by_provider",
+        "{failed}"
+    );
+    // Then the provider applies it.
+    eventually(Duration::from_secs(10), || async {
+        (app.sandbox().refunded_total("pockyt", tx) == Some(1095), ())
+    })
+    .await;
+    let b = app
+        .post_refund(Some("b"), &pockyt_refund(&sale, "10.95"))
+        .await;
+    b.assert_problem(422, "amount_exceeds_refundable");
+    assert_eq!(
+        app.sandbox().refunded_total("pockyt", tx),
+        Some(1095),
+        "never refunded twice"
+    );
+    let a_now = app.get(&format!("/v1/refunds/{id}")).await;
+    assert_eq!(
+        a_now.body["status"], "failed",
+        "a final status never changes"
+    );
+    let reason = a_now.body["review_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("lists this refund as applied") && reason.contains("recorded failed"),
+        "{}",
+        a_now.text
+    );
+    app.stop().await;
+}
+
+/// Two gateways on one database, one on a host whose clock is an hour
+/// ahead: both go by the database's clock, so the skewed one neither sees
+/// another's send deadline as long past nor fails its refund early.
+async fn a_process_with_a_skewed_clock_goes_by_the_databases(db: Db) {
+    let url = fresh_db(db).await;
+    let (sandbox_url, sandbox) = spawn_sandbox({
+        let mut s = fast_sandbox();
+        s.slow_response = Duration::from_secs(3);
+        s
+    })
+    .await;
+    let config = |interval: Duration| {
+        let mut c = test_config(&url);
+        if let Some(d) = c.demo.as_mut() {
+            d.external_sandbox = Some(sandbox_url.clone());
+        }
+        refund_gateway::demo_accounts(&mut c, &sandbox_url);
+        c.reconcile_interval = interval;
+        c.reconcile_not_found_checks = 1;
+        c
+    };
+    let a = spawn_with(config(Duration::from_secs(3600))).await;
+    let b = spawn_with(config(Duration::from_secs(3600))).await;
+    // b's host clock is an hour ahead (as a process started there reads it).
+    b.gateway.clock.misset_host_clock(3_600_000);
+    assert!(b.gateway.clock.now() - a.gateway.clock.now() > 3_500_000);
+    let skew = b.gateway.sync_clock().await.unwrap();
+    assert!((skew - 3_600_000).abs() < 1_000, "measured {skew}");
+    assert!(
+        (b.gateway.clock.now() - a.gateway.clock.now()).abs() < 1_000,
+        "one clock after the sync"
+    );
+
+    let sale = sale_at(
+        &a.http,
+        &sandbox_url,
+        "pockyt",
+        json!({"amount": "10.95", "currency": "USD", "status": "success"}),
+    )
+    .await;
+    let r = a
+        .post_refund(Some("x"), &pockyt_refund(&sale, "10.95"))
+        .await;
+    r.assert_refund(201, "pending");
+    let id = r.body["id"].as_str().unwrap().to_string();
+    // b reconciles while the provider has no record of it yet: it stays
+    // pending (the provider's window is 15 minutes on the shared clock).
+    for _ in 0..5 {
+        b.gateway
+            .store
+            .check_now(std::slice::from_ref(&id), b.gateway.clock.now())
+            .await
+            .unwrap();
+        b.gateway.reconcile_due().await.unwrap();
+    }
+    let now = b.get(&format!("/v1/refunds/{id}")).await;
+    assert_eq!(now.body["status"], "pending", "{}", now.text);
+    // Once the provider applies it, b learns it succeeded.
+    eventually(Duration::from_secs(10), || async {
+        let tx = sale["transactionNo"].as_str().unwrap();
+        (sandbox.refunded_total("pockyt", tx) == Some(1095), ())
+    })
+    .await;
+    b.gateway
+        .store
+        .check_now(std::slice::from_ref(&id), b.gateway.clock.now())
+        .await
+        .unwrap();
+    b.gateway.reconcile_due().await.unwrap();
+    let done = b.get(&format!("/v1/refunds/{id}")).await;
+    assert_eq!(done.body["status"], "succeeded", "{}", done.text);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A provider's answer is read up to a bound: a huge one is an unreadable
+/// answer (outcome unknown), never an allocation of its size.
+async fn a_huge_provider_answer_is_not_read(db: Db) {
+    use wiremock::matchers::any;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let server = MockServer::start().await;
+    // 8 MiB of a JSON string: far past the bound.
+    let huge = format!(
+        "{{\"ret_code\":\"000100\",\"ret_msg\":\"{}\"}}",
+        "x".repeat(8 * 1024 * 1024)
+    );
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200).set_body_string(huge))
+        .mount(&server)
+        .await;
+    let mut c = test_config(&fresh_db(db).await);
+    if let Some(d) = c.demo.as_mut() {
+        d.external_sandbox = Some(server.uri());
+    }
+    refund_gateway::demo_accounts(&mut c, &server.uri());
+    let app = spawn_with(c).await;
+    let r = app
+        .post_refund(
+            Some("huge"),
+            &json!({"provider": "pockyt", "transaction_no": "297553638301777927", "amount": "1.00", "currency": "USD"}),
+        )
+        .await;
+    r.assert_problem(503, "provider_unavailable");
+    assert!(app.list_all().await.is_empty());
+    app.stop().await;
+}
+
+/// Text that reaches the database is refused or stored alike on both
+/// databases: a NUL in metadata is a field error, never a 500.
+async fn text_the_database_cannot_hold_is_refused_alike(db: Db) {
+    let app = spawn_app(&fresh_db(db).await).await;
+    let sale = app.pockyt_sale("10.00", "USD", "success").await;
+    let cases = [
+        json!({"k": "a\u{0}b"}),
+        json!({"a\u{0}": "v"}),
+        json!({"line\nbreak": "v"}),
+    ];
+    for (i, metadata) in cases.into_iter().enumerate() {
+        let mut body = pockyt_refund(&sale, "1.00");
+        body["metadata"] = metadata;
+        let r = app.post_refund(Some(&format!("m{i}")), &body).await;
+        r.assert_problem(400, "invalid_request");
+    }
+    for (i, field) in ["reason", "refund_reference", "reference"]
+        .iter()
+        .enumerate()
+    {
+        let mut body = pockyt_refund(&sale, "1.00");
+        body[field] = json!("a\u{0}b");
+        let r = app.post_refund(Some(&format!("t{i}")), &body).await;
+        r.assert_problem(400, "invalid_request");
+    }
+    // A webhook field with a NUL never verifies, and is never stored.
+    let body = signed_ipn(&[("transactionNo", "1"), ("status", "success")])
+        .replace("status=success", "status=succ%00ess");
+    let r = app
+        .send(
+            app.http
+                .post(format!("{}/ipn/pockyt", app.base))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body),
+        )
+        .await;
+    assert!(r.status == 400 || r.status == 401, "{}", r.text);
+    // Newlines and tabs in metadata values are text like any other.
+    let mut ok = pockyt_refund(&sale, "1.00");
+    ok["metadata"] = json!({"note": "line one\nline\ttwo"});
+    app.post_refund(Some("ok"), &ok)
+        .await
+        .assert_refund(201, "succeeded");
+    app.stop().await;
+}
+
+both_backends!(
+    a_sale_id_that_could_rewrite_a_provider_message_is_refused,
+    a_signed_report_that_contradicts_a_final_refund_flags_it,
+    an_operator_cannot_fail_a_refund_the_provider_may_still_apply,
+    a_listed_refund_we_recorded_failed_still_counts_against_the_sale,
+    a_huge_provider_answer_is_not_read,
+    text_the_database_cannot_hold_is_refused_alike,
+);
+
+/// The clock rule concerns a database server that several hosts share: an
+/// SQLite file is only ever shared by the processes of one host, whose clock
+/// it is (see the README).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_process_with_a_skewed_clock_goes_by_the_databases() {
+    if postgres_or_skip("a_process_with_a_skewed_clock_goes_by_the_databases").await {
+        a_process_with_a_skewed_clock_goes_by_the_databases(Db::Postgres).await
+    }
+}
