@@ -100,6 +100,9 @@ pub struct FileConfig {
     /// A connection must send a whole request header within this long of
     /// opening or of its previous response (slow or idle ones are closed).
     pub header_read_timeout_ms: Option<u64>,
+    /// A request's whole body must arrive within this long of its header
+    /// (a trickling body is answered 408 and its connection closed).
+    pub body_read_timeout_ms: Option<u64>,
     /// How long after a refund's send deadline the provider may still be
     /// processing it; after that, repeated "no such refund" answers fail it.
     pub not_found_after_ms: Option<u64>,
@@ -166,23 +169,61 @@ impl std::fmt::Debug for Smtp {
 #[serde(deny_unknown_fields)]
 pub struct OperatorEntry {
     pub name: String,
-    /// Lower-case hex SHA-256 of the operator's key (`refund-gateway keys new`).
-    pub api_key_sha256: String,
+    /// Lower-case hex SHA-256 of the operator's key (`refund-gateway keys new
+    /// --operator`); a list of them while a key is rotated.
+    pub api_key_sha256: KeyHashes,
+}
+
+/// One key hash, or several (every one is valid: how a key is rotated).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum KeyHashes {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Default for KeyHashes {
+    fn default() -> Self {
+        KeyHashes::Many(vec![])
+    }
+}
+
+impl KeyHashes {
+    fn parse(&self, field: &str) -> Result<Vec<[u8; 32]>, ConfigError> {
+        let texts: Vec<&String> = match self {
+            KeyHashes::One(s) => vec![s],
+            KeyHashes::Many(v) => v.iter().collect(),
+        };
+        if texts.is_empty() {
+            return Err(invalid(field, "needs at least one key hash"));
+        }
+        texts
+            .into_iter()
+            .map(|t| {
+                hex::decode(t.trim())
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .ok_or_else(|| invalid(field, "must be 64 hex digits (or a list of them)"))
+            })
+            .collect()
+    }
 }
 
 /// An operator: a person who may resolve refunds, identified in the audit trail by name.
 #[derive(Debug, Clone)]
 pub struct Operator {
     pub name: String,
-    pub key_hash: [u8; 32],
+    /// SHA-256 of each valid key (several while a key is rotated).
+    pub key_hashes: Vec<[u8; 32]>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientEntry {
     pub name: String,
-    /// Lower-case hex SHA-256 of the API key (the key itself is never stored).
-    pub api_key_sha256: String,
+    /// Lower-case hex SHA-256 of the API key (the key itself is never
+    /// stored); a list of them while a key is rotated.
+    pub api_key_sha256: KeyHashes,
     pub accounts: Vec<String>,
 }
 
@@ -231,7 +272,8 @@ impl Account {
 #[derive(Debug, Clone)]
 pub struct Client {
     pub name: String,
-    pub key_hash: [u8; 32],
+    /// SHA-256 of each valid key (several while a key is rotated).
+    pub key_hashes: Vec<[u8; 32]>,
     /// Account name per provider (at most one each).
     pub accounts: BTreeMap<ProviderKind, String>,
 }
@@ -360,26 +402,25 @@ impl Config {
         for (i, a) in f.accounts.into_iter().enumerate() {
             accounts.push(account_from_entry(i, a, &merchant_name)?);
         }
+        check_identities(&accounts, &[], &[])?;
         let mut clients = Vec::new();
         for (i, c) in f.clients.into_iter().enumerate() {
             clients.push(client_from_entry(i, c, &accounts)?);
         }
         let mut operators = Vec::new();
         for (i, o) in f.operators.into_iter().enumerate() {
-            let field = format!("operators[{i}].api_key_sha256");
-            let bytes = hex::decode(o.api_key_sha256.trim())
-                .map_err(|_| invalid(&field, "must be 64 hex digits"))?;
-            let key_hash: [u8; 32] = bytes
-                .try_into()
-                .map_err(|_| invalid(&field, "must be 64 hex digits"))?;
+            let key_hashes = o
+                .api_key_sha256
+                .parse(&format!("operators[{i}].api_key_sha256"))?;
             if o.name.trim().is_empty() {
                 return Err(invalid(format!("operators[{i}].name"), "is required"));
             }
             operators.push(Operator {
                 name: o.name,
-                key_hash,
+                key_hashes,
             });
         }
+        check_identities(&accounts, &clients, &operators)?;
         let review_after = Duration::from_millis(f.review_after_ms.unwrap_or(3_600_000));
         let smtp = match f.smtp {
             Some(e) => {
@@ -412,6 +453,11 @@ impl Config {
                     .header_read_timeout_ms
                     .map(Duration::from_millis)
                     .unwrap_or(crate::server::ConnLimits::default().header_read_timeout),
+                body_read_timeout: f
+                    .body_read_timeout_ms
+                    .map(Duration::from_millis)
+                    .unwrap_or(crate::server::ConnLimits::default().body_read_timeout),
+                ..crate::server::ConnLimits::default()
             },
             merchant_name,
             accounts,
@@ -532,7 +578,7 @@ const PRODUCTION_HOSTS: &[&str] = &["mapi.yuansfer.com", "pg.pay10.ae", "secure.
 /// Why a base URL is certainly a sandbox, if it is one: a provider's test
 /// host or this gateway's simulator (`/sandbox/...`).
 fn looks_like_sandbox(u: &url::Url) -> Option<&'static str> {
-    if SANDBOX_HOSTS.contains(&u.host_str().unwrap_or("")) {
+    if SANDBOX_HOSTS.contains(&canonical_host(u).as_str()) {
         return Some("the provider's test host");
     }
     u.path()
@@ -546,13 +592,26 @@ fn is_local(u: &url::Url) -> bool {
     match u.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback() || ip.is_private() || ip.is_unspecified(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback() || ip.is_unspecified(),
-        Some(url::Host::Domain(d)) => d == "localhost" || !d.contains('.'),
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.');
+            d == "localhost" || !d.contains('.')
+        }
         None => false,
     }
 }
 
 fn looks_like_production(u: &url::Url) -> bool {
-    PRODUCTION_HOSTS.contains(&u.host_str().unwrap_or(""))
+    PRODUCTION_HOSTS.contains(&canonical_host(u).as_str())
+}
+
+/// A URL's host as DNS resolves it: lower case (the URL parser does that),
+/// without the trailing dot of a fully qualified name (`mapi.yuansfer.com.`
+/// is the production host).
+fn canonical_host(u: &url::Url) -> String {
+    u.host_str()
+        .unwrap_or("")
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
 }
 
 fn account_from_entry(i: usize, a: AccountEntry, merchant: &str) -> Result<Account, ConfigError> {
@@ -679,11 +738,10 @@ fn client_from_entry(
     accounts: &[Account],
 ) -> Result<Client, ConfigError> {
     let f = |name: &str| format!("clients[{i}].{name}");
-    let bytes = hex::decode(c.api_key_sha256.trim())
-        .map_err(|_| invalid(f("api_key_sha256"), "must be 64 hex digits"))?;
-    let key_hash: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| invalid(f("api_key_sha256"), "must be 64 hex digits"))?;
+    if c.name.trim().is_empty() {
+        return Err(invalid(f("name"), "is required"));
+    }
+    let key_hashes = c.api_key_sha256.parse(&f("api_key_sha256"))?;
     let mut map = BTreeMap::new();
     for name in &c.accounts {
         let acc = accounts.iter().find(|a| &a.name == name).ok_or_else(|| {
@@ -704,9 +762,60 @@ fn client_from_entry(
     }
     Ok(Client {
         name: c.name,
-        key_hash,
+        key_hashes,
         accounts: map,
     })
+}
+
+/// What identifies something is unique: account, client and operator names
+/// (each among its kind), and a key hash, which belongs to one principal
+/// (a client or an operator). Every clash names both entries.
+fn check_identities(
+    accounts: &[Account],
+    clients: &[Client],
+    operators: &[Operator],
+) -> Result<(), ConfigError> {
+    fn unique<'a>(kind: &str, names: impl Iterator<Item = &'a str>) -> Result<(), ConfigError> {
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, n) in names.enumerate() {
+            if let Some(first) = seen.insert(n, i) {
+                return Err(invalid(
+                    format!("{kind}[{i}].name"),
+                    format!("{n:?} is also {kind}[{first}].name: names identify one entry each (to rotate a key, list both hashes in api_key_sha256)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+    unique("accounts", accounts.iter().map(|a| a.name.as_str()))?;
+    unique("clients", clients.iter().map(|c| c.name.as_str()))?;
+    unique("operators", operators.iter().map(|o| o.name.as_str()))?;
+    let holders = clients
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| {
+            c.key_hashes
+                .iter()
+                .map(move |h| (format!("clients[{i}] ({})", c.name), h))
+        })
+        .chain(operators.iter().enumerate().flat_map(|(i, o)| {
+            o.key_hashes
+                .iter()
+                .map(move |h| (format!("operators[{i}] ({})", o.name), h))
+        }));
+    let mut seen: BTreeMap<&[u8; 32], String> = BTreeMap::new();
+    for (who, hash) in holders {
+        if let Some(first) = seen.get(hash) {
+            if first != &who {
+                return Err(invalid(
+                    format!("{who}.api_key_sha256"),
+                    format!("is also the key of {first}: a key belongs to one client or operator"),
+                ));
+            }
+        }
+        seen.insert(hash, who);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -744,6 +853,75 @@ mod tests {
         api_key_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
         accounts = ["pockyt-main", "pay10-uae"]
     "#;
+
+    /// Names identify one entry; a key belongs to one principal; hosts are
+    /// compared as DNS reads them. Each contradiction names both entries.
+    #[test]
+    fn contradictory_identities_and_hosts_refuse_to_start() {
+        let hash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let other = "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752";
+        let twice = format!(
+            "{GOOD}\n[[clients]]\nname = \"store-1\"\napi_key_sha256 = \"{other}\"\naccounts = [\"pockyt-main\"]\n"
+        );
+        let e = load(&twice).unwrap_err().to_string();
+        assert!(
+            e.contains("clients[1].name") && e.contains("clients[0].name"),
+            "{e}"
+        );
+        let shared_key = format!(
+            "{GOOD}\n[[clients]]\nname = \"store-2\"\napi_key_sha256 = \"{hash}\"\naccounts = [\"pockyt-main\"]\n"
+        );
+        let e = load(&shared_key).unwrap_err().to_string();
+        assert!(
+            e.contains("clients[1]") && e.contains("clients[0] (store-1)"),
+            "{e}"
+        );
+        let operator_with_a_pos_key =
+            format!("{GOOD}\n[[operators]]\nname = \"ana\"\napi_key_sha256 = \"{hash}\"\n");
+        let e = load(&operator_with_a_pos_key).unwrap_err().to_string();
+        assert!(e.contains("operators[0]") && e.contains("store-1"), "{e}");
+        let two_operators = format!(
+            "{GOOD}\n[[operators]]\nname = \"ana\"\napi_key_sha256 = \"{other}\"\n[[operators]]\nname = \"ana\"\napi_key_sha256 = \"{}\"\n",
+            "1".repeat(64)
+        );
+        let e = load(&two_operators).unwrap_err().to_string();
+        assert!(e.contains("operators[1].name"), "{e}");
+        let two_accounts = GOOD.replace("name = \"pay10-uae\"", "name = \"pockyt-main\"");
+        let e = load(&two_accounts).unwrap_err().to_string();
+        assert!(
+            e.contains("accounts[1].name") && e.contains("accounts[0].name"),
+            "{e}"
+        );
+        // Rotation: one client, two keys.
+        let rotating = GOOD.replace(
+            &format!("api_key_sha256 = \"{hash}\""),
+            &format!("api_key_sha256 = [\"{hash}\", \"{other}\"]"),
+        );
+        let c = load(&rotating).unwrap();
+        assert_eq!(c.clients[0].key_hashes.len(), 2);
+        // The production host however it is written.
+        for host in [
+            "mapi.yuansfer.com.",
+            "MAPI.Yuansfer.COM",
+            "mapi.yuansfer.com.:443",
+        ] {
+            let text = GOOD
+                .replacen(
+                    "environment = \"production\"",
+                    "environment = \"sandbox\"",
+                    1,
+                )
+                .replace("https://mapi.yuansfer.com", &format!("https://{host}"));
+            let e = load(&text).unwrap_err().to_string();
+            assert!(e.contains("production host"), "{host}: {e}");
+        }
+        let sandbox_as_production = GOOD.replace(
+            "https://mapi.yuansfer.com",
+            "https://mapi.yuansfer.yunkeguan.com.",
+        );
+        let e = load(&sandbox_as_production).unwrap_err().to_string();
+        assert!(e.contains("is a sandbox"), "{e}");
+    }
 
     #[test]
     fn secrets_are_trimmed_and_empty_ones_refused() {

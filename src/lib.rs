@@ -149,7 +149,7 @@ pub fn demo_accounts(config: &mut Config, sandbox_base: &str) {
         0,
         Client {
             name: "demo".into(),
-            key_hash: hash,
+            key_hashes: vec![hash],
             accounts: [
                 (types::ProviderKind::Pockyt, "pockyt-sandbox".to_string()),
                 (types::ProviderKind::Pay10, "pay10-sandbox".to_string()),
@@ -340,6 +340,9 @@ impl Application {
             let _ = w.await;
         }
         self.gateway.store.close().await;
+        if let Some(sb) = &self.sandbox {
+            sb.flush().await;
+        }
         served
     }
 }

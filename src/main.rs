@@ -87,9 +87,21 @@ enum Command {
             default_value = "http://127.0.0.1:8080"
         )]
         url: String,
-        /// Your operator key (`[[operators]]` in the config).
-        #[arg(long, env = "REFUND_GATEWAY_OPERATOR_KEY", hide_env_values = true)]
-        key: String,
+        /// Your operator key (`[[operators]]` in the config). Prefer the
+        /// environment variable or --key-file: a --key on the command line
+        /// is visible to every user of this machine in `ps`.
+        #[arg(
+            long,
+            env = "REFUND_GATEWAY_OPERATOR_KEY",
+            hide_env_values = true,
+            required_unless_present = "key_file",
+            conflicts_with = "key_file"
+        )]
+        key: Option<String>,
+        /// A file holding your operator key (its first line; surrounding
+        /// whitespace ignored).
+        #[arg(long, env = "REFUND_GATEWAY_OPERATOR_KEY_FILE")]
+        key_file: Option<std::path::PathBuf>,
         #[command(subcommand)]
         action: RefundsAction,
     },
@@ -237,7 +249,27 @@ fn main() -> ExitCode {
     if let Some(Command::Probe { url }) = &cli.command {
         return probe(url);
     }
-    if let Some(Command::Refunds { url, key, action }) = cli.command {
+    if let Some(Command::Refunds {
+        url,
+        key,
+        key_file,
+        action,
+    }) = cli.command
+    {
+        let key = match (key, key_file) {
+            (Some(k), _) => k,
+            (None, Some(path)) => match std::fs::read_to_string(&path) {
+                Ok(text) => text.lines().next().unwrap_or("").trim().to_string(),
+                Err(e) => {
+                    eprintln!(
+                        "error: cannot read the operator key file {}: {e}",
+                        path.display()
+                    );
+                    return ExitCode::from(2);
+                }
+            },
+            (None, None) => String::new(),
+        };
         return operator_cli(&url, &key, action);
     }
     let log_format = match &cli.command {
@@ -414,5 +446,6 @@ async fn run_sandbox(
     )
     .with_graceful_shutdown(refund_gateway::shutdown_signal())
     .await?;
+    sandbox.flush().await;
     Ok(())
 }

@@ -11,6 +11,12 @@
 //!   flood of idle or half-open connections cannot lock out a POS. Only when
 //!   every open connection is busy is the new one answered with a 503 problem
 //!   and closed.
+//! - A request's body is read before the request counts as in progress: a
+//!   connection whose body trickles in stays evictable, and a body that has
+//!   not arrived within `body_read_timeout` is answered `408` and its
+//!   connection closed. Unauthenticated traffic (provider webhooks are read
+//!   before they can be verified) therefore cannot hold slots that a POS,
+//!   an operator or a health probe needs.
 //! - On shutdown no new connection is accepted; open ones finish their
 //!   requests and close.
 
@@ -35,6 +41,11 @@ const FD_RESERVE: u64 = 1024;
 pub struct ConnLimits {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    /// A request's whole body must arrive within this long of its header.
+    pub body_read_timeout: Duration,
+    /// Bodies up to this many bytes are read before the request counts as in
+    /// progress (larger ones go on to the handler, which refuses them).
+    pub max_body_bytes: usize,
 }
 
 impl Default for ConnLimits {
@@ -42,8 +53,54 @@ impl Default for ConnLimits {
         ConnLimits {
             max_connections: 16_384,
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            max_body_bytes: crate::api::refunds::MAX_BODY_BYTES,
         }
     }
+}
+
+/// What reading a body before the request counts as in progress gave.
+enum Prefetched {
+    /// The whole body (at most `max_body_bytes`).
+    Whole(axum::body::Bytes),
+    /// More than `max_body_bytes`: what was read, and the rest still to come.
+    TooLarge(axum::body::Bytes, hyper::body::Incoming),
+    /// The body did not arrive in time, or broke off.
+    Failed,
+}
+
+async fn prefetch(mut body: hyper::body::Incoming, max: usize) -> Prefetched {
+    use http_body_util::BodyExt;
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Prefetched::Failed;
+        };
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+            if buf.len() > max {
+                return Prefetched::TooLarge(buf.into(), body);
+            }
+        }
+    }
+    Prefetched::Whole(buf.into())
+}
+
+/// The answer to a request whose body did not arrive in time (the
+/// connection is closed after it).
+fn body_timeout() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut res = crate::api::ApiError::new(
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        "body_timeout",
+        "the request body did not arrive in time; send it whole and retry",
+    )
+    .into_response();
+    res.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    res
 }
 
 impl ConnLimits {
@@ -227,10 +284,34 @@ async fn connection(
         let slot = slot.clone();
         hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let slot = slot.clone();
-            slot.in_flight.fetch_add(1, Ordering::SeqCst);
-            let call = router.clone().oneshot(req.map(axum::body::Body::new));
+            let router = router.clone();
             async move {
-                let res = call.await;
+                // The body first: until it is here the connection is not busy
+                // (it may be evicted), and it must come within the deadline.
+                let (parts, body) = req.into_parts();
+                let read = tokio::time::timeout(
+                    limits.body_read_timeout,
+                    prefetch(body, limits.max_body_bytes),
+                )
+                .await;
+                let body = match read {
+                    Ok(Prefetched::Whole(bytes)) => axum::body::Body::from(bytes),
+                    Ok(Prefetched::TooLarge(head, rest)) => {
+                        use futures_util::StreamExt;
+                        let rest = http_body_util::BodyDataStream::new(rest);
+                        axum::body::Body::from_stream(
+                            futures_util::stream::once(async move { Ok(head) }).chain(rest),
+                        )
+                    }
+                    Ok(Prefetched::Failed) | Err(_) => {
+                        // `Connection: close`: hyper closes it after the answer.
+                        return Ok(body_timeout());
+                    }
+                };
+                slot.in_flight.fetch_add(1, Ordering::SeqCst);
+                let res = router
+                    .oneshot(hyper::Request::from_parts(parts, body))
+                    .await;
                 slot.in_flight.fetch_sub(1, Ordering::SeqCst);
                 res
             }

@@ -92,6 +92,7 @@ impl ApiError {
             "database_unavailable",
             "the database is unavailable; retry with the same Idempotency-Key",
         )
+        .retry_after(2)
     }
 
     pub fn problem(&self) -> Problem {

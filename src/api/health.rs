@@ -18,19 +18,20 @@ pub async fn healthz() -> Json<Value> {
 /// Ready when the database answers within two seconds.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
-        (status = 200, description = "The database is reachable", body = Object, example = json!({"status": "ready", "database": "postgres"})),
+        (status = 200, description = "The database is reachable and takes writes", body = Object, example = json!({"status": "ready", "database": "postgres"})),
         (status = 503, description = "`database_unavailable`", body = super::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     match tokio::time::timeout(Duration::from_secs(2), state.gateway.database_ready()).await {
         Ok(Ok(backend)) => Ok(Json(json!({ "status": "ready", "database": backend }))),
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "readiness check: database unreachable");
+            tracing::warn!(error = %e, "readiness check: the database cannot take work");
             Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "database_unavailable",
-                "the database is unreachable",
-            ))
+                "the database is unreachable or cannot take writes (is its disk full?)",
+            )
+            .retry_after(2))
         }
         Err(_) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

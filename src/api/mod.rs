@@ -52,12 +52,14 @@ fn bearer_digest(parts: &Parts) -> Result<[u8; 32], ApiError> {
 fn find_key<T>(
     holders: &[Arc<T>],
     digest: &[u8; 32],
-    hash: impl Fn(&T) -> &[u8; 32],
+    hashes: impl Fn(&T) -> &[[u8; 32]],
 ) -> Option<Arc<T>> {
     let mut found = None;
     for h in holders {
-        if bool::from(hash(h).as_slice().ct_eq(digest.as_slice())) {
-            found = Some(h.clone());
+        for hash in hashes(h) {
+            if bool::from(hash.as_slice().ct_eq(digest.as_slice())) {
+                found = Some(h.clone());
+            }
         }
     }
     found
@@ -68,7 +70,7 @@ impl FromRequestParts<AppState> for Authed {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let digest = bearer_digest(parts)?;
-        find_key(&state.gateway.clients, &digest, |c| &c.key_hash)
+        find_key(&state.gateway.clients, &digest, |c| &c.key_hashes)
             .map(Authed)
             .ok_or_else(ApiError::unauthorized)
     }
@@ -83,7 +85,7 @@ impl FromRequestParts<AppState> for OperatorAuthed {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let digest = bearer_digest(parts)?;
-        find_key(&state.gateway.operators, &digest, |o| &o.key_hash)
+        find_key(&state.gateway.operators, &digest, |o| &o.key_hashes)
             .map(OperatorAuthed)
             .ok_or_else(ApiError::unauthorized)
     }

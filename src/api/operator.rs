@@ -42,13 +42,7 @@ pub async fn review(
     let rows = state.gateway.review_queue(100).await?;
     Ok(Json(ReviewQueue {
         object: "list",
-        data: rows
-            .iter()
-            .map(|r| RefundObject {
-                review_reason: state.gateway.review_reason(r),
-                ..RefundObject::from(r)
-            })
-            .collect(),
+        data: rows.iter().map(|r| state.gateway.render(r)).collect(),
     }))
 }
 
@@ -103,10 +97,7 @@ pub async fn sync(
         .operator_sync(&id, &op.name)
         .await?
         .ok_or_else(|| ApiError::not_found("refund"))?;
-    Ok(Json(RefundObject {
-        review_reason: state.gateway.review_reason(&row),
-        ..RefundObject::from(&row)
-    }))
+    Ok(Json(state.gateway.render(&row)))
 }
 
 /// An operator's resolution: the status the provider's records prove, and why.
@@ -160,7 +151,7 @@ pub async fn resolve(
     let note = req.note.0.trim();
     let id = super::parse::refund_id(&id)?;
     match state.gateway.resolve(&id, &op.name, target, note).await? {
-        Resolution::Done(row) => Ok(Json(RefundObject::from(row.as_ref()))),
+        Resolution::Done(row) => Ok(Json(state.gateway.render(row.as_ref()))),
         Resolution::NotFound => Err(ApiError::not_found("refund")),
         Resolution::Refused(e) => {
             tracing::warn!(refund_id = %id, operator = %op.name, reason = %e, "operator resolution refused");

@@ -242,8 +242,23 @@ impl<'de> Deserialize<'de> for Metadata {
 }
 
 /// A time in a query: RFC 3339, or Unix seconds; read as Unix milliseconds.
+/// `.1` says whether it was given to the whole second (no fraction), so that
+/// an inclusive upper bound covers that second ([`TimeParam::last_ms`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TimeParam(pub i64);
+pub struct TimeParam(pub i64, pub bool);
+
+impl TimeParam {
+    /// The last millisecond the time covers: given to the second, the
+    /// second's last millisecond (times are shown to the second and stored
+    /// to the millisecond); given with a fraction, itself.
+    pub fn last_ms(&self) -> i64 {
+        if self.1 {
+            self.0.saturating_add(999)
+        } else {
+            self.0
+        }
+    }
+}
 
 impl<'de> Deserialize<'de> for TimeParam {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -251,12 +266,15 @@ impl<'de> Deserialize<'de> for TimeParam {
             let digits = v.strip_prefix('-').unwrap_or(&v);
             if (1..=12).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
                 if let Ok(secs) = v.parse::<i64>() {
-                    return Ok(TimeParam(secs.saturating_mul(1000)));
+                    return Ok(TimeParam(secs.saturating_mul(1000), true));
                 }
             }
             time::OffsetDateTime::parse(&v, &time::format_description::well_known::Rfc3339)
                 .map(|t| {
-                    TimeParam(i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
+                    TimeParam(
+                        i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
+                        t.nanosecond() == 0 && !v.contains('.'),
+                    )
                 })
                 .map_err(|_| "must be an RFC 3339 time or Unix seconds".to_string())
         })

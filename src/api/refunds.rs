@@ -90,7 +90,8 @@ pub struct ListQuery {
         pattern = "^(-?[0-9]{1,12}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
     )]
     created_from: Option<TimeParam>,
-    /// RFC 3339 time or Unix seconds, inclusive.
+    /// RFC 3339 time or Unix seconds, inclusive: a time given to the second
+    /// (as `created_at` is shown) covers that whole second.
     #[param(
         value_type = Option<String>,
         pattern = "^(-?[0-9]{1,12}|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
@@ -305,7 +306,7 @@ pub async fn create(
         Created::New(row) => {
             crate::metrics::refund_created(row.provider.as_str(), row.status.as_str());
             let body = row.response_body.clone().unwrap_or_else(|| {
-                serde_json::to_string(&RefundObject::from(&row)).unwrap_or_default()
+                serde_json::to_string(&state.gateway.render(&row)).unwrap_or_default()
             });
             json_response(StatusCode::CREATED, body, false)
         }
@@ -321,7 +322,7 @@ pub async fn create(
             crate::metrics::idempotent_replay();
             json_response(
                 StatusCode::CREATED,
-                serde_json::to_string(&RefundObject::from(&row)).unwrap_or_default(),
+                serde_json::to_string(&state.gateway.render(&row)).unwrap_or_default(),
                 true,
             )
         }
@@ -377,7 +378,7 @@ pub async fn get_one(
     } else {
         row
     };
-    Ok(Json(RefundObject::from(&row)))
+    Ok(Json(state.gateway.render(&row)))
 }
 
 /// One change of a refund.
@@ -498,7 +499,7 @@ pub async fn list(
         status: q.status,
         provider: q.provider,
         created_from: q.created_from.map(|t| t.0),
-        created_to: q.created_to.map(|t| t.0),
+        created_to: q.created_to.map(|t| t.last_ms()),
         after,
         needs_review_before: q
             .needs_review
@@ -512,13 +513,7 @@ pub async fn list(
     rows.truncate(usize::try_from(limit).unwrap_or(20));
     Ok(Json(RefundList {
         object: "list",
-        data: rows
-            .iter()
-            .map(|r| RefundObject {
-                review_reason: state.gateway.review_reason(r),
-                ..RefundObject::from(r)
-            })
-            .collect(),
+        data: rows.iter().map(|r| state.gateway.render(r)).collect(),
         has_more,
     }))
 }

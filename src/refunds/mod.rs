@@ -803,6 +803,7 @@ impl Gateway {
     /// Whether the database answers, and which backend it is.
     pub async fn database_ready(&self) -> Result<&'static str, StoreError> {
         self.store.ping().await?;
+        self.store.write_probe(self.clock.now()).await?;
         Ok(self.store.backend().as_str())
     }
 
@@ -854,11 +855,20 @@ impl Gateway {
         row.review_reason.clone().or_else(|| {
             (row.status == Status::Pending && row.created_at <= self.review_cutoff()).then(|| {
                 format!(
-                    "pending for more than {} minutes",
-                    self.review_after.as_secs() / 60
+                    "pending for more than {}",
+                    human_duration(self.review_after)
                 )
             })
         })
+    }
+
+    /// The refund object as every endpoint shows it: one rendering of one
+    /// row at one moment (with its `review_reason` as the queue sees it).
+    pub fn render(&self, row: &RefundRow) -> RefundObject {
+        RefundObject {
+            review_reason: self.review_reason(row),
+            ..RefundObject::from(row)
+        }
     }
 
     /// An operator asks the provider now; the answer is applied (and recorded
@@ -1032,6 +1042,22 @@ pub fn status_query(row: &RefundRow) -> StatusQuery {
         transaction_no: Some(row.transaction_no.clone()).filter(|t| !t.is_empty()),
         reference: row.reference.clone(),
     }
+}
+
+/// A duration in the largest whole unit that states it exactly enough for
+/// a person: "90 seconds", "15 minutes", "2 hours", "1 minute".
+pub fn human_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (n, unit) = if secs == 0 {
+        (d.as_millis() as u64, "millisecond")
+    } else if secs % 3600 == 0 {
+        (secs / 3600, "hour")
+    } else if secs % 60 == 0 {
+        (secs / 60, "minute")
+    } else {
+        (secs, "second")
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
 
 /// 20 upper-case alphanumerics: valid as Pay10's REFUND_ORDER_ID (6-20) and

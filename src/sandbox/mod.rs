@@ -506,23 +506,49 @@ async fn save_on_change(sb: Sandbox, path: std::path::PathBuf) {
     loop {
         sb.changed.notified().await;
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let snapshot = {
-            let b = sb.lock();
+        let path = path.clone();
+        let sb2 = sb.clone();
+        let written = tokio::task::spawn_blocking(move || sb2.write_state(&path)).await;
+        if let Ok(Err(e)) = written {
+            tracing::warn!(error = %e, "sandbox state could not be saved");
+        }
+    }
+}
+
+impl Sandbox {
+    /// Writes the books to `path` (whole, by a rename: never half a file).
+    /// Serialised: two writers never interleave their renames.
+    fn write_state(&self, path: &std::path::Path) -> std::io::Result<()> {
+        static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = WRITING.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes = {
+            let b = self.lock();
             serde_json::to_vec(&SavedBooks {
                 pockyt: b.pockyt.sales.values().cloned().collect(),
                 pay10: b.pay10.sales.values().cloned().collect(),
             })
+        }
+        .map_err(std::io::Error::other)?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// Saves the books now, if they are kept in a file: called at shutdown,
+    /// so that whatever the sandbox acknowledged is on disk before the
+    /// process exits.
+    pub async fn flush(&self) {
+        let Some(path) = self.config.state_file.clone() else {
+            return;
         };
-        let Ok(bytes) = snapshot else { continue };
-        let path = path.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, bytes)?;
-            std::fs::rename(&tmp, &path)
-        })
-        .await;
-        if let Ok(Err(e)) = written {
-            tracing::warn!(error = %e, "sandbox state could not be saved");
+        let sb = self.clone();
+        match tokio::task::spawn_blocking(move || sb.write_state(&path)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "sandbox state could not be saved at shutdown")
+            }
+            Err(e) => tracing::error!(error = %e, "sandbox state could not be saved at shutdown"),
         }
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use super::{Result, StoreError};
 
 /// Delivers a job's result once the batch's fate is known.
-type Deliver = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
+type Deliver = Box<dyn FnOnce(std::result::Result<(), (bool, String)>) + Send>;
 type Job = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Deliver> + Send>;
 
 const MAX_BATCH: usize = 128;
@@ -65,10 +65,15 @@ impl Batcher {
                         Err(e)
                     }
                 };
-                Box::new(move |committed: std::result::Result<(), String>| {
+                Box::new(move |committed: std::result::Result<(), (bool, String)>| {
                     let _ = otx.send(match committed {
                         Ok(()) => outcome,
-                        Err(e) => Err(StoreError::Corrupt(format!("batch commit failed: {e}"))),
+                        Err((true, e)) => {
+                            Err(StoreError::Unavailable(format!("commit failed: {e}")))
+                        }
+                        Err((false, e)) => {
+                            Err(StoreError::WriteFailed(format!("commit failed: {e}")))
+                        }
                     });
                 }) as Deliver
             })
@@ -108,11 +113,10 @@ async fn run(pool: SqlitePool, gate: Arc<Mutex<()>>, mut rx: mpsc::Receiver<Job>
         for job in jobs {
             delivers.push(job(&mut conn).await);
         }
-        let committed = conn
-            .execute("COMMIT")
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string());
+        let committed = conn.execute("COMMIT").await.map(|_| ()).map_err(|e| {
+            let text = e.to_string();
+            (StoreError::Db(e).is_unavailable(), text)
+        });
         if committed.is_err() && conn.execute("ROLLBACK").await.is_err() {
             // A connection in an unknown transaction state must not go back to the pool.
             drop(conn.detach());

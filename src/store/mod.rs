@@ -58,20 +58,43 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The database cannot take writes now (its disk is full or failing, it
+    /// is locked or restarting): retry later.
+    #[error("the database cannot take the write now: {0}")]
+    Unavailable(String),
+    /// The database refused a write for another reason.
+    #[error("the database refused the write: {0}")]
+    WriteFailed(String),
     /// The database cannot be reached at start-up: where, and why, once.
     #[error("cannot connect to the database at {target}: {cause}")]
     Connect { target: String, cause: String },
 }
 
 impl StoreError {
-    /// True when the database cannot be reached (as opposed to a bad query).
+    /// True when the database cannot take the work now, through no fault of
+    /// the request (unreachable, restarting, its disk full or failing): a
+    /// `503` with `Retry-After`, never "corrupt" and never a `500`.
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
+        match self {
             StoreError::Db(
-                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed,
             )
-        ) || matches!(self, StoreError::Db(sqlx::Error::Database(e)) if e.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+            | StoreError::Unavailable(_) => true,
+            StoreError::Db(sqlx::Error::Database(e)) => {
+                if e.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                    // SQLite's primary result codes (the low byte): BUSY,
+                    // LOCKED, IOERR, FULL, CANTOPEN.
+                    e.code()
+                        .and_then(|c| c.parse::<i32>().ok())
+                        .is_some_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 13 | 14))
+                } else {
+                    e.code().is_some_and(|c| {
+                        c.starts_with("57P") || c.starts_with("08") || c.starts_with("53")
+                    })
+                }
+            }
+            _ => false,
+        }
     }
 
     /// The unique constraint (by name) that refused a write, if one did.
@@ -131,6 +154,9 @@ pub trait StoreBackend: Send + Sync + 'static {
     /// clock every gateway process on this database goes by. `None`: the
     /// database runs on this host (SQLite), whose clock it is.
     async fn database_time_ms(&self) -> Result<Option<i64>>;
+    /// Writes one row, as a refund write would: a database that answers
+    /// reads but cannot take writes (its disk full) fails this.
+    async fn write_probe(&self, now: i64) -> Result<()>;
     async fn close(&self);
 
     /// The refund a repeated request (same key or same `refund_reference`) refers to.

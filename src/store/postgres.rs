@@ -248,6 +248,16 @@ impl StoreBackend for PgStore {
         Ok(())
     }
 
+    async fn write_probe(&self, _now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO readiness_probe (id, checked_at) VALUES (1, clock_timestamp()) \
+             ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn database_time_ms(&self) -> Result<Option<i64>> {
         let ms: i64 =
             sqlx::query_scalar("SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::int8")

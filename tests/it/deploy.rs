@@ -103,7 +103,7 @@ fn compose_config_loads_and_matches_its_documented_key() {
         .iter()
         .all(|a| !a.livemode && a.store_name == "Compose Demo Store"));
     assert_eq!(
-        hex::encode(c.clients[0].key_hash),
+        hex::encode(c.clients[0].key_hashes[0]),
         refund_gateway::config::sha256_hex("sk_compose_demo")
     );
 }

@@ -22,7 +22,7 @@ async fn app_with_operator(db: Db) -> TestApp {
     hash.copy_from_slice(&Sha256::digest(OPS_KEY.as_bytes()));
     c.operators.push(refund_gateway::config::Operator {
         name: "ops-ana".into(),
-        key_hash: hash,
+        key_hashes: vec![hash],
     });
     spawn_with(c).await
 }

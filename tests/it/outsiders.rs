@@ -18,7 +18,7 @@ fn with_operator(c: &mut refund_gateway::config::Config) {
     hash.copy_from_slice(&Sha256::digest(OPS_KEY.as_bytes()));
     c.operators.push(refund_gateway::config::Operator {
         name: "ops-outsiders".into(),
-        key_hash: hash,
+        key_hashes: vec![hash],
     });
 }
 
@@ -449,6 +449,7 @@ both_backends!(
     a_listed_refund_we_recorded_failed_still_counts_against_the_sale,
     a_huge_provider_answer_is_not_read,
     text_the_database_cannot_hold_is_refused_alike,
+    every_endpoint_shows_one_refund_alike,
 );
 
 /// The clock rule concerns a database server that several hosts share: an
@@ -459,4 +460,285 @@ async fn postgres_a_process_with_a_skewed_clock_goes_by_the_databases() {
     if postgres_or_skip("a_process_with_a_skewed_clock_goes_by_the_databases").await {
         a_process_with_a_skewed_clock_goes_by_the_databases(Db::Postgres).await
     }
+}
+
+/// Bodies that trickle in (the round's attack: full headers, a large
+/// `Content-Length`, then a byte now and then, to the unauthenticated IPN
+/// route) hold no slot a POS needs: such a connection is not in progress
+/// until its body is here, so it can be evicted, and its body must arrive
+/// within the body deadline (408, closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickling_bodies_never_lock_out_a_pos() {
+    use std::io::{Read, Write};
+    let mut c = test_config(&fresh_db(Db::Sqlite).await);
+    c.conn_limits.max_connections = 8;
+    c.conn_limits.body_read_timeout = Duration::from_secs(2);
+    let app = spawn_with(c).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // 16 attackers (twice the cap), each reconnecting as soon as it is cut off.
+    let mut attackers = vec![];
+    for _ in 0..16 {
+        let (addr, stop) = (addr.clone(), stop.clone());
+        attackers.push(std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let Ok(mut s) = std::net::TcpStream::connect(&addr) else {
+                    continue;
+                };
+                let head = "POST /ipn/pockyt HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000\r\n\r\n";
+                if s.write_all(head.as_bytes()).is_err() {
+                    continue;
+                }
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    if s.write_all(b"a").is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let sale = app.pockyt_sale("10.00", "USD", "success").await;
+    for i in 0..5 {
+        let health = fresh
+            .get(format!("{}/healthz", app.base))
+            .send()
+            .await
+            .expect("the health probe gets in");
+        assert_eq!(health.status().as_u16(), 200);
+        let r = fresh
+            .post(format!("{}/v1/refunds", app.base))
+            .bearer_auth(KEY)
+            .header("Idempotency-Key", format!("under-attack-{i}"))
+            .json(&pockyt_refund(&sale, "1.00"))
+            .send()
+            .await
+            .expect("the POS gets in");
+        assert_eq!(r.status().as_u16(), 201, "{:?}", r.text().await);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for a in attackers {
+        let _ = a.join();
+    }
+    // Alone, a trickling body is answered 408 once the deadline passes.
+    let addr2 = addr.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(&addr2).unwrap();
+        s.write_all(b"POST /ipn/pockyt HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
+            .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).to_string()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    app.stop().await;
+}
+
+/// The refund object is one rendering, the same from every endpoint at the
+/// same moment; a time bound given to the second covers that second.
+async fn every_endpoint_shows_one_refund_alike(db: Db) {
+    let mut c = test_config(&fresh_db(db).await);
+    with_operator(&mut c);
+    c.review_after = Duration::from_millis(1);
+    c.reconcile_interval = Duration::from_secs(3600);
+    let app = spawn_with(c).await;
+    let sale = app.pockyt_sale("10.00", "USD", "success").await;
+    // 94: pending at first.
+    let r = app
+        .post_refund(Some("p"), &pockyt_refund(&sale, "0.94"))
+        .await;
+    r.assert_refund(201, "pending");
+    let id = r.body["id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let one = app.get(&format!("/v1/refunds/{id}")).await.body;
+    let listed = app.get("/v1/refunds?needs_review=true").await.body["data"][0].clone();
+    let queued = app
+        .send(
+            app.http
+                .get(format!("{}/v1/operator/review", app.base))
+                .bearer_auth(OPS_KEY),
+        )
+        .await
+        .body["data"][0]
+        .clone();
+    assert_eq!(one, listed, "GET and the list");
+    assert_eq!(one, queued, "GET and the operator queue");
+    assert_eq!(one["review_reason"], "pending for more than 1 millisecond");
+
+    // `created_to` given as the very `created_at` shown covers that second.
+    let shown = one["created_at"].as_str().unwrap();
+    let secs = time::OffsetDateTime::parse(shown, &time::format_description::well_known::Rfc3339)
+        .unwrap()
+        .unix_timestamp();
+    for bound in [shown.to_string(), secs.to_string()] {
+        let q = format!("/v1/refunds?created_from={bound}&created_to={bound}");
+        let found = app.get(&q.replace('+', "%2B")).await;
+        assert_eq!(found.status, 200, "{}", found.text);
+        assert_eq!(
+            found.body["data"][0]["id"],
+            id.as_str(),
+            "{bound}: {}",
+            found.text
+        );
+    }
+    app.stop().await;
+}
+
+/// What the demo's sandbox acknowledged is on disk before the process exits
+/// on SIGTERM: a sale created just before the stop is there after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_sale_survives_a_clean_stop() {
+    let db = fresh_db(Db::Sqlite).await;
+    let http = reqwest::Client::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_refund-gateway"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--database-url",
+                &db,
+            ])
+            .env_remove("REFUND_GATEWAY_CONFIG")
+            .env_remove("REFUND_GATEWAY_SANDBOX_URL")
+            .env("REFUND_GATEWAY_DEMO_API_KEY", KEY)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let up = |http: reqwest::Client, base: String| async move {
+        eventually(Duration::from_secs(30), || async {
+            let ok = http
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            (ok, ok)
+        })
+        .await
+    };
+    let mut child = start();
+    assert!(up(http.clone(), base.clone()).await, "the gateway starts");
+    let sale = sale_at(
+        &http,
+        &base,
+        "pockyt",
+        json!({"amount": "10.00", "currency": "USD", "status": "success"}),
+    )
+    .await;
+    // SIGTERM right after the 201.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "a clean stop: {status:?}");
+    let mut child = start();
+    assert!(up(http.clone(), base.clone()).await, "the gateway restarts");
+    let r = http
+        .post(format!("{base}/v1/refunds"))
+        .bearer_auth(KEY)
+        .header("Idempotency-Key", "after-restart")
+        .json(&pockyt_refund(&sale, "1.00"))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 201, "the sale is still there: {text}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(format!(
+        "{}.sandbox.json",
+        db.trim_start_matches("sqlite://")
+    ));
+}
+
+/// A full disk under SQLite is the database being unavailable: `503` with
+/// `Retry-After` (never a `500` or "corrupt"), `/readyz` says not ready, and
+/// both recover once there is room again. Needs a small tmpfs of its own
+/// (root); skipped, loudly, where it cannot mount one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_a_503_and_not_ready_until_there_is_room() {
+    use std::io::Write;
+    let dir = std::env::temp_dir().join(format!("rg-full-{}", ulid::Ulid::new()));
+    std::fs::create_dir_all(&dir).unwrap();
+    struct Mount(std::path::PathBuf);
+    impl Drop for Mount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        let _ = std::fs::remove_dir_all(&dir);
+        eprintln!("\n*** SKIPPED a_full_disk_is_a_503_and_not_ready_until_there_is_room: cannot mount a tmpfs here (needs root) ***");
+        return;
+    }
+    let _mount = Mount(dir.clone());
+    let app = spawn_app(&format!("sqlite://{}/full.db", dir.display())).await;
+    let sale = app.pockyt_sale("1000.00", "USD", "success").await;
+    assert_eq!(app.get("/readyz").await.status, 200);
+    // Fill the disk.
+    let filler = dir.join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.flush();
+    }
+    let mut refused = None;
+    for i in 0..200 {
+        let r = app
+            .post_refund(Some(&format!("full-{i}")), &pockyt_refund(&sale, "0.01"))
+            .await;
+        if r.status == 503 {
+            refused = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let r = refused.expect("a write fails once the disk is full");
+    r.assert_problem(503, "database_unavailable");
+    assert!(r.headers.contains_key("retry-after"), "{:?}", r.headers);
+    let ready = app.get("/readyz").await;
+    ready.assert_problem(503, "database_unavailable");
+    // Room again: ready, and refunds are taken.
+    std::fs::remove_file(&filler).unwrap();
+    let back = eventually(Duration::from_secs(10), || async {
+        let s = app.get("/readyz").await.status;
+        (s == 200, s)
+    })
+    .await;
+    assert_eq!(back, 200);
+    app.post_refund(Some("after"), &pockyt_refund(&sale, "0.01"))
+        .await
+        .assert_refund(201, "succeeded");
+    app.stop().await;
 }

@@ -104,7 +104,7 @@ extern "C" fn remove_created() {
     };
     for url in urls {
         if let Some(path) = url.strip_prefix("sqlite://") {
-            for suffix in ["", "-wal", "-shm"] {
+            for suffix in ["", "-wal", "-shm", ".sandbox.json", ".sandbox.tmp"] {
                 let _ = std::fs::remove_file(format!("{path}{suffix}"));
             }
             continue;
@@ -171,7 +171,7 @@ pub fn test_config(db_url: &str) -> Config {
     hash.copy_from_slice(&Sha256::digest(OTHER_KEY.as_bytes()));
     c.clients.push(Client {
         name: "other".into(),
-        key_hash: hash,
+        key_hashes: vec![hash],
         accounts: [(ProviderKind::Pockyt, "pockyt-sandbox".to_string())]
             .into_iter()
             .collect(),
