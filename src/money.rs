@@ -144,8 +144,18 @@ impl TryFrom<i64> for Minor {
 
 impl<'de> Deserialize<'de> for Currency {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A request may write the code in any case ("usd"), as Stripe takes it.
         let s = String::deserialize(d)?;
-        Currency::from_code(&s).map_err(serde::de::Error::custom)
+        let upper = if s.len() == 3 && s.bytes().all(|b| b.is_ascii_alphabetic()) {
+            s.to_ascii_uppercase()
+        } else {
+            s
+        };
+        Currency::from_code(&upper).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "{upper:?} is not an ISO 4217 currency code such as USD or AED"
+            ))
+        })
     }
 }
 

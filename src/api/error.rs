@@ -70,6 +70,12 @@ impl ApiError {
         )
     }
 
+    /// A valid key on an API its role does not reach: 403, saying which role
+    /// the key has and where it belongs.
+    pub fn wrong_role(detail: String) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "wrong_key_role", detail)
+    }
+
     pub fn not_found(what: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,

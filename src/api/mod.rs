@@ -70,9 +70,16 @@ impl FromRequestParts<AppState> for Authed {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let digest = bearer_digest(parts)?;
-        find_key(&state.gateway.clients, &digest, |c| &c.key_hashes)
-            .map(Authed)
-            .ok_or_else(ApiError::unauthorized)
+        if let Some(client) = find_key(&state.gateway.clients, &digest, |c| &c.key_hashes) {
+            return Ok(Authed(client));
+        }
+        match find_key(&state.gateway.operators, &digest, |o| &o.key_hashes) {
+            Some(op) => Err(ApiError::wrong_role(format!(
+                "this is the operator key of {:?}: it works on /v1/operator/* and the `refunds` command, not on the POS API; a POS uses a [[clients]] key",
+                op.name
+            ))),
+            None => Err(ApiError::unauthorized()),
+        }
     }
 }
 
@@ -85,9 +92,16 @@ impl FromRequestParts<AppState> for OperatorAuthed {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let digest = bearer_digest(parts)?;
-        find_key(&state.gateway.operators, &digest, |o| &o.key_hashes)
-            .map(OperatorAuthed)
-            .ok_or_else(ApiError::unauthorized)
+        if let Some(op) = find_key(&state.gateway.operators, &digest, |o| &o.key_hashes) {
+            return Ok(OperatorAuthed(op));
+        }
+        match find_key(&state.gateway.clients, &digest, |c| &c.key_hashes) {
+            Some(client) => Err(ApiError::wrong_role(format!(
+                "this is the POS key of client {:?}: it works on /v1/refunds, not on the operator API; an operator uses an [[operators]] key (refund-gateway keys new --operator NAME)",
+                client.name
+            ))),
+            None => Err(ApiError::unauthorized()),
+        }
     }
 }
 

@@ -42,12 +42,12 @@ pub struct CreateRefundBody {
     /// Decimal string in major units, > 0, at most the currency's minor digits. Never a JSON number.
     #[schema(value_type = String, example = "10.50", pattern = "^[0-9]{1,15}(\\.[0-9]{1,4})?$")]
     amount: AmountText,
-    /// ISO 4217 alpha code; must match the sale where known.
-    #[schema(value_type = String, example = "USD", pattern = "^[A-Z]{3}$")]
+    /// ISO 4217 alpha code, any case ("usd" is USD); must match the sale where known.
+    #[schema(value_type = String, example = "USD", pattern = "^[A-Za-z]{3}$")]
     currency: Currency,
     /// Pockyt only: the currency the sale settles in; taken from the sale when absent.
     #[serde(default)]
-    #[schema(value_type = Option<String>, pattern = "^[A-Z]{3}$")]
+    #[schema(value_type = Option<String>, pattern = "^[A-Za-z]{3}$")]
     settle_currency: Option<Currency>,
     /// The POS's own id for this refund; unique per client and acts as an idempotency key.
     #[serde(default)]
@@ -258,6 +258,7 @@ fn json_response(status: StatusCode, body: String, replayed: bool) -> Response {
             headers(("Idempotent-Replayed" = String, description = "`true` when this is a stored response replayed"))),
         (status = 400, description = "`malformed_json`, `invalid_request` (with `errors`), `idempotency_key_required`, `invalid_idempotency_key`", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 401, description = "`unauthorized`: missing or invalid API key", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`wrong_key_role`: a valid operator key; the POS API needs a client key", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "`request_in_progress`: the first request with this key is still running", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 413, description = "`payload_too_large`: body over 64 KiB", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 415, description = "`unsupported_media_type`: send application/json", body = super::error::Problem, content_type = "application/problem+json"),
@@ -326,19 +327,45 @@ pub async fn create(
                 true,
             )
         }
-        Created::InProgress => {
+        Created::InProgress { by_reference } => {
+            let what = if by_reference {
+                "a request with this refund_reference"
+            } else {
+                "a request with this Idempotency-Key"
+            };
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "request_in_progress",
-                "a request with this Idempotency-Key is still being processed; retry shortly",
-            ))
+                format!("{what} is still being processed; retry the same request shortly to get its answer"),
+            )
+            .retry_after(1));
         }
-        Created::Mismatch => {
+        Created::Mismatch {
+            existing,
+            differing,
+            by_reference,
+        } => {
+            let (used, fix) = if by_reference {
+                (
+                    "this refund_reference",
+                    "give this refund its own refund_reference",
+                )
+            } else {
+                ("this Idempotency-Key", "send it with a new Idempotency-Key")
+            };
+            let fields = if differing.is_empty() {
+                "the body".to_string()
+            } else {
+                differing.join(", ")
+            };
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_key_mismatch",
-                "this Idempotency-Key (or refund_reference) was used with a different request body",
-            ))
+                format!(
+                    "{used} already made refund {} with a different request ({fields} differ); to retry that refund, repeat its request exactly; for a new refund, {fix}",
+                    existing.id
+                ),
+            ));
         }
     })
 }
@@ -355,6 +382,7 @@ pub async fn create(
         (status = 200, description = "The refund", body = RefundObject),
         (status = 400, description = "`invalid_request` (a bad `sync` value) or `invalid_query`", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 401, description = "`unauthorized`", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`wrong_key_role`: a valid operator key; the POS API needs a client key", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found` (also for another client's refund)", body = super::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -434,6 +462,7 @@ pub(crate) fn events_json(events: Vec<crate::store::RefundEvent>) -> RefundEvent
     responses(
         (status = 200, description = "Every change of the refund in order, with its source (the same story the operator sees)", body = RefundEvents),
         (status = 401, description = "`unauthorized`", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`wrong_key_role`: a valid operator key; the POS API needs a client key", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`", body = super::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -470,6 +499,7 @@ pub struct RefundList {
         (status = 200, description = "The client's refunds, newest first", body = RefundList),
         (status = 400, description = "`invalid_request` (with `errors`)", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 401, description = "`unauthorized`", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`wrong_key_role`: a valid operator key; the POS API needs a client key", body = super::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -528,6 +558,7 @@ pub async fn list(
         (status = 200, description = "A customer receipt: `text/plain` for 40-column POS printers by default, `text/html` when Accept asks for it",
             content((String = "text/plain"), (String = "text/html"))),
         (status = 401, description = "`unauthorized`", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`wrong_key_role`: a valid operator key; the POS API needs a client key", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`", body = super::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))

@@ -321,7 +321,7 @@ pub fn never_received(
 pub enum ResolveRefusal {
     #[error("the refund is already {0}; a final status never changes")]
     AlreadyFinal(Status),
-    #[error("the provider does not confirm it: asked now, it answered {0}")]
+    #[error("the provider does not confirm it: asked just now, it says {0}")]
     Contradicted(String),
     /// The provider has no such refund yet, but may still receive or apply
     /// it until `at` (ms): the operator may resolve it `failed` from then.
@@ -384,15 +384,31 @@ pub fn operator_resolution(
     policy: &Policy,
 ) -> Result<RefundUpdate, ResolveRefusal> {
     let said = || {
-        format!(
-            "{}{}",
-            reply.outcome.as_str(),
-            reply
+        let words = match reply.outcome {
+            Outcome::Succeeded => "the refund succeeded",
+            Outcome::Failed => "the refund failed",
+            Outcome::Pending => "it is still processing the refund",
+            Outcome::NotFound => "it has no record of this refund",
+            Outcome::Unknown => "no usable answer",
+            Outcome::Misconfigured => "it refused our query (check the account's credentials)",
+        };
+        // The provider's code only where it says something about the refund
+        // (a "query success" code beside "no record" only confuses).
+        let code = match reply.outcome {
+            Outcome::Failed | Outcome::Unknown | Outcome::Misconfigured => reply
                 .provider_code
                 .as_deref()
-                .map(|c| format!(" ({c})"))
-                .unwrap_or_default()
-        )
+                .map(|c| format!(", provider code {c}"))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        let message = reply
+            .message
+            .as_deref()
+            .filter(|m| !m.trim().is_empty())
+            .map(|m| format!(" ({})", m.trim()))
+            .unwrap_or_default();
+        format!("{words}{message}{code}")
     };
     let confirms = match (target, reply.outcome) {
         (Status::Succeeded, Outcome::Succeeded) | (Status::Failed, Outcome::Failed) => true,

@@ -200,10 +200,19 @@ pub enum Created {
     New(RefundRow),
     /// A stored response replayed (same status and body).
     Replay { status: u16, body: String },
-    /// The first request with this key is still running (409).
-    InProgress,
-    /// The key was used with a different body (422).
-    Mismatch,
+    /// The first request with this key (or `refund_reference`) is still
+    /// running (409, retry shortly).
+    InProgress {
+        /// Matched by `refund_reference` (the request sent no key that matched).
+        by_reference: bool,
+    },
+    /// The key (or `refund_reference`) was used with a different body (422):
+    /// the refund it made, and the fields that differ.
+    Mismatch {
+        existing: Box<RefundRow>,
+        differing: Vec<&'static str>,
+        by_reference: bool,
+    },
     /// The first request died after recording the refund: its current state (201).
     Current(RefundRow),
 }
@@ -402,16 +411,26 @@ impl Gateway {
             .unwrap_or(i64::MAX)
     }
 
-    fn answer_duplicate(existing: RefundRow, request_hash: &str, now: i64) -> Created {
-        if existing.request_hash != request_hash {
-            return Created::Mismatch;
+    fn answer_duplicate(existing: RefundRow, req: &NewRefund, now: i64) -> Created {
+        // Matched by reference when the key (if any) is not the one stored.
+        let by_reference = req.idempotency_key.is_none()
+            || existing.idempotency_key.as_deref() != req.idempotency_key.as_deref();
+        if existing.request_hash != req.request_hash {
+            let differing = differing_fields(&existing, req);
+            return Created::Mismatch {
+                existing: Box::new(existing),
+                differing,
+                by_reference,
+            };
         }
         match (existing.response_code, existing.response_body.clone()) {
             (Some(code), Some(body)) => Created::Replay {
                 status: u16::try_from(code).unwrap_or(201),
                 body,
             },
-            _ if existing.inflight_until.is_some_and(|t| t > now) => Created::InProgress,
+            _ if existing.inflight_until.is_some_and(|t| t > now) => {
+                Created::InProgress { by_reference }
+            }
             _ => Created::Current(existing),
         }
     }
@@ -435,11 +454,7 @@ impl Gateway {
                     )
                     .await?
                 {
-                    Some(existing) => Ok(Self::answer_duplicate(
-                        existing,
-                        &req.request_hash,
-                        self.clock.now(),
-                    )),
+                    Some(existing) => Ok(Self::answer_duplicate(existing, &req, self.clock.now())),
                     None => Err(refusal),
                 }
             }
@@ -662,12 +677,10 @@ impl Gateway {
                     )
                     .await?;
                 return match existing {
-                    Some(e) => Ok(Self::answer_duplicate(
-                        e,
-                        &req.request_hash,
-                        self.clock.now(),
-                    )),
-                    None => Ok(Created::InProgress),
+                    Some(e) => Ok(Self::answer_duplicate(e, req, self.clock.now())),
+                    None => Ok(Created::InProgress {
+                        by_reference: req.idempotency_key.is_none(),
+                    }),
                 };
             }
             CreateOutcome::CurrencyMismatch { sale_currency } => {
@@ -1042,6 +1055,47 @@ pub fn status_query(row: &RefundRow) -> StatusQuery {
         transaction_no: Some(row.transaction_no.clone()).filter(|t| !t.is_empty()),
         reference: row.reference.clone(),
     }
+}
+
+/// The request fields in which `req` differs from the refund `existing`
+/// was made by (what an idempotency mismatch names).
+fn differing_fields(existing: &RefundRow, req: &NewRefund) -> Vec<&'static str> {
+    let mut out = vec![];
+    if existing.provider != req.provider {
+        out.push("provider");
+    }
+    if req
+        .transaction_no
+        .as_ref()
+        .is_some_and(|t| t != &existing.transaction_no)
+    {
+        out.push("transaction_no");
+    }
+    if req.reference.is_some() && req.reference != existing.reference {
+        out.push("reference");
+    }
+    if existing.amount_minor != req.amount {
+        out.push("amount");
+    }
+    if existing.currency != req.currency {
+        out.push("currency");
+    }
+    if req.settle_currency.is_some() && req.settle_currency != existing.settle_currency {
+        out.push("settle_currency");
+    }
+    if existing.refund_reference != req.refund_reference {
+        out.push("refund_reference");
+    }
+    if existing.reason != req.reason {
+        out.push("reason");
+    }
+    if existing.receipt_email != req.receipt_email {
+        out.push("receipt_email");
+    }
+    if existing.metadata != req.metadata {
+        out.push("metadata");
+    }
+    out
 }
 
 /// A duration in the largest whole unit that states it exactly enough for

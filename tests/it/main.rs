@@ -11,6 +11,7 @@ mod crash;
 mod deploy;
 mod edges;
 mod guarantees;
+mod messages;
 mod newcomer;
 mod operations;
 mod operator;

@@ -67,7 +67,12 @@ async fn review_queue_and_audited_resolutions(db: Db) {
                 .bearer_auth(KEY),
         )
         .await;
-    assert_eq!(pos.status, 401, "a POS key is not an operator key");
+    pos.assert_problem(403, "wrong_key_role");
+    assert!(
+        pos.text.contains("POS key of client") && pos.text.contains("[[operators]]"),
+        "a POS key is not an operator key, and the answer says so: {}",
+        pos.text
+    );
     let q = operator(&app, "GET", "/v1/operator/review", None).await;
     assert_eq!(q.status, 200, "{}", q.text);
     let ids: Vec<&str> = q.body["data"]
@@ -96,7 +101,15 @@ async fn review_queue_and_audited_resolutions(db: Db) {
                 .bearer_auth(OPS_KEY),
         )
         .await;
-    assert_eq!(ops_on_pos.status, 401, "an operator key is not a POS key");
+    ops_on_pos.assert_problem(403, "wrong_key_role");
+    assert!(
+        ops_on_pos.body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("operator key of \"ops-ana\""),
+        "an operator key is not a POS key, and the answer says so: {}",
+        ops_on_pos.text
+    );
 
     // A resolution the provider contradicts is refused and changes nothing.
     tokio::time::sleep(Duration::from_millis(1600)).await; // the 91 answer lands at the provider
