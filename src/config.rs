@@ -282,6 +282,9 @@ pub struct Client {
 #[derive(Debug, Clone)]
 pub struct Demo {
     pub api_key: String,
+    /// The demo operator's key (`REFUND_GATEWAY_DEMO_OPERATOR_KEY`, else
+    /// generated): the review queue and resolutions in the walk-through.
+    pub operator_key: String,
     /// `None`: mount the sandbox in this process. `Some(url)`: use that sandbox.
     pub external_sandbox: Option<String>,
     /// Whether the in-process sandbox sends IPNs to this gateway.
@@ -381,6 +384,9 @@ impl Config {
             if let Some(k) = env("REFUND_GATEWAY_DEMO_API_KEY") {
                 demo.api_key = k;
             }
+            if let Some(k) = env("REFUND_GATEWAY_DEMO_OPERATOR_KEY") {
+                demo.operator_key = k;
+            }
             demo.external_sandbox = env("REFUND_GATEWAY_SANDBOX_URL");
         }
         cfg.validate()?;
@@ -466,6 +472,7 @@ impl Config {
             review_after,
             demo: demo_mode.then(|| Demo {
                 api_key: format!("sk_demo_{}", ulid::Ulid::new().to_string().to_lowercase()),
+                operator_key: format!("ok_demo_{}", ulid::Ulid::new().to_string().to_lowercase()),
                 external_sandbox: None,
                 sandbox_ipns: true,
                 sandbox_slow_response: Duration::from_secs(20),
@@ -556,7 +563,7 @@ fn secret(field: &str, v: Option<String>) -> Result<String, ConfigError> {
     Ok(value)
 }
 
-/// The providers' hosts (`../shared/spec/providers.md`).
+/// The providers' hosts (`docs/providers.md`).
 fn default_base_url(provider: &str, production: bool) -> Option<&'static str> {
     match (provider, production) {
         ("pockyt", true) => Some("https://mapi.yuansfer.com"),
@@ -1082,5 +1089,157 @@ mod example_file {
         .unwrap();
         assert_eq!(c.accounts.len(), 2);
         assert!(c.demo.is_none());
+    }
+}
+
+#[cfg(test)]
+mod config_table {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// The example file with its commented-out keys (`# key = value`, and
+    /// `# [table]`) switched on.
+    fn example_uncommented() -> String {
+        let text = include_str!("../config.example.toml");
+        text.lines()
+            .map(|l| {
+                let body = l.strip_prefix("# ").unwrap_or(l);
+                let is_key = body.split_once(" = ").is_some_and(|(k, _)| {
+                    !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                });
+                let is_table = body.starts_with('[') && body.ends_with(']') && !body.contains(' ');
+                if l.starts_with("# ") && (is_key || is_table) {
+                    body.split(" #").next().unwrap_or(body).to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn keys_of(value: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
+        let toml::Value::Table(t) = value else {
+            return;
+        };
+        for (k, v) in t {
+            let name = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                toml::Value::Table(_) => keys_of(v, &name, out),
+                toml::Value::Array(items)
+                    if !items.is_empty() && items.iter().all(|i| i.is_table()) =>
+                {
+                    for i in items {
+                        keys_of(i, &format!("{name}[]"), out);
+                    }
+                }
+                _ => {
+                    out.insert(name);
+                }
+            }
+        }
+    }
+
+    /// Every key of the file is in the README's table, in the example (on, or
+    /// commented out), and read by the config type; nothing else is.
+    #[test]
+    fn the_readme_table_the_example_and_the_config_type_agree() {
+        let text = example_uncommented();
+        // The config type: the example (commented keys on) parses with
+        // unknown fields refused, and sets every field (a new field makes
+        // this destructuring fail to compile until the example has it).
+        let f: FileConfig = toml::from_str(&text).expect("the example parses");
+        let FileConfig {
+            listen,
+            public_url,
+            database_url,
+            provider_connect_timeout_ms,
+            provider_timeout_ms,
+            request_timeout_ms,
+            max_connections,
+            header_read_timeout_ms,
+            body_read_timeout_ms,
+            not_found_after_ms,
+            db_max_connections,
+            merchant_name,
+            smtp,
+            accounts,
+            clients,
+            operators,
+            review_after_ms,
+        } = f;
+        assert!(listen.is_some() && public_url.is_some() && database_url.is_some());
+        assert!(provider_connect_timeout_ms.is_some() && provider_timeout_ms.is_some());
+        assert!(request_timeout_ms.is_some() && max_connections.is_some());
+        assert!(header_read_timeout_ms.is_some() && body_read_timeout_ms.is_some());
+        assert!(not_found_after_ms.is_some() && db_max_connections.is_some());
+        assert!(merchant_name.is_some() && review_after_ms.is_some() && smtp.is_some());
+        assert!(!clients.is_empty() && !operators.is_empty());
+        let mut seen = [false; 10];
+        for a in accounts {
+            let AccountEntry {
+                name: _,
+                provider: _,
+                environment,
+                base_url,
+                livemode,
+                merchant_no,
+                store_no,
+                token,
+                pay_id,
+                salt,
+                encryption_key,
+                store_name,
+            } = a;
+            for (i, set) in [
+                environment.is_some(),
+                base_url.is_some(),
+                livemode.is_some(),
+                merchant_no.is_some(),
+                store_no.is_some(),
+                token.is_some(),
+                pay_id.is_some(),
+                salt.is_some(),
+                encryption_key.is_some(),
+                store_name.is_some(),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                seen[i] |= set;
+            }
+        }
+        assert!(
+            seen.iter().all(|s| *s),
+            "every account key is in the example: {seen:?}"
+        );
+
+        // The README's table lists exactly the example's keys.
+        let mut example = BTreeSet::new();
+        keys_of(
+            &toml::from_str::<toml::Value>(&text).unwrap(),
+            "",
+            &mut example,
+        );
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split("<!-- config-table:begin -->")
+            .nth(1)
+            .and_then(|r| r.split("<!-- config-table:end -->").next())
+            .expect("the README marks its config table");
+        let listed: BTreeSet<String> = table
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .map(str::to_string)
+            .collect();
+        assert_eq!(
+            listed, example,
+            "README table (left) vs config.example.toml (right)"
+        );
     }
 }

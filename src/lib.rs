@@ -158,6 +158,17 @@ pub fn demo_accounts(config: &mut Config, sandbox_base: &str) {
             .collect(),
         },
     );
+    if demo.operator_key != demo.api_key {
+        let mut op = [0u8; 32];
+        op.copy_from_slice(&Sha256::digest(demo.operator_key.as_bytes()));
+        config.operators.insert(
+            0,
+            config::Operator {
+                name: "demo-operator".into(),
+                key_hashes: vec![op],
+            },
+        );
+    }
 }
 
 /// A bound, configured gateway, ready to serve.
@@ -275,10 +286,19 @@ impl Application {
                 out.push_str(&format!("      WARNING: {n}\n"));
             }
         }
-        out.push_str("  clients:\n");
+        out.push_str("  clients (POS keys, /v1/refunds):\n");
         for cl in &c.clients {
             let accounts: Vec<&str> = cl.accounts.values().map(String::as_str).collect();
             out.push_str(&format!("    {}: {}\n", cl.name, accounts.join(", ")));
+        }
+        if c.operators.is_empty() {
+            out.push_str("  operators: none (add [[operators]] made by `refund-gateway keys new --operator NAME` to work the review queue)\n");
+        } else {
+            let names: Vec<&str> = c.operators.iter().map(|o| o.name.as_str()).collect();
+            out.push_str(&format!(
+                "  operators (operator keys, /v1/operator/* and `refund-gateway refunds`): {}\n",
+                names.join(", ")
+            ));
         }
         if c.public_url.is_none() {
             out.push_str("  (IPN URLs use the listen address: set public_url to the address providers reach)\n");
@@ -295,12 +315,14 @@ impl Application {
         let base = format!("http://{}", self.addr);
         Some(format!(
             "\n  refund-gateway DEMO MODE (sandbox providers, livemode=false)\n  \
-             listening on {base}  database {db}\n  demo API key: {key}\n\n  \
+             listening on {base}  database {db}\n  demo API key (POS): {key}\n  \
+             demo operator key (review queue, `refund-gateway refunds`): {op}\n\n  \
              try it:\n  curl -s -X POST {base}/v1/refunds \\\n    -H 'Authorization: Bearer {key}' \\\n    \
              -H 'Content-Type: application/json' -H 'Idempotency-Key: demo-1' \\\n    \
              -d '{{\"provider\":\"pockyt\",\"transaction_no\":\"{tx}\",\"amount\":\"1.00\",\"currency\":\"USD\"}}'\n",
             db = store::redact_url(&self.config.database_url),
             key = demo.api_key,
+            op = demo.operator_key,
             tx = sandbox::demo_sales::POCKYT_TRANSACTION_NO,
         ))
     }

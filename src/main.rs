@@ -159,14 +159,23 @@ enum RefundsAction {
 
 #[derive(Subcommand)]
 enum KeysCommand {
-    /// Make a new API key: prints the key once, and the [[clients]] lines
-    /// (with only its SHA-256) to paste into the config file.
+    /// Make a new key: prints the key once, and the config lines (with only
+    /// its SHA-256) to paste: a [[clients]] entry for a POS (`--client`), or
+    /// an [[operators]] entry for a person who resolves refunds
+    /// (`--operator`).
     New {
-        /// The client's name in the config.
+        /// A POS client's name in the config ([[clients]]).
+        #[arg(
+            long,
+            required_unless_present = "operator",
+            conflicts_with = "operator"
+        )]
+        client: Option<String>,
+        /// An operator's name in the config ([[operators]]).
         #[arg(long)]
-        client: String,
+        operator: Option<String>,
         /// Accounts the client may refund through (at most one per provider).
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', conflicts_with = "operator")]
         accounts: Vec<String>,
     },
 }
@@ -238,8 +247,19 @@ fn main() -> ExitCode {
             provider: CryptProvider::Pay10 { key, text },
         }) => return print_tool(tools::decrypt_pay10(&key, &text)),
         Some(Command::Keys {
-            command: KeysCommand::New { client, accounts },
-        }) => return print_tool(tools::new_api_key(&client, &accounts)),
+            command:
+                KeysCommand::New {
+                    client,
+                    operator,
+                    accounts,
+                },
+        }) => {
+            return print_tool(match (client, operator) {
+                (Some(client), _) => tools::new_api_key(&client, &accounts),
+                (None, Some(operator)) => tools::new_operator_key(&operator),
+                (None, None) => Err("give --client NAME or --operator NAME".into()),
+            })
+        }
         Some(Command::Openapi) => {
             print!("{}", refund_gateway::api::docs::document());
             return ExitCode::SUCCESS;

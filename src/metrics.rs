@@ -28,9 +28,64 @@ pub fn handle() -> PrometheusHandle {
                     "a metrics recorder was already installed; /metrics may be incomplete"
                 );
             }
+            describe();
             handle
         })
         .clone()
+}
+
+/// The `# HELP` line of every series (each series the gateway records is
+/// described here; a test checks `/metrics` has no series without one).
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "refund_gateway_http_requests_total",
+        "HTTP requests answered, by route template, method and status"
+    );
+    describe_histogram!(
+        "refund_gateway_http_request_duration_seconds",
+        Unit::Seconds,
+        "Time to answer an HTTP request, by route template and method"
+    );
+    describe_histogram!(
+        "refund_gateway_provider_call_duration_seconds",
+        Unit::Seconds,
+        "Provider calls (sale_lookup, refund, refund_status) and their duration, by provider and outcome"
+    );
+    describe_counter!(
+        "refund_gateway_refunds_created_total",
+        "Refunds recorded by POST /v1/refunds, by provider and first status"
+    );
+    describe_counter!(
+        "refund_gateway_idempotent_replays_total",
+        "Repeated requests answered with the stored response"
+    );
+    describe_counter!(
+        "refund_gateway_webhooks_total",
+        "Provider webhooks received, by provider and what became of them"
+    );
+    describe_gauge!(
+        "refund_gateway_reconciliation_pending",
+        "Refunds still pending (the provider's final word not yet known)"
+    );
+    describe_gauge!(
+        "refund_gateway_reconciliation_oldest_pending_age_seconds",
+        Unit::Seconds,
+        "Age of the oldest pending refund"
+    );
+    describe_gauge!(
+        "refund_gateway_review_queue",
+        "Refunds that need a person: flagged, or pending past review_after_ms"
+    );
+    describe_counter!(
+        "refund_gateway_connections_shed_total",
+        "Connections refused with 503 at the connection cap while every open one was busy"
+    );
+    describe_gauge!(
+        "refund_gateway_host_clock_skew_seconds",
+        Unit::Seconds,
+        "This host's wall clock minus the database's, as last measured (the gateway goes by the database's)"
+    );
 }
 
 /// Counts HTTP requests and their latency by route template, method and status.

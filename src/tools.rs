@@ -76,6 +76,32 @@ pub fn new_api_key(client: &str, accounts: &[String]) -> Result<String, String> 
     ))
 }
 
+/// A new operator key (32 random bytes from the OS, hex, `ok_` prefix) and
+/// the `[[operators]]` entry that holds only its SHA-256.
+pub fn new_operator_key(name: &str) -> Result<String, String> {
+    use rand::RngCore;
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err("--operator must be letters, digits, '-' or '_'".into());
+    }
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let key = format!("ok_{}", hex::encode(bytes));
+    let hash = crate::config::sha256_hex(&key);
+    Ok(format!(
+        "# Operator key for {name:?}: shown only now; give it to that person, keep no copy here.\n\
+         # It works on /v1/operator/* and `refund-gateway refunds` (never on the POS API).\n\
+         {key}\n\n\
+         # Add to the config file (only the key's SHA-256 is stored):\n\
+         [[operators]]\n\
+         name = {name:?}\n\
+         api_key_sha256 = \"{hash}\""
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -71,7 +71,9 @@ pub fn document() -> String {
 }
 
 /// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
+#[utoipa::path(get, path = "/metrics",
+    summary = "Metrics for Prometheus",
+    description = "Prometheus text exposition: requests, provider calls, refunds created, webhooks, pending refunds and the review queue. Every series has a `# HELP` line. For your monitoring, not for a POS.", tag = "operations",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Ok((pending, oldest)) = state.gateway.pending_summary().await {

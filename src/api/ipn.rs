@@ -141,14 +141,18 @@ pub enum IpnAnswers {
     Rejected(super::error::Problem),
 }
 
-#[utoipa::path(post, path = "/ipn/pockyt", tag = "webhooks",
+#[utoipa::path(post, path = "/ipn/pockyt",
+    summary = "Pockyt's refund and payment notifications",
+    description = "The `ipnUrl` to give Pockyt. The body is verified with the account's token (`verifySign`), stored once, matched to the refund it names and applied through the same rules as any provider answer. A POS never calls this.", tag = "webhooks",
     request_body(content = PockytIpn, content_type = "application/x-www-form-urlencoded"),
     responses(IpnAnswers))]
 pub async fn pockyt(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
     handle(state, ProviderKind::Pockyt, None, body).await
 }
 
-#[utoipa::path(post, path = "/ipn/pockyt/{account}", tag = "webhooks",
+#[utoipa::path(post, path = "/ipn/pockyt/{account}",
+    summary = "Pockyt notifications for one account",
+    description = "As `/ipn/pockyt`, verified only with the named account's token (give each Pockyt account its own URL when you have several).", tag = "webhooks",
     params(("account" = String, Path, description = "Account name from the configuration")),
     request_body(content = PockytIpn, content_type = "application/x-www-form-urlencoded"),
     responses(IpnAnswers))]
@@ -160,14 +164,18 @@ pub async fn pockyt_account(
     handle(state, ProviderKind::Pockyt, Some(account), body).await
 }
 
-#[utoipa::path(post, path = "/ipn/pay10", tag = "webhooks",
+#[utoipa::path(post, path = "/ipn/pay10",
+    summary = "Pay10's webhooks",
+    description = "The webhook URL to give Pay10. The body is verified with the account's salt (`HASH`), stored once, matched to the refund it names and applied through the same rules as any provider answer. A POS never calls this.", tag = "webhooks",
     request_body(content = Pay10Webhook, content_type = "application/json"),
     responses(IpnAnswers))]
 pub async fn pay10(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
     handle(state, ProviderKind::Pay10, None, body).await
 }
 
-#[utoipa::path(post, path = "/ipn/pay10/{account}", tag = "webhooks",
+#[utoipa::path(post, path = "/ipn/pay10/{account}",
+    summary = "Pay10 webhooks for one account",
+    description = "As `/ipn/pay10`, verified only with the named account's salt.", tag = "webhooks",
     params(("account" = String, Path, description = "Account name from the configuration")),
     request_body(content = Pay10Webhook, content_type = "application/json"),
     responses(IpnAnswers))]

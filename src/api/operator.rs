@@ -27,6 +27,8 @@ pub struct ReviewQueue {
 #[utoipa::path(
     get,
     path = "/v1/operator/review",
+    summary = "The review queue",
+    description = "Refunds that need a person, every client's, newest first: flagged ones (with their `review_reason`) and ones pending longer than `review_after_ms`. Operator key only.",
     operation_id = "operator_review",
     tag = "operator",
     responses(
@@ -50,6 +52,8 @@ pub async fn review(
 #[utoipa::path(
     get,
     path = "/v1/operator/refunds/{id}/events",
+    summary = "A refund's history, for an operator",
+    description = "Every change of the refund, oldest first, with its source, the provider's code, the operator and note where an operator acted. Any client's refund. Operator key only.",
     operation_id = "operator_refund_events",
     tag = "operator",
     params(("id" = String, Path, description = "Refund id")),
@@ -78,6 +82,8 @@ pub async fn events(
 #[utoipa::path(
     post,
     path = "/v1/operator/refunds/{id}/sync",
+    summary = "Ask the provider about a refund now",
+    description = "Queries the provider and applies its answer like any status query; the operator's name goes into the history. Operator key only.",
     operation_id = "operator_sync",
     tag = "operator",
     params(("id" = String, Path, description = "Refund id")),
@@ -126,6 +132,8 @@ pub enum FinalStatus {
 #[utoipa::path(
     post,
     path = "/v1/operator/refunds/{id}/resolve",
+    summary = "Resolve a refund that needs a person",
+    description = "Sets a pending refund to `succeeded` or `failed`, or clears the flag of a final one, only when the provider's records prove it: the provider is asked first. A `failed` resolution waits until the provider can no longer be processing the refund (409 with the time and `Retry-After` before then). The note, the operator and the provider's answer go into the history. Operator key only.",
     operation_id = "operator_resolve",
     tag = "operator",
     params(("id" = String, Path, description = "Refund id")),

@@ -248,6 +248,8 @@ fn json_response(status: StatusCode, body: String, replayed: bool) -> Response {
 #[utoipa::path(
     post,
     path = "/v1/refunds",
+    summary = "Refund a sale",
+    description = "What the POS calls when the clerk presses \"refund\". Send the sale's ids, the amount as a decimal string and its currency, and an `Idempotency-Key` (or a `refund_reference`): repeat the very same request after a timeout or a crash and you get the first answer again, never a second refund. 201 answers `succeeded`, `failed` (with `failure_code`) or `pending` (the gateway learns the outcome itself; read it again later, or wait for the provider). A refusal (400, 422) records nothing.",
     tag = "refunds",
     request_body(content = CreateRefundBody, content_type = "application/json"),
     params(
@@ -373,6 +375,8 @@ pub async fn create(
 #[utoipa::path(
     get,
     path = "/v1/refunds/{id}",
+    summary = "Read a refund",
+    description = "The refund as the gateway knows it now. With `sync=true` a pending refund's provider is asked first. Another client's refund is 404.",
     tag = "refunds",
     params(
         ("id" = String, Path, description = "Refund id (`rf_...`)"),
@@ -457,6 +461,8 @@ pub(crate) fn events_json(events: Vec<crate::store::RefundEvent>) -> RefundEvent
 #[utoipa::path(
     get,
     path = "/v1/refunds/{id}/events",
+    summary = "A refund's history",
+    description = "Every change of the refund, oldest first: when, what caused it (the request, a status query, a webhook, reconciliation, an operator) and what the provider said.",
     tag = "refunds",
     params(("id" = String, Path, description = "Refund id")),
     responses(
@@ -493,6 +499,8 @@ pub struct RefundList {
 #[utoipa::path(
     get,
     path = "/v1/refunds",
+    summary = "List refunds",
+    description = "Your refunds, newest first, filtered by sale ids, status, provider, time (`created_from`/`created_to`, inclusive; a time given to the second covers that second) or `needs_review`; page with `limit` and `starting_after`.",
     tag = "refunds",
     params(ListQuery),
     responses(
@@ -552,6 +560,8 @@ pub async fn list(
 #[utoipa::path(
     get,
     path = "/v1/refunds/{id}/receipt",
+    summary = "A receipt to print or show",
+    description = "A customer receipt for the refund: 40-column text for POS printers by default, HTML when `Accept` asks for `text/html`.",
     tag = "refunds",
     params(("id" = String, Path, description = "Refund id")),
     responses(

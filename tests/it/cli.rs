@@ -144,8 +144,8 @@ fn failures_never_print_a_secret() {
         "dbpass_SECRET_44",
         "qpass_SECRET_55",
     ];
-    let dir = std::env::temp_dir().join(format!("rg-secrets-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = crate::common::Scratch::new("rg-secrets");
+    let dir = scratch.path().to_path_buf();
     let config = |database_url: &str, token_line: &str, salt_line: &str| {
         format!(
             r#"database_url = "{database_url}"
@@ -248,7 +248,6 @@ accounts = ["pockyt-main", "pay10-main"]
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -341,8 +340,8 @@ async fn startup_errors_say_what_to_fix() {
     );
     assert!(!err.contains("pool timed out"), "{err}");
     // An unknown field is named as such, not as "not valid TOML".
-    let dir = std::env::temp_dir().join(format!("rg-unknown-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = crate::common::Scratch::new("rg-unknown");
+    let dir = scratch.path().to_path_buf();
     let path = dir.join("c.toml");
     std::fs::write(&path, "listn = \"127.0.0.1:1\"\n").unwrap();
     let (_, _, err) = run(&["--config", path.to_str().unwrap()], &[]);
@@ -350,7 +349,6 @@ async fn startup_errors_say_what_to_fix() {
         err.contains("unknown field `listn`") && err.contains("line 1"),
         "{err}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
     // A subcommand's help lists its own flags only.
     let (_, help, _) = run(&["keys", "new", "--help"], &[]);
     assert!(

@@ -162,8 +162,8 @@ async fn migrate_subcommand_prepares_both_backends() {
 
 #[test]
 fn an_incomplete_production_config_refuses_to_start_naming_the_field() {
-    let dir = std::env::temp_dir().join(format!("rg-bad-config-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = crate::common::Scratch::new("rg-bad-config");
+    let dir = scratch.path().to_path_buf();
     let path = dir.join("bad.toml");
     std::fs::write(
         &path,

@@ -21,6 +21,18 @@ fn openapi_documents_every_endpoint_and_error() {
     let doc: Value = serde_json::from_str(&refund_gateway::api::docs::document()).unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
+    // Every operation says what it is for, in a POS developer's words.
+    for (path, ops) in paths {
+        for (method, op) in ops.as_object().unwrap() {
+            for field in ["summary", "description"] {
+                let text = op[field].as_str().unwrap_or_default();
+                assert!(
+                    text.len() > 10 && !text.contains("serde"),
+                    "{method} {path} has no useful {field}: {text:?}"
+                );
+            }
+        }
+    }
     for p in [
         "/v1/refunds",
         "/v1/refunds/{id}",
@@ -146,6 +158,15 @@ async fn served_docs_and_metrics(db: Db) {
         "refund_gateway_http_request_duration_seconds_bucket{route=\"/v1/refunds\",method=\"POST\"",
     ] {
         assert!(m.text.contains(series), "{series} missing from /metrics:\n{}", m.text);
+    }
+    // Every series says what it is.
+    for line in m.text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = line.split_whitespace().nth(2).unwrap();
+        assert!(
+            m.text.contains(&format!("# HELP {name} ")),
+            "{name} has no # HELP line:\n{}",
+            m.text
+        );
     }
     app.stop().await;
 }

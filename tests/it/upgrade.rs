@@ -29,8 +29,8 @@ INSERT INTO webhook_events (id, provider, account, dedupe_key, outcome, fields, 
 /// A database of `kind` built by the migrations `files` only, holding `rows`.
 async fn database_at(db: Db, files: &[&str], rows: &str) -> String {
     let url = fresh_db(db).await;
-    let dir = std::env::temp_dir().join(format!("rg-old-schema-{}", ulid::Ulid::new()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = crate::common::Scratch::new("rg-old-schema");
+    let dir = scratch.path().to_path_buf();
     let kind = if db == Db::Sqlite {
         "sqlite"
     } else {
@@ -58,7 +58,6 @@ async fn database_at(db: Db, files: &[&str], rows: &str) -> String {
             sqlx::raw_sql(rows).execute(&mut c).await.unwrap();
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
     url
 }
 

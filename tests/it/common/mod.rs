@@ -58,7 +58,27 @@ pub async fn postgres_or_skip(test: &str) -> bool {
         std::io::stderr(),
         "\n*** SKIPPED {test} on Postgres: no server at {base}. Start one (or set TEST_POSTGRES_URL) to run the Postgres half. ***"
     );
+    if SKIPPED.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+        // SAFETY: registers a plain function to run at process exit.
+        unsafe {
+            libc::atexit(report_skipped);
+        }
+    }
     false
+}
+
+/// Tests whose Postgres half was skipped in this run (the harness counts
+/// them as passed; the line printed at exit says how many they were).
+static SKIPPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+extern "C" fn report_skipped() {
+    use std::io::Write;
+    let n = SKIPPED.load(std::sync::atomic::Ordering::SeqCst);
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** {n} test(s) SKIPPED their Postgres half (no server at {}); the \"passed\" count above includes them. ***",
+        postgres_base()
+    );
 }
 
 /// A fresh, empty database URL of the given kind.
@@ -609,5 +629,27 @@ where
             return value;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A scratch folder of the system's temp dir, removed when dropped (also when
+/// the test fails): a test run leaves nothing behind.
+pub struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    pub fn new(prefix: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", ulid::Ulid::new()));
+        std::fs::create_dir_all(&dir).expect("a scratch folder");
+        Scratch(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
