@@ -139,6 +139,8 @@ pub struct AccountEntry {
     pub encryption_key: Option<String>,
     /// Shown on receipts; defaults to the merchant name.
     pub store_name: Option<String>,
+    /// The store's IANA time zone (`Asia/Dubai`): receipts show local time.
+    pub time_zone: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,6 +259,8 @@ pub struct Account {
     /// A warning about the account for the start-up summary.
     pub notice: Option<String>,
     pub store_name: String,
+    /// The store's time zone, if configured: receipts show local time.
+    pub time_zone: Option<jiff::tz::TimeZone>,
     pub credentials: AccountCredentials,
 }
 
@@ -730,11 +734,21 @@ fn account_from_entry(i: usize, a: AccountEntry, merchant: &str) -> Result<Accou
             ))
         }
     };
+    let time_zone = match a.time_zone.as_deref() {
+        None => None,
+        Some(name) => Some(jiff::tz::TimeZone::get(name).map_err(|_| {
+            invalid(
+                f("time_zone"),
+                format!("{name:?} is not an IANA time zone such as \"Asia/Dubai\" or \"America/New_York\""),
+            )
+        })?),
+    };
     Ok(Account {
         name: a.name,
         livemode: production,
         notice,
         store_name: a.store_name.unwrap_or_else(|| merchant.to_string()),
+        time_zone,
         credentials,
     })
 }
@@ -928,6 +942,15 @@ mod tests {
         );
         let e = load(&sandbox_as_production).unwrap_err().to_string();
         assert!(e.contains("is a sandbox"), "{e}");
+        let bad_zone = GOOD.replace(
+            "token = \"secret\"",
+            "token = \"secret\"\ntime_zone = \"Mars/Olympus\"",
+        );
+        let e = load(&bad_zone).unwrap_err().to_string();
+        assert!(
+            e.contains("accounts[0].time_zone") && e.contains("IANA"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1179,7 +1202,7 @@ mod config_table {
         assert!(not_found_after_ms.is_some() && db_max_connections.is_some());
         assert!(merchant_name.is_some() && review_after_ms.is_some() && smtp.is_some());
         assert!(!clients.is_empty() && !operators.is_empty());
-        let mut seen = [false; 10];
+        let mut seen = [false; 11];
         for a in accounts {
             let AccountEntry {
                 name: _,
@@ -1194,6 +1217,7 @@ mod config_table {
                 salt,
                 encryption_key,
                 store_name,
+                time_zone,
             } = a;
             for (i, set) in [
                 environment.is_some(),
@@ -1206,6 +1230,7 @@ mod config_table {
                 salt.is_some(),
                 encryption_key.is_some(),
                 store_name.is_some(),
+                time_zone.is_some(),
             ]
             .into_iter()
             .enumerate()

@@ -121,6 +121,7 @@ pub fn demo_accounts(config: &mut Config, sandbox_base: &str) {
             livemode: false,
             notice: None,
             store_name: config.merchant_name.clone(),
+            time_zone: None,
             credentials: AccountCredentials::Pockyt(PockytAccount {
                 base_url: format!("{base}/sandbox/pockyt"),
                 merchant_no: sb.pockyt_merchant_no.clone(),
@@ -133,6 +134,7 @@ pub fn demo_accounts(config: &mut Config, sandbox_base: &str) {
             livemode: false,
             notice: None,
             store_name: config.merchant_name.clone(),
+            time_zone: None,
             credentials: AccountCredentials::Pay10(Pay10Account {
                 base_url: format!("{base}/sandbox/pay10"),
                 pay_id: sb.pay10_pay_id.clone(),

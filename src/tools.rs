@@ -45,21 +45,34 @@ pub fn decrypt_pay10(key: &str, encdata: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// A new POS API key (32 random bytes from the OS, hex, `sk_` prefix) and the
-/// `[[clients]]` entry that holds only its SHA-256.
-pub fn new_api_key(client: &str, accounts: &[String]) -> Result<String, String> {
-    use rand::RngCore;
-    if client.is_empty()
-        || !client
+/// A name in the config: letters, digits, '-' or '_'.
+fn check_name(flag: &str, name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || !name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
-        return Err("--client must be letters, digits, '-' or '_'".into());
+        return Err(format!("{flag} must be letters, digits, '-' or '_'"));
     }
+    Ok(())
+}
+
+/// A fresh key (32 random bytes from the OS, hex, after `prefix`) and its
+/// SHA-256 as the config holds it.
+fn fresh_key(prefix: &str) -> (String, String) {
+    use rand::RngCore;
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let key = format!("sk_{}", hex::encode(bytes));
+    let key = format!("{prefix}{}", hex::encode(bytes));
     let hash = crate::config::sha256_hex(&key);
+    (key, hash)
+}
+
+/// A new POS API key (`sk_` prefix) and the `[[clients]]` entry that holds
+/// only its SHA-256.
+pub fn new_api_key(client: &str, accounts: &[String]) -> Result<String, String> {
+    check_name("--client", client)?;
+    let (key, hash) = fresh_key("sk_");
     let accounts = accounts
         .iter()
         .map(|a| format!("{a:?}"))
@@ -76,21 +89,11 @@ pub fn new_api_key(client: &str, accounts: &[String]) -> Result<String, String> 
     ))
 }
 
-/// A new operator key (32 random bytes from the OS, hex, `ok_` prefix) and
-/// the `[[operators]]` entry that holds only its SHA-256.
+/// A new operator key (`ok_` prefix) and the `[[operators]]` entry that
+/// holds only its SHA-256.
 pub fn new_operator_key(name: &str) -> Result<String, String> {
-    use rand::RngCore;
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err("--operator must be letters, digits, '-' or '_'".into());
-    }
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let key = format!("ok_{}", hex::encode(bytes));
-    let hash = crate::config::sha256_hex(&key);
+    check_name("--operator", name)?;
+    let (key, hash) = fresh_key("ok_");
     Ok(format!(
         "# Operator key for {name:?}: shown only now; give it to that person, keep no copy here.\n\
          # It works on /v1/operator/* and `refund-gateway refunds` (never on the POS API).\n\

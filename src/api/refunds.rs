@@ -587,6 +587,7 @@ pub async fn receipt(
         .ok_or_else(|| ApiError::not_found("refund"))?;
     let object = RefundObject::from(&row);
     let store_name = state.gateway.store_name(&row);
+    let tz = state.gateway.time_zone(&row);
     let wants_html = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -594,13 +595,13 @@ pub async fn receipt(
     Ok(if wants_html {
         (
             [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-            crate::refunds::receipt::html(&object, &store_name),
+            crate::refunds::receipt::html(&object, &store_name, tz.as_ref()),
         )
             .into_response()
     } else {
         (
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            crate::refunds::receipt::text(&object, &store_name),
+            crate::refunds::receipt::text(&object, &store_name, tz.as_ref()),
         )
             .into_response()
     })

@@ -359,6 +359,13 @@ impl Gateway {
         Ok(skew)
     }
 
+    /// The store's time zone for a refund's receipt, if its account has one.
+    pub fn time_zone(&self, row: &RefundRow) -> Option<jiff::tz::TimeZone> {
+        self.accounts
+            .get(&row.account)
+            .and_then(|h| h.account.time_zone.clone())
+    }
+
     /// The store name printed on a refund's receipt.
     pub fn store_name(&self, row: &RefundRow) -> String {
         self.accounts
@@ -383,7 +390,11 @@ impl Gateway {
                 u.email = Some(crate::store::EmailDraft {
                     to: to.clone(),
                     subject: format!("Your refund of {} {}", object.amount, object.currency),
-                    body: receipt::text(&object, &self.store_name(current)),
+                    body: receipt::text(
+                        &object,
+                        &self.store_name(current),
+                        self.time_zone(current).as_ref(),
+                    ),
                 });
             }
         }

@@ -67,7 +67,35 @@ fn status_word(status: &str) -> &'static str {
     }
 }
 
-pub fn text(r: &RefundObject, store_name: &str) -> String {
+/// The refund's time as the receipt shows it: (label, value). In the
+/// store's time zone when one is configured (`2026-11-30 20:22:12 +04`),
+/// else in UTC.
+fn date(r: &RefundObject, tz: Option<&jiff::tz::TimeZone>) -> (&'static str, String) {
+    let utc = || r.created_at.replace('T', " ").replace('Z', "");
+    let Some(tz) = tz else {
+        return ("Date (UTC)", utc());
+    };
+    match r.created_at.parse::<jiff::Timestamp>() {
+        Ok(t) => {
+            let local = t.to_zoned(tz.clone());
+            let offset = local.offset().seconds();
+            let sign = if offset < 0 { '-' } else { '+' };
+            let (h, m) = (offset.abs() / 3600, offset.abs() % 3600 / 60);
+            let zone = if m == 0 {
+                format!("{sign}{h:02}")
+            } else {
+                format!("{sign}{h:02}:{m:02}")
+            };
+            (
+                "Date",
+                format!("{} {zone}", local.strftime("%Y-%m-%d %H:%M:%S")),
+            )
+        }
+        Err(_) => ("Date (UTC)", utc()),
+    }
+}
+
+pub fn text(r: &RefundObject, store_name: &str, tz: Option<&jiff::tz::TimeZone>) -> String {
     let rule = "-".repeat(WIDTH);
     let mut lines = Vec::new();
     lines.extend(center(store_name));
@@ -82,10 +110,8 @@ pub fn text(r: &RefundObject, store_name: &str) -> String {
     if let Some(reference) = &r.reference {
         lines.extend(field("Order", reference));
     }
-    lines.extend(field(
-        "Date (UTC)",
-        &r.created_at.replace('T', " ").replace('Z', ""),
-    ));
+    let (label, when) = date(r, tz);
+    lines.extend(field(label, &when));
     if let Some(reason) = &r.reason {
         lines.extend(field("Reason", reason));
     }
@@ -122,7 +148,8 @@ fn esc(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-pub fn html(r: &RefundObject, store_name: &str) -> String {
+pub fn html(r: &RefundObject, store_name: &str, tz: Option<&jiff::tz::TimeZone>) -> String {
+    let (label, when) = date(r, tz);
     let mut rows = vec![
         ("Refund", r.id.clone()),
         ("Provider", r.provider.clone()),
@@ -132,7 +159,7 @@ pub fn html(r: &RefundObject, store_name: &str) -> String {
         ),
         ("Original transaction", r.transaction_no.clone()),
         ("Order", r.reference.clone().unwrap_or_default()),
-        ("Date (UTC)", r.created_at.clone()),
+        (label, when),
         ("Amount", format!("{} {}", r.amount, r.currency)),
         ("Status", status_word(&r.status).to_string()),
     ];
@@ -196,6 +223,7 @@ mod tests {
         let t = text(
             &sample(),
             "A Store With A Rather Long Name On Main Street, Springfield",
+            None,
         );
         for line in t.lines() {
             assert!(line.chars().count() <= WIDTH, "{line:?}");
@@ -215,9 +243,27 @@ mod tests {
 
     #[test]
     fn html_escapes_user_text() {
-        let h = html(&sample(), "Store & Co");
+        let h = html(&sample(), "Store & Co", None);
         assert!(h.contains("Store &amp; Co"));
         assert!(h.contains("&lt;script&gt;"));
         assert!(!h.contains("<script>"));
+    }
+
+    #[test]
+    fn a_configured_time_zone_shows_the_stores_local_time() {
+        let dubai = jiff::tz::TimeZone::get("Asia/Dubai").unwrap();
+        let t = text(&sample(), "Store", Some(&dubai));
+        assert!(t.contains("2026-11-23 14:00:00 +04"), "{t}");
+        assert!(!t.contains("(UTC)"), "{t}");
+        let kolkata = jiff::tz::TimeZone::get("Asia/Kolkata").unwrap();
+        let h = html(&sample(), "Store", Some(&kolkata));
+        assert!(h.contains("2026-11-23 15:30:00 +05:30"), "{h}");
+        // A daylight-saving zone: winter and summer offsets.
+        let ny = jiff::tz::TimeZone::get("America/New_York").unwrap();
+        assert!(text(&sample(), "S", Some(&ny)).contains("2026-11-23 05:00:00 -05"));
+        let mut summer = sample();
+        summer.created_at = "2026-07-01T12:00:00Z".into();
+        assert!(text(&summer, "S", Some(&ny)).contains("2026-07-01 08:00:00 -04"));
+        assert!(text(&sample(), "S", None).contains("Date (UTC)"));
     }
 }

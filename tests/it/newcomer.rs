@@ -17,6 +17,18 @@ fn block(readme: &str, marker: &str) -> String {
         .to_string()
 }
 
+/// Drops the walk-through's Postgres database (a fresh one each run).
+fn drop_walkthrough_db(name: &str) {
+    let base = crate::common::postgres_base();
+    let _ = Command::new("psql")
+        .args([
+            &format!("{base}/postgres"),
+            "-qc",
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        ])
+        .output();
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -36,19 +48,10 @@ async fn readme_production_section_runs_verbatim() {
     let db_name = "refunds_walkthrough";
     if postgres {
         // A fresh database each run: drop what an earlier run left.
-        let base = crate::common::postgres_base();
-        let _ = Command::new("psql")
-            .args([
-                &format!("{base}/postgres"),
-                "-qc",
-                &format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"),
-            ])
-            .output();
+        drop_walkthrough_db(db_name);
         script.push_str(&block(&readme, "newcomer-postgres"));
-        script.push_str("\necho \"work=$WORK\"\n");
-    } else {
-        script.push_str("\necho \"work=$WORK\"\n");
     }
+    script.push_str("\necho \"work=$WORK\"\n");
     // PATH as a newcomer has it: the system's and cargo's, no build directory.
     let path: Vec<String> = std::env::var("PATH")
         .unwrap_or_default()
@@ -96,14 +99,7 @@ async fn readme_production_section_runs_verbatim() {
     let summary = std::fs::read_to_string(format!("{work}/gateway.txt")).unwrap();
     if postgres {
         assert!(summary.contains(db_name), "{summary}");
-        let base = crate::common::postgres_base();
-        let _ = Command::new("psql")
-            .args([
-                &format!("{base}/postgres"),
-                "-qc",
-                &format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"),
-            ])
-            .output();
+        drop_walkthrough_db(db_name);
     } else {
         assert!(summary.contains("/ipn/pockyt/pockyt-sandbox"), "{summary}");
     }

@@ -22,6 +22,35 @@ fn with_operator(c: &mut refund_gateway::config::Config) {
     });
 }
 
+/// An operator's call with the outsiders' operator key.
+async fn as_operator(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Resp {
+    let mut req = app
+        .http
+        .request(method, format!("{}{path}", app.base))
+        .bearer_auth(OPS_KEY);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    app.send(req).await
+}
+
+/// A test app with the outsiders' operator and no background reconciliation.
+async fn app_with_operator(
+    db: Db,
+    tweak: impl FnOnce(&mut refund_gateway::config::Config),
+) -> TestApp {
+    let mut c = test_config(&fresh_db(db).await);
+    with_operator(&mut c);
+    c.reconcile_interval = Duration::from_secs(3600);
+    tweak(&mut c);
+    spawn_with(c).await
+}
+
 async fn events(app: &TestApp, id: &str) -> Vec<Value> {
     let r = app.get(&format!("/v1/refunds/{id}/events")).await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -108,6 +137,16 @@ fn signed_ipn(fields: &[(&str, &str)]) -> String {
     serde_urlencoded::to_string(&f).unwrap()
 }
 
+async fn post_ipn(app: &TestApp, body: String) -> Resp {
+    app.send(
+        app.http
+            .post(format!("{}/ipn/pockyt", app.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body),
+    )
+    .await
+}
+
 mod creds {
     pub const POCKYT_TOKEN: &str = "5cbfb079f15b150122261c8537086d77a";
 }
@@ -146,14 +185,7 @@ async fn a_signed_report_that_contradicts_a_final_refund_flags_it(db: Db) {
             ("currency", currency),
             ("status", status),
         ]);
-        let resp = app
-            .send(
-                app.http
-                    .post(format!("{}/ipn/pockyt", app.base))
-                    .header("content-type", "application/x-www-form-urlencoded")
-                    .body(body),
-            )
-            .await;
+        let resp = post_ipn(&app, body).await;
         resp.assert_problem(422, "webhook_rejected");
         let now = app.get(&format!("/v1/refunds/{id}")).await;
         assert_eq!(now.body["status"], "succeeded", "never changed by it");
@@ -178,13 +210,12 @@ async fn a_signed_report_that_contradicts_a_final_refund_flags_it(db: Db) {
 /// an operator cannot fail a refund the provider may still be processing
 /// (409, with when it becomes possible), however the provider answers now.
 async fn an_operator_cannot_fail_a_refund_the_provider_may_still_apply(db: Db) {
-    let mut c = test_config(&fresh_db(db).await);
-    with_operator(&mut c);
-    c.reconcile_interval = Duration::from_secs(3600);
-    if let Some(d) = c.demo.as_mut() {
-        d.sandbox_slow_response = Duration::from_secs(3);
-    }
-    let app = spawn_with(c).await;
+    let app = app_with_operator(db, |c| {
+        if let Some(d) = c.demo.as_mut() {
+            d.sandbox_slow_response = Duration::from_secs(3);
+        }
+    })
+    .await;
     let sale = app.pockyt_sale("10.95", "USD", "success").await;
     // 95: the provider takes it, applies it 3 s later, answers after our timeout.
     let a = app
@@ -193,14 +224,13 @@ async fn an_operator_cannot_fail_a_refund_the_provider_may_still_apply(db: Db) {
     a.assert_refund(201, "pending");
     let id = a.body["id"].as_str().unwrap().to_string();
     // Past our send deadline; the provider has no record of it yet.
-    let r = app
-        .send(
-            app.http
-                .post(format!("{}/v1/operator/refunds/{id}/resolve", app.base))
-                .bearer_auth(OPS_KEY)
-                .json(&json!({"status": "failed", "note": "provider dashboard shows nothing"})),
-        )
-        .await;
+    let r = as_operator(
+        &app,
+        reqwest::Method::POST,
+        &format!("/v1/operator/refunds/{id}/resolve"),
+        Some(json!({"status": "failed", "note": "provider dashboard shows nothing"})),
+    )
+    .await;
     r.assert_problem(409, "resolution_refused");
     let detail = r.body["detail"].as_str().unwrap();
     assert!(
@@ -211,13 +241,8 @@ async fn an_operator_cannot_fail_a_refund_the_provider_may_still_apply(db: Db) {
     assert!(retry > 800, "the default window is 15 minutes: {retry}");
     // The provider applies it after all; the refund is never called failed.
     let done = eventually(Duration::from_secs(20), || async {
-        let s = app
-            .send(
-                app.http
-                    .post(format!("{}/v1/operator/refunds/{id}/sync", app.base))
-                    .bearer_auth(OPS_KEY),
-            )
-            .await;
+        let path = format!("/v1/operator/refunds/{id}/sync");
+        let s = as_operator(&app, reqwest::Method::POST, &path, None).await;
         (s.body["status"] == "succeeded", s.body)
     })
     .await;
@@ -424,14 +449,7 @@ async fn text_the_database_cannot_hold_is_refused_alike(db: Db) {
     // A webhook field with a NUL never verifies, and is never stored.
     let body = signed_ipn(&[("transactionNo", "1"), ("status", "success")])
         .replace("status=success", "status=succ%00ess");
-    let r = app
-        .send(
-            app.http
-                .post(format!("{}/ipn/pockyt", app.base))
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(body),
-        )
-        .await;
+    let r = post_ipn(&app, body).await;
     assert!(r.status == 400 || r.status == 401, "{}", r.text);
     // Newlines and tabs in metadata values are text like any other.
     let mut ok = pockyt_refund(&sale, "1.00");
@@ -547,11 +565,7 @@ async fn trickling_bodies_never_lock_out_a_pos() {
 /// The refund object is one rendering, the same from every endpoint at the
 /// same moment; a time bound given to the second covers that second.
 async fn every_endpoint_shows_one_refund_alike(db: Db) {
-    let mut c = test_config(&fresh_db(db).await);
-    with_operator(&mut c);
-    c.review_after = Duration::from_millis(1);
-    c.reconcile_interval = Duration::from_secs(3600);
-    let app = spawn_with(c).await;
+    let app = app_with_operator(db, |c| c.review_after = Duration::from_millis(1)).await;
     let sale = app.pockyt_sale("10.00", "USD", "success").await;
     // 94: pending at first.
     let r = app
@@ -562,12 +576,7 @@ async fn every_endpoint_shows_one_refund_alike(db: Db) {
     tokio::time::sleep(Duration::from_millis(10)).await;
     let one = app.get(&format!("/v1/refunds/{id}")).await.body;
     let listed = app.get("/v1/refunds?needs_review=true").await.body["data"][0].clone();
-    let queued = app
-        .send(
-            app.http
-                .get(format!("{}/v1/operator/review", app.base))
-                .bearer_auth(OPS_KEY),
-        )
+    let queued = as_operator(&app, reqwest::Method::GET, "/v1/operator/review", None)
         .await
         .body["data"][0]
         .clone();
