@@ -41,6 +41,7 @@ fn free_port() -> u16 {
 async fn readme_production_section_runs_verbatim() {
     let root = env!("CARGO_MANIFEST_DIR");
     let readme = std::fs::read_to_string(format!("{root}/README.md")).expect("README");
+    block_stops_when_its_gateway_cannot_start(root, &readme).await;
     let mut script = block(&readme, "newcomer");
     let postgres =
         crate::common::postgres_or_skip("readme_production_section_runs_verbatim (Postgres block)")
@@ -114,12 +115,11 @@ async fn readme_production_section_runs_verbatim() {
 
 /// The block gives up with a message when the gateway cannot start (its
 /// port is taken by another process), rather than waiting forever or
-/// talking to the other process.
-#[tokio::test]
-async fn readme_production_block_stops_when_its_gateway_cannot_start() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let readme = std::fs::read_to_string(format!("{root}/README.md")).expect("README");
-    let script = block(&readme, "newcomer");
+/// talking to the other process. Run first by the test above, so that the
+/// block's `cargo build` (a build of its own: `cargo test` compiles with
+/// the dev-dependencies' features) happens once, under a generous bound.
+async fn block_stops_when_its_gateway_cannot_start(root: &'static str, readme: &str) {
+    let script = block(readme, "newcomer");
     // Something else answers on the gateway's port (as the demo would).
     let other = axum::Router::new().route("/readyz", axum::routing::get(|| async { "ok" }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -127,7 +127,7 @@ async fn readme_production_block_stops_when_its_gateway_cannot_start() {
     tokio::spawn(async move { axum::serve(listener, other).await.unwrap() });
     let out = tokio::task::spawn_blocking(move || {
         Command::new("timeout")
-            .args(["120", "bash", "-euo", "pipefail", "-c", &script])
+            .args(["900", "bash", "-euo", "pipefail", "-c", &script])
             .current_dir(root)
             .env("PROD_GW", &taken)
             .env("PROD_SB", format!("127.0.0.1:{}", free_port()))
