@@ -32,6 +32,13 @@ pub struct Authed(pub Arc<Client>);
 
 /// The SHA-256 of the request's Bearer key.
 fn bearer_digest(parts: &Parts) -> Result<[u8; 32], ApiError> {
+    if parts.headers.get_all(header::AUTHORIZATION).iter().count() > 1 {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send one Authorization header, not several",
+        ));
+    }
     let key = parts
         .headers
         .get(header::AUTHORIZATION)

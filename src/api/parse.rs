@@ -207,7 +207,41 @@ pub struct Metadata(pub BTreeMap<String, String>);
 
 impl<'de> Deserialize<'de> for Metadata {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let map = BTreeMap::<String, serde_json::Value>::deserialize(d)?;
+        // A key given twice is refused (a map would keep the last silently,
+        // and a replay with another first value would count as the same).
+        struct Entries(Vec<(String, serde_json::Value)>);
+        impl<'de> Deserialize<'de> for Entries {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = Entries;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str("an object of string values")
+                    }
+                    fn visit_map<A: de::MapAccess<'de>>(
+                        self,
+                        mut m: A,
+                    ) -> Result<Entries, A::Error> {
+                        let mut out = Vec::new();
+                        while let Some(entry) = m.next_entry::<String, serde_json::Value>()? {
+                            out.push(entry);
+                        }
+                        Ok(Entries(out))
+                    }
+                }
+                d.deserialize_map(V)
+            }
+        }
+        let entries = Entries::deserialize(d)?.0;
+        let mut map = BTreeMap::new();
+        for (k, v) in entries {
+            if map.contains_key(&k) {
+                return Err(de::Error::custom(format!(
+                    "key {k:?} is given more than once"
+                )));
+            }
+            map.insert(k, v);
+        }
         if map.len() > 20 {
             return Err(de::Error::custom("may have at most 20 keys"));
         }

@@ -222,6 +222,15 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get(IDEMPOTENCY_HEADER) else {
         return Ok(None);
     };
+    // Two keys would make the first one win silently: a retry carrying only
+    // the second would refund again.
+    if headers.get_all(IDEMPOTENCY_HEADER).iter().count() > 1 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            "send one Idempotency-Key header, not several",
+        ));
+    }
     let bad = || {
         ApiError::new(
             StatusCode::BAD_REQUEST,

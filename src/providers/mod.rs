@@ -138,6 +138,31 @@ impl ProviderKind {
         fields.get(key).filter(|v| !v.trim().is_empty()).cloned()
     }
 
+    /// What else a webhook states about the refund it names, to be checked
+    /// against the refund as recorded: the sale's merchant reference, the
+    /// settle currency, and whether it says it is a refund at all.
+    pub fn webhook_claims(&self, fields: &BTreeMap<String, String>) -> WebhookClaims {
+        let get = |k: &str| {
+            fields
+                .get(k)
+                .map(|v| v.trim())
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        match self {
+            ProviderKind::Pockyt => WebhookClaims {
+                sale_reference: get("reference"),
+                settle_currency: get("settleCurrency"),
+                transaction_type: None,
+            },
+            ProviderKind::Pay10 => WebhookClaims {
+                sale_reference: get("ORDER_ID"),
+                settle_currency: None,
+                transaction_type: get("TXNTYPE").filter(|t| !t.eq_ignore_ascii_case("REFUND")),
+            },
+        }
+    }
+
     /// The `failure_code` a POS can act on, from the provider's code for a
     /// declined refund.
     pub fn failure_code(&self, code: Option<&str>) -> &'static str {
@@ -155,6 +180,17 @@ impl ProviderKind {
             _ => "provider_declined",
         }
     }
+}
+
+/// What a webhook states besides the refund's own ids, amount and currency.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WebhookClaims {
+    /// The sale's merchant reference (Pockyt `reference`, Pay10 `ORDER_ID`).
+    pub sale_reference: Option<String>,
+    /// Pockyt `settleCurrency`.
+    pub settle_currency: Option<String>,
+    /// A transaction type that is not a refund (Pay10 `TXNTYPE=SALE`).
+    pub transaction_type: Option<String>,
 }
 
 /// Timeouts for every provider call; the client is built once per process.

@@ -193,9 +193,10 @@ impl Gateway {
         ev: &WebhookRow,
         refund: &RefundRow,
     ) -> Result<WebhookReply, WebhookFailure> {
-        if ev.amount.is_some() && event_amount(ev, refund).is_none() {
-            // An amount we cannot read is no evidence either way: never a
-            // reason to reject, never a reason to apply. Ask the provider.
+        if event_amount(ev, refund).is_none() {
+            // An amount we cannot read, or none at all, is no evidence either
+            // way: never a reason to reject, never a reason to apply. Ask the
+            // provider.
             tracing::warn!(event = %ev.id, refund_id = %refund.id, amount = ?ev.amount, "webhook amount unreadable; asking the provider instead");
             self.store
                 .check_now(&[refund.id.to_string()], self.clock.now())
@@ -205,12 +206,42 @@ impl Gateway {
                     &ev.id,
                     EventState::Queried,
                     Some(&refund.id),
-                    Some("amount unreadable; the refund's status is asked instead"),
+                    Some("no readable refund amount; the refund's status is asked instead"),
                 )
                 .await?;
             return Ok(WebhookReply::Accepted);
         }
-        if let Some(reason) = inconsistency(ev, refund) {
+        // The provider's own refund id, where the webhook carries one: it
+        // must be this refund's, and no other refund's.
+        let mut id_clash = None;
+        if let Some(pid) = ev
+            .provider_refund_id
+            .as_deref()
+            .filter(|_| refund.provider.webhook_refund_id_is_providers())
+        {
+            match refund.provider_refund_id.as_deref() {
+                Some(ours) if ours != pid => {
+                    id_clash = Some(format!("refund id {pid}, not the refund's {ours}"))
+                }
+                Some(_) => {}
+                None => {
+                    let group = self.credential_group(&ev.account);
+                    if let Some(other) = self
+                        .store
+                        .find_refund_by_provider_ids(&group, Some(pid), None)
+                        .await?
+                        .filter(|o| o.id != refund.id)
+                    {
+                        id_clash = Some(format!("refund id {pid}, which is refund {}'s", other.id));
+                    }
+                }
+            }
+        }
+        let found = match (inconsistency(ev, refund), id_clash) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.or(b),
+        };
+        if let Some(reason) = found {
             // Verified and naming this very refund, yet saying something
             // else: the provider's own report is never ignored. It changes
             // nothing by itself, and flags the refund with what differs.
@@ -328,6 +359,23 @@ fn inconsistency(ev: &WebhookRow, refund: &RefundRow) -> Option<String> {
     }
     let fields: std::collections::BTreeMap<String, String> =
         serde_json::from_str(&ev.fields).unwrap_or_default();
+    let claims = ev.provider.webhook_claims(&fields);
+    if let (Some(theirs), Some(ours)) = (&claims.sale_reference, &refund.reference) {
+        if theirs != ours {
+            differs.push(format!("sale reference {theirs}, not the refund's {ours}"));
+        }
+    }
+    if let (Some(theirs), Some(ours)) = (&claims.settle_currency, refund.settle_currency) {
+        if !ours.matches_wire(theirs) {
+            differs.push(format!(
+                "settle currency {theirs}, not the refund's {}",
+                ours.code()
+            ));
+        }
+    }
+    if let Some(kind) = &claims.transaction_type {
+        differs.push(format!("transaction type {kind}, not a refund"));
+    }
     if let Some(currency) = ev.provider.webhook_currency(&fields) {
         if !refund.currency.matches_wire(&currency) {
             differs.push(format!(

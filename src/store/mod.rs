@@ -229,7 +229,8 @@ pub trait StoreBackend: Send + Sync + 'static {
     ) -> Result<Vec<RefundRow>>;
     /// Makes pending refunds due for a status query now.
     async fn check_now(&self, ids: &[String], now: i64) -> Result<()>;
-    /// Claims unmatched events due for another matching attempt, leased.
+    /// Claims unmatched events due for another matching attempt, and events
+    /// left `received` for 30 s (their processing was cut off), leased.
     async fn claim_unmatched_events(
         &self,
         now: i64,

@@ -235,6 +235,111 @@ impl PgStore {
             .fetch_all(&self.pool)
             .await?)
     }
+
+    async fn create_refund_once(&self, new: &RefundRow, sale: &SaleTerms) -> Result<CreateOutcome> {
+        let sql = format!(
+            "WITH reserve AS ({RESERVE} RETURNING 1), ins AS ({INSERT_REFUND}) {RECORDED_EVENT}"
+        );
+        match bind_new_refund(sqlx::query(&sql), new, sale)
+            .execute(&self.pool)
+            .await
+        {
+            Ok(r) if r.rows_affected() == 1 => return Ok(CreateOutcome::Created),
+            Ok(_) => {}
+            // The client's idempotency key or refund reference is taken: a
+            // repeated request. Any other unique index refusing (a refund id or
+            // provider reference made twice) is a fault, not a duplicate.
+            Err(e)
+                if matches!(
+                    StoreError::violated_unique(&e).as_deref(),
+                    Some("refunds_client_idempotency_key" | "refunds_client_refund_reference")
+                ) =>
+            {
+                return Ok(CreateOutcome::Duplicate)
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let row = sqlx::query_as(SELECT_SALE)
+            .bind(&new.account)
+            .bind(&new.transaction_no)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(refusal(new, sale, row))
+    }
+
+    async fn claim_send_once(
+        &self,
+        id: &str,
+        version: i64,
+        now: i64,
+        send_by: i64,
+    ) -> Result<bool> {
+        // One statement: the claim, and its history line only if it applied.
+        let n = sqlx::query(
+            "WITH c AS (UPDATE refunds SET submission = 'sent', send_by = $3, updated_at = $2, \
+             version = version + 1 WHERE id = $1 AND version = $4 AND status = 'pending' AND submission = 'prepared' \
+             RETURNING id) \
+             INSERT INTO refund_events (refund_id, at, source, status, previous_status, detail) \
+             SELECT id, $2, 'request', 'pending', 'pending', 'claimed for sending; the provider is called now' FROM c",
+        )
+        .bind(id)
+        .bind(ts(now))
+        .bind(ts(send_by))
+        .bind(version)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn apply_change_once(&self, c: &Change) -> Result<bool> {
+        if c.is_single_write() {
+            // One statement: the update, and its history line only if it applied.
+            let n = match &c.event {
+                None => {
+                    bind_update(sqlx::query(UPDATE), c)
+                        .execute(&self.pool)
+                        .await?
+                }
+                Some(e) => {
+                    let sql = format!(
+                        "WITH u AS ({UPDATE} RETURNING id) {INSERT_HISTORY} \
+                         SELECT id, $16, $21, $2, $18, $5, $4, $22, $23 FROM u"
+                    );
+                    bind_update(sqlx::query(&sql), c)
+                        .bind(e.source)
+                        .bind(&e.detail)
+                        .bind(&e.actor)
+                        .execute(&self.pool)
+                        .await?
+                }
+            };
+            return Ok(n.rows_affected() == 1);
+        }
+        let mut tx = self.pool.begin().await?;
+        // Locks in the order the record statement takes them (the sale,
+        // then the refund): a refund's outcome that releases or confirms
+        // its sale never deadlocks with a new refund on that sale.
+        sqlx::query("SELECT 1 FROM sales WHERE account = $1 AND transaction_no = $2 FOR UPDATE")
+            .bind(&c.current.account)
+            .bind(&c.current.transaction_no)
+            .execute(&mut *tx)
+            .await?;
+        let n = bind_update(sqlx::query(UPDATE), c)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        Self::write_side_effects(&mut tx, c).await?;
+        if let Some(e) = &c.event {
+            insert_history(&mut tx, &c.current.id, e).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
 }
 
 #[async_trait]
@@ -296,95 +401,15 @@ impl StoreBackend for PgStore {
     /// concurrent writer waits on the sale's row lock and re-checks the
     /// condition); a taken idempotency key or reference aborts all of it.
     async fn create_refund(&self, new: &RefundRow, sale: &SaleTerms) -> Result<CreateOutcome> {
-        let sql = format!(
-            "WITH reserve AS ({RESERVE} RETURNING 1), ins AS ({INSERT_REFUND}) {RECORDED_EVENT}"
-        );
-        match bind_new_refund(sqlx::query(&sql), new, sale)
-            .execute(&self.pool)
-            .await
-        {
-            Ok(r) if r.rows_affected() == 1 => return Ok(CreateOutcome::Created),
-            Ok(_) => {}
-            // The client's idempotency key or refund reference is taken: a
-            // repeated request. Any other unique index refusing (a refund id or
-            // provider reference made twice) is a fault, not a duplicate.
-            Err(e)
-                if matches!(
-                    StoreError::violated_unique(&e).as_deref(),
-                    Some("refunds_client_idempotency_key" | "refunds_client_refund_reference")
-                ) =>
-            {
-                return Ok(CreateOutcome::Duplicate)
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let row = sqlx::query_as(SELECT_SALE)
-            .bind(&new.account)
-            .bind(&new.transaction_no)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(refusal(new, sale, row))
+        retry_on_deadlock(|| self.create_refund_once(new, sale)).await
     }
 
     async fn claim_send(&self, id: &str, version: i64, now: i64, send_by: i64) -> Result<bool> {
-        // One statement: the claim, and its history line only if it applied.
-        let n = sqlx::query(
-            "WITH c AS (UPDATE refunds SET submission = 'sent', send_by = $3, updated_at = $2, \
-             version = version + 1 WHERE id = $1 AND version = $4 AND status = 'pending' AND submission = 'prepared' \
-             RETURNING id) \
-             INSERT INTO refund_events (refund_id, at, source, status, previous_status, detail) \
-             SELECT id, $2, 'request', 'pending', 'pending', 'claimed for sending; the provider is called now' FROM c",
-        )
-        .bind(id)
-        .bind(ts(now))
-        .bind(ts(send_by))
-        .bind(version)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
+        retry_on_deadlock(|| self.claim_send_once(id, version, now, send_by)).await
     }
 
     async fn apply_change(&self, change: Change) -> Result<bool> {
-        let c = &change;
-        if c.is_single_write() {
-            // One statement: the update, and its history line only if it applied.
-            let n = match &c.event {
-                None => {
-                    bind_update(sqlx::query(UPDATE), c)
-                        .execute(&self.pool)
-                        .await?
-                }
-                Some(e) => {
-                    let sql = format!(
-                        "WITH u AS ({UPDATE} RETURNING id) {INSERT_HISTORY} \
-                         SELECT id, $16, $21, $2, $18, $5, $4, $22, $23 FROM u"
-                    );
-                    bind_update(sqlx::query(&sql), c)
-                        .bind(e.source)
-                        .bind(&e.detail)
-                        .bind(&e.actor)
-                        .execute(&self.pool)
-                        .await?
-                }
-            };
-            return Ok(n.rows_affected() == 1);
-        }
-        let mut tx = self.pool.begin().await?;
-        let n = bind_update(sqlx::query(UPDATE), c)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if n != 1 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        Self::write_side_effects(&mut tx, c).await?;
-        if let Some(e) = &c.event {
-            insert_history(&mut tx, &c.current.id, e).await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+        retry_on_deadlock(|| self.apply_change_once(&change)).await
     }
 
     async fn refund_events(&self, refund_id: &str) -> Result<Vec<RefundEvent>> {
@@ -577,15 +602,17 @@ impl StoreBackend for PgStore {
             .lease(
                 "webhook_events",
                 "id",
-                "state = 'unmatched' AND next_attempt_at <= $1 \
-                 AND (lease_until IS NULL OR lease_until < $1) ORDER BY next_attempt_at LIMIT $3",
+                "(state = 'unmatched' AND next_attempt_at <= $1 \
+                  OR state = 'received' AND received_at <= $1 - interval '30 seconds') \
+                 AND (lease_until IS NULL OR lease_until < $1) \
+                 ORDER BY COALESCE(next_attempt_at, received_at) LIMIT $3",
                 now,
                 lease_until,
                 limit,
             )
             .await?;
         Ok(sqlx::query_as(&format!(
-            "{SELECT_EVENT} WHERE id = ANY($1) ORDER BY next_attempt_at"
+            "{SELECT_EVENT} WHERE id = ANY($1) ORDER BY COALESCE(next_attempt_at, received_at)"
         ))
         .bind(&ids)
         .fetch_all(&self.pool)
@@ -685,5 +712,29 @@ impl StoreBackend for PgStore {
         .bind(refund_id)
         .fetch_optional(&self.pool)
         .await?)
+    }
+}
+
+/// Runs a write again when Postgres aborted it to break a deadlock or a
+/// serialization conflict (SQLSTATE 40P01, 40001): the aborted attempt
+/// changed nothing, and every write here is a compare-and-swap that decides
+/// afresh. At most 4 attempts, with a short growing pause between.
+async fn retry_on_deadlock<T, F, Fut>(mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut tries = 0u64;
+    loop {
+        match attempt().await {
+            Err(StoreError::Db(sqlx::Error::Database(e)))
+                if tries < 3 && matches!(e.code().as_deref(), Some("40P01" | "40001")) =>
+            {
+                tries += 1;
+                tracing::debug!(code = ?e.code(), tries, "write aborted by the database; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(5 * tries)).await;
+            }
+            other => return other,
+        }
     }
 }

@@ -612,8 +612,10 @@ impl StoreBackend for SqliteStore {
             .lease(
                 "webhook_events",
                 "id",
-                "state = 'unmatched' AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until < $1) \
-                 ORDER BY next_attempt_at LIMIT $3",
+                "(state = 'unmatched' AND next_attempt_at <= $1 \
+                  OR state = 'received' AND received_at <= $1 - 30000) \
+                 AND (lease_until IS NULL OR lease_until < $1) \
+                 ORDER BY COALESCE(next_attempt_at, received_at) LIMIT $3",
                 now,
                 lease_until,
                 limit,

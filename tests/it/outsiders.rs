@@ -460,7 +460,233 @@ async fn text_the_database_cannot_hold_is_refused_alike(db: Db) {
     app.stop().await;
 }
 
+/// Concurrent identical requests (one key, or one `refund_reference`) get
+/// the refund or `409 request_in_progress`, never a 500: on Postgres the
+/// outcome write that confirms a Pay10 sale took its locks in the other
+/// order from a new refund's record and deadlocked.
+async fn concurrent_identical_requests_never_answer_500(db: Db) {
+    let app = spawn_app(&fresh_db(db).await).await;
+    for variant in ["key", "reference"] {
+        let sale = app.pay10_sale("10.00", "AED").await;
+        let mut body = pay10_refund(&sale, "6.00");
+        if variant == "reference" {
+            body["refund_reference"] = json!(format!("pos-{}", sale["ORDER_ID"].as_str().unwrap()));
+        }
+        let key =
+            (variant == "key").then(|| format!("same-{}", sale["ORDER_ID"].as_str().unwrap()));
+        let answers =
+            futures_util::future::join_all((0..20).map(|_| app.post_refund(key.as_deref(), &body)))
+                .await;
+        let mut statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+        statuses.sort_unstable();
+        assert!(
+            statuses.iter().all(|s| *s == 201 || *s == 409),
+            "{variant}: {statuses:?} {:?}",
+            answers
+                .iter()
+                .find(|r| r.status != 201 && r.status != 409)
+                .map(|r| &r.text)
+        );
+        // Retried once the first is done: the refund, exactly one of it.
+        let done = eventually(Duration::from_secs(20), || async {
+            let r = app.post_refund(key.as_deref(), &body).await;
+            (r.status == 201, r)
+        })
+        .await;
+        done.assert_refund(201, "succeeded");
+        let pg = sale["PG_REF_NUM"].as_str().unwrap();
+        assert_eq!(
+            app.sandbox().refunded_total("pay10", pg),
+            Some(600),
+            "{variant}"
+        );
+    }
+    app.stop().await;
+}
+
+/// A signed webhook naming one of our refunds but stating another refund's
+/// provider id, another sale reference, another settle currency, or a
+/// transaction that is not a refund: rejected, the refund flagged, its
+/// status unchanged.
+async fn a_signed_webhook_naming_another_id_or_sale_flags_the_refund(db: Db) {
+    let app = spawn_app(&fresh_db(db).await).await;
+    let sale_a = app.pockyt_sale("100.00", "USD", "success").await;
+    let sale_b = app.pockyt_sale("100.00", "USD", "success").await;
+    let x = app
+        .post_refund(Some("x"), &pockyt_refund(&sale_a, "1.00"))
+        .await;
+    x.assert_refund(201, "succeeded");
+    let x_pid = x.body["provider_refund_id"].as_str().unwrap().to_string();
+    let x_id = x.body["id"].as_str().unwrap().to_string();
+    // 92: the provider never got it; it stays pending.
+    let y = app
+        .post_refund(Some("y"), &pockyt_refund(&sale_b, "2.92"))
+        .await;
+    y.assert_refund(201, "pending");
+    let y_id = y.body["id"].as_str().unwrap().to_string();
+    let y_ref = app
+        .gateway
+        .store
+        .get_refund_any_client(&y_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .provider_reference;
+    let tx_b = sale_b["transactionNo"].as_str().unwrap();
+    let cases: [(&str, &str, &str); 2] = [
+        ("refundTransactionNo", x_pid.as_str(), "which is refund"),
+        ("settleCurrency", "EUR", "settle currency EUR"),
+    ];
+    for (field, value, says) in cases {
+        let mut fields = vec![
+            ("transactionNo", tx_b),
+            ("refundReference", y_ref.as_str()),
+            ("refundAmount", "2.92"),
+            ("currency", "USD"),
+            ("status", "success"),
+        ];
+        fields.push((field, value));
+        let r = post_ipn(&app, signed_ipn(&fields)).await;
+        r.assert_problem(422, "webhook_rejected");
+        let now = app.get(&format!("/v1/refunds/{y_id}")).await;
+        assert_eq!(
+            now.body["status"], "pending",
+            "{field}: never changed by it"
+        );
+        assert!(now.body["provider_refund_id"].is_null(), "{}", now.text);
+        let reason = now.body["review_reason"].as_str().unwrap_or_default();
+        assert!(reason.contains(says), "{field}: {}", now.text);
+    }
+    assert!(
+        app.get(&format!("/v1/refunds/{x_id}")).await.body["review_reason"].is_null(),
+        "the other refund is untouched"
+    );
+    // Without a refund amount the event is no evidence: the status is asked.
+    let r = post_ipn(
+        &app,
+        signed_ipn(&[
+            ("transactionNo", tx_b),
+            ("refundReference", y_ref.as_str()),
+            ("amount", "100.00"),
+            ("status", "success"),
+        ]),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        app.get(&format!("/v1/refunds/{y_id}")).await.body["status"],
+        "pending"
+    );
+
+    // Pay10: another sale's ORDER_ID, or a transaction that is not a refund.
+    let p10 = app.pay10_sale("100.00", "AED").await;
+    let p = app
+        .post_refund(Some("p"), &pay10_refund(&p10, "2.92"))
+        .await;
+    p.assert_refund(201, "pending");
+    let p_id = p.body["id"].as_str().unwrap().to_string();
+    let p_ref = app
+        .gateway
+        .store
+        .get_refund_any_client(&p_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .provider_reference;
+    let pg = p10["PG_REF_NUM"].as_str().unwrap();
+    for (field, value, says) in [
+        (
+            "ORDER_ID",
+            "PAY10_OTHER0001",
+            "sale reference PAY10_OTHER0001",
+        ),
+        ("TXNTYPE", "SALE", "transaction type SALE"),
+    ] {
+        let mut fields = vec![
+            ("PG_REF_NUM", pg),
+            ("REFUND_ORDER_ID", p_ref.as_str()),
+            ("AMOUNT", "292"),
+            ("RESPONSE_CODE", "000"),
+            ("STATUS", "Captured"),
+        ];
+        if field == "ORDER_ID" {
+            fields.push(("TXNTYPE", "REFUND"));
+        }
+        fields.push((field, value));
+        let mut obj: serde_json::Map<String, Value> = fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        let hash = refund_gateway::providers::pay10::crypto::hash(
+            fields.iter().copied(),
+            "1518b6433cc24337",
+        )
+        .unwrap();
+        obj.insert("HASH".into(), json!(hash));
+        let r = app
+            .send(
+                app.http
+                    .post(format!("{}/ipn/pay10", app.base))
+                    .json(&Value::Object(obj)),
+            )
+            .await;
+        r.assert_problem(422, "webhook_rejected");
+        let now = app.get(&format!("/v1/refunds/{p_id}")).await;
+        assert_eq!(now.body["status"], "pending", "{field}");
+        let reason = now.body["review_reason"].as_str().unwrap_or_default();
+        assert!(reason.contains(says), "{field}: {}", now.text);
+    }
+    app.stop().await;
+}
+
+/// Headers and keys given twice are refused, not read first-wins.
+async fn a_key_given_twice_is_refused(db: Db) {
+    let app = spawn_app(&fresh_db(db).await).await;
+    let sale = app.pockyt_sale("10.00", "USD", "success").await;
+    let r = app
+        .send(
+            app.http
+                .post(format!("{}/v1/refunds", app.base))
+                .bearer_auth(KEY)
+                .header("Idempotency-Key", "A-tx")
+                .header("Idempotency-Key", "B-tx")
+                .json(&pockyt_refund(&sale, "1.00")),
+        )
+        .await;
+    r.assert_problem(400, "invalid_idempotency_key");
+    let r = app
+        .send(
+            app.http
+                .post(format!("{}/v1/refunds", app.base))
+                .header("Authorization", format!("Bearer {KEY}"))
+                .header("Authorization", "Bearer sk_other")
+                .header("Idempotency-Key", "auth-twice")
+                .json(&pockyt_refund(&sale, "1.00")),
+        )
+        .await;
+    r.assert_problem(401, "unauthorized");
+    let r = app
+        .send(
+            app.http
+                .post(format!("{}/v1/refunds", app.base))
+                .bearer_auth(KEY)
+                .header("Idempotency-Key", "meta-twice")
+                .header("content-type", "application/json")
+                .body(format!(
+                    r#"{{"provider":"pockyt","transaction_no":"{}","amount":"1.00","currency":"USD","metadata":{{"a":"first","a":"second"}}}}"#,
+                    sale["transactionNo"].as_str().unwrap()
+                )),
+        )
+        .await;
+    r.assert_problem(400, "invalid_request");
+    assert!(app.list_all().await.is_empty(), "nothing recorded");
+    app.stop().await;
+}
+
 both_backends!(
+    concurrent_identical_requests_never_answer_500,
+    a_signed_webhook_naming_another_id_or_sale_flags_the_refund,
+    a_key_given_twice_is_refused,
     a_sale_id_that_could_rewrite_a_provider_message_is_refused,
     a_signed_report_that_contradicts_a_final_refund_flags_it,
     an_operator_cannot_fail_a_refund_the_provider_may_still_apply,

@@ -293,6 +293,15 @@ pub fn map_fields(fields: &BTreeMap<String, String>, call: Call) -> ProviderAnsw
             _ => Outcome::Pending,
         },
         "006" | "026" | "028" | "031" => Outcome::Pending,
+        // A refusal code beside a `Captured` status says two things at once:
+        // no evidence either way (the status is asked).
+        "004" | "007" | "002" | "001" | "021" | "022" | "013" | "014" | "016" | "015" | "302"
+            if status
+                .as_deref()
+                .is_some_and(|s| s.trim().eq_ignore_ascii_case("CAPTURED")) =>
+        {
+            Outcome::Unknown
+        }
         "004" | "007" | "002" | "001" | "021" | "022" | "013" | "014" | "016" | "015" | "302" => {
             Outcome::Failed
         }
@@ -387,6 +396,8 @@ mod tests {
                 "code {code} {status:?}"
             );
         }
+        let torn = f(&[("RESPONSE_CODE", "004"), ("STATUS", "Captured")]);
+        assert_eq!(map_fields(&torn, Call::Refund).outcome, Outcome::Unknown);
         let nodata = f(&[
             ("RESPONSE_CODE", "300"),
             ("RESPONSE_MESSAGE", "NO DATA FOUND"),

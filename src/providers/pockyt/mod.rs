@@ -365,7 +365,9 @@ pub fn parse_ipn(body: &[u8], token: &str) -> Result<WebhookEvent, WebhookError>
         reference: get("reference"),
         provider_refund_id: get("refundTransactionNo"),
         provider_reference: get("refundReference"),
-        amount: get("refundAmount").or_else(|| get("amount")),
+        // The refund's amount only: `amount` is the sale's. Without
+        // `refundAmount` the event states no amount (the status is asked).
+        amount: get("refundAmount"),
         outcome: status
             .as_deref()
             .map(status_outcome)
