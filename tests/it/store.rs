@@ -274,8 +274,55 @@ async fn list_filters_select_what_they_say(db: Db) {
     s.close().await;
 }
 
+/// A webhook whose processing was cut off (left `received`) is claimed again
+/// after 30 s, and only then; one still being matched is not.
+async fn cut_off_webhooks_are_claimed_again(db: Db) {
+    use refund_gateway::store::{EventState, WebhookRow};
+    let s = store(db).await;
+    let now = refund_gateway::refunds::now_ms();
+    let event = |id: &str, received_at: i64| WebhookRow {
+        id: id.into(),
+        provider: ProviderKind::Pockyt,
+        account: "acct".into(),
+        dedupe_key: format!("dk-{id}"),
+        transaction_no: Some("tx".into()),
+        provider_refund_id: None,
+        provider_reference: Some("REFX".into()),
+        amount: Some("1.00".into()),
+        outcome: "succeeded".into(),
+        provider_status: Some("success".into()),
+        fields: "{}".into(),
+        refund_id: None,
+        state: EventState::Received,
+        note: None,
+        received_at,
+        attempts: 0,
+        next_attempt_at: None,
+    };
+    assert!(s
+        .insert_event(&event("evt_old", now - 60_000))
+        .await
+        .unwrap());
+    assert!(s
+        .insert_event(&event("evt_new", now - 1_000))
+        .await
+        .unwrap());
+    let claimed = s
+        .claim_unmatched_events(now, now + 30_000, 10)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = claimed.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["evt_old"], "the cut-off one only");
+    let again = s
+        .claim_unmatched_events(now, now + 30_000, 10)
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "leased: one process at a time");
+}
+
 both_backends!(
     writes_are_compare_and_swap,
     reservations_never_exceed_the_sale,
-    list_filters_select_what_they_say
+    list_filters_select_what_they_say,
+    cut_off_webhooks_are_claimed_again
 );
