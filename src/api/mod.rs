@@ -183,6 +183,36 @@ pub async fn problem_for_bare_errors(resp: Response) -> Response {
     out
 }
 
+/// A JSON body is required: `Content-Type: application/json` (or a `+json`
+/// type), in UTF-8 (another charset, or a `Content-Encoding`, would be read
+/// as something it is not): 415 otherwise.
+pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mut parts = content_type.split(';').map(str::trim);
+    let mime = parts.next().unwrap_or("").to_ascii_lowercase();
+    let json =
+        mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"));
+    let utf8 = parts
+        .filter_map(|p| p.split_once('='))
+        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("charset"))
+        .all(|(_, v)| v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8"));
+    let encoded = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity"));
+    if json && utf8 && !encoded {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "send Content-Type: application/json (UTF-8, no Content-Encoding)",
+    ))
+}
+
 /// Reads a request body of at most `limit` bytes. A larger body is read on
 /// (and dropped) up to a hard cap before the 413 goes out, so the client has
 /// finished sending and actually receives the problem document instead of a

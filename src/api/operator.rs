@@ -145,6 +145,7 @@ pub enum FinalStatus {
         (status = 403, description = "`wrong_key_role`: a valid POS key; operator routes need an operator key", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "`resolution_refused`: the provider, asked now, does not confirm it, or the refund is already final", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`: send application/json", body = super::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -152,8 +153,10 @@ pub async fn resolve(
     State(state): State<AppState>,
     OperatorAuthed(op): OperatorAuthed,
     Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<Json<RefundObject>, ApiError> {
+    super::require_json(&headers)?;
     let bytes = super::read_body(body, 16 * 1024).await?;
     let req: ResolveBody = super::parse::json(&bytes)?;
     let target = match req.status {

@@ -245,6 +245,20 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(s.to_string()))
 }
 
+/// Whether an `Accept` header asks for HTML: `text/html` listed with a
+/// quality above zero (`text/html;q=0` refuses it).
+fn accepts_html(accept: &str) -> bool {
+    accept.split(',').any(|item| {
+        let mut parts = item.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("");
+        let q = parts
+            .find_map(|p| p.strip_prefix("q="))
+            .and_then(|q| q.parse::<f32>().ok())
+            .unwrap_or(1.0);
+        media.eq_ignore_ascii_case("text/html") && q > 0.0
+    })
+}
+
 fn json_response(status: StatusCode, body: String, replayed: bool) -> Response {
     let mut resp = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
     if replayed {
@@ -284,24 +298,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mime = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if mime != "application/json" && !(mime.starts_with("application/") && mime.ends_with("+json"))
-    {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send Content-Type: application/json",
-        ));
-    }
+    super::require_json(&headers)?;
     let key = idempotency_key(&headers)?;
     let bytes = super::read_body(body, MAX_BODY_BYTES).await?;
     let req = validate(&bytes, key)?;
@@ -600,7 +597,7 @@ pub async fn receipt(
     let wants_html = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("text/html"));
+        .is_some_and(accepts_html);
     Ok(if wants_html {
         (
             [(header::CONTENT_TYPE, "text/html; charset=utf-8")],

@@ -4,8 +4,23 @@ use super::object::RefundObject;
 
 pub const WIDTH: usize = 40;
 
-/// Breaks `text` into lines of at most `WIDTH` characters.
+/// `text` without invisible formatting characters (bidirectional overrides
+/// such as U+202E, zero-width marks).
+fn visible(text: &str) -> String {
+    text.chars()
+        .filter(|c| {
+            !matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+        })
+        .collect()
+}
+
+/// Breaks `text` into lines of at most `WIDTH` characters. Invisible
+/// formatting characters (bidirectional overrides such as U+202E, zero-width
+/// marks) are dropped: on a printed receipt they could reorder what the
+/// customer reads.
 fn wrap(text: &str) -> Vec<String> {
+    let text = visible(text);
+    let text = text.as_str();
     let mut lines = Vec::new();
     let mut line = String::new();
     for word in text.split_whitespace() {
@@ -45,6 +60,8 @@ fn center(text: &str) -> Vec<String> {
 
 /// A label on the left and its value on the right; the value wraps below when long.
 fn field(label: &str, value: &str) -> Vec<String> {
+    let value = visible(value);
+    let value = value.as_str();
     let used = label.chars().count() + 1 + value.chars().count();
     if used <= WIDTH {
         vec![format!("{label}{}{value}", " ".repeat(WIDTH - used + 1))]
@@ -169,7 +186,7 @@ pub fn html(r: &RefundObject, store_name: &str, tz: Option<&jiff::tz::TimeZone>)
     let body: String = rows
         .iter()
         .filter(|(_, v)| !v.is_empty())
-        .map(|(k, v)| format!("<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v)))
+        .map(|(k, v)| format!("<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(&visible(v))))
         .collect();
     let test = if r.livemode {
         ""
@@ -239,6 +256,14 @@ mod tests {
         ] {
             assert!(t.contains(needle), "{needle} missing from\n{t}");
         }
+    }
+
+    #[test]
+    fn a_bidi_override_never_reaches_the_paper() {
+        let mut r = sample();
+        r.reason = Some("refund \u{202E}00.001\u{202C} only".into());
+        let t = text(&r, "Store", None);
+        assert!(!t.contains('\u{202E}') && t.contains("00.001"), "{t}");
     }
 
     #[test]

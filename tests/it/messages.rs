@@ -146,4 +146,77 @@ async fn refusals_say_what_to_do_next(db: Db) {
     app.stop().await;
 }
 
-both_backends!(refusals_say_what_to_do_next);
+/// Bodies must say they are UTF-8 JSON, on every route that takes one; a
+/// receipt honours an `Accept` that refuses HTML.
+async fn content_negotiation_is_honoured(db: Db) {
+    let app = app(db).await;
+    let sale = app.pockyt_sale("10.00", "USD", "success").await;
+    let body = serde_json::to_string(&pockyt_refund(&sale, "1.00")).unwrap();
+    for (i, (ct, enc)) in [
+        ("text/plain", None),
+        ("application/json; charset=utf-16", None),
+        ("application/json", Some("gzip")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut req = app
+            .http
+            .post(format!("{}/v1/refunds", app.base))
+            .bearer_auth(KEY)
+            .header("Idempotency-Key", format!("ct-{i}"))
+            .header("content-type", ct)
+            .body(body.clone());
+        if let Some(e) = enc {
+            req = req.header("content-encoding", e);
+        }
+        app.send(req)
+            .await
+            .assert_problem(415, "unsupported_media_type");
+    }
+    let ok = app
+        .send(
+            app.http
+                .post(format!("{}/v1/refunds", app.base))
+                .bearer_auth(KEY)
+                .header("Idempotency-Key", "ct-ok")
+                .header("content-type", "application/json; charset=UTF-8")
+                .body(body),
+        )
+        .await;
+    ok.assert_refund(201, "succeeded");
+    let id = ok.body["id"].as_str().unwrap();
+    let r = app
+        .send(
+            app.http
+                .post(format!("{}/v1/operator/refunds/{id}/resolve", app.base))
+                .bearer_auth(OPS_KEY)
+                .header("content-type", "text/plain")
+                .body(r#"{"status":"succeeded","note":"x"}"#),
+        )
+        .await;
+    r.assert_problem(415, "unsupported_media_type");
+    for (accept, html) in [
+        ("text/html", true),
+        ("text/html;q=0, */*", false),
+        ("text/plain, text/html;q=0.5", true),
+        ("*/*", false),
+    ] {
+        let r = app
+            .http
+            .get(format!("{}/v1/refunds/{id}/receipt", app.base))
+            .bearer_auth(KEY)
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+        assert_eq!(ct.starts_with("text/html"), html, "{accept}: {ct}");
+    }
+    app.stop().await;
+}
+
+both_backends!(
+    refusals_say_what_to_do_next,
+    content_negotiation_is_honoured
+);
