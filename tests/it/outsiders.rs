@@ -51,6 +51,30 @@ async fn app_with_operator(
     spawn_with(c).await
 }
 
+/// Our reference for a refund at the provider (what its webhooks name).
+async fn our_reference(app: &TestApp, id: &str) -> String {
+    app.gateway
+        .store
+        .get_refund_any_client(id)
+        .await
+        .unwrap()
+        .unwrap()
+        .provider_reference
+}
+
+/// The refund kept `status` and is flagged with a reason that says `says`.
+async fn assert_flagged(app: &TestApp, id: &str, status: &str, says: &str) -> Value {
+    let now = app.get(&format!("/v1/refunds/{id}")).await;
+    assert_eq!(
+        now.body["status"], status,
+        "never changed by it: {}",
+        now.text
+    );
+    let reason = now.body["review_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(says), "{says}: {}", now.text);
+    now.body
+}
+
 async fn events(app: &TestApp, id: &str) -> Vec<Value> {
     let r = app.get(&format!("/v1/refunds/{id}/events")).await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -163,14 +187,7 @@ async fn a_signed_report_that_contradicts_a_final_refund_flags_it(db: Db) {
         .await;
     r.assert_refund(201, "succeeded");
     let id = r.body["id"].as_str().unwrap().to_string();
-    let reference = app
-        .gateway
-        .store
-        .get_refund_any_client(&id)
-        .await
-        .unwrap()
-        .unwrap()
-        .provider_reference;
+    let reference = our_reference(&app, &id).await;
     let provider_id = r.body["provider_refund_id"].as_str().unwrap().to_string();
     let cases = [
         ("90.00", "USD", "success", "amount 90.00"),
@@ -524,14 +541,7 @@ async fn a_signed_webhook_naming_another_id_or_sale_flags_the_refund(db: Db) {
         .await;
     y.assert_refund(201, "pending");
     let y_id = y.body["id"].as_str().unwrap().to_string();
-    let y_ref = app
-        .gateway
-        .store
-        .get_refund_any_client(&y_id)
-        .await
-        .unwrap()
-        .unwrap()
-        .provider_reference;
+    let y_ref = our_reference(&app, &y_id).await;
     let tx_b = sale_b["transactionNo"].as_str().unwrap();
     let cases: [(&str, &str, &str); 2] = [
         ("refundTransactionNo", x_pid.as_str(), "which is refund"),
@@ -548,14 +558,8 @@ async fn a_signed_webhook_naming_another_id_or_sale_flags_the_refund(db: Db) {
         fields.push((field, value));
         let r = post_ipn(&app, signed_ipn(&fields)).await;
         r.assert_problem(422, "webhook_rejected");
-        let now = app.get(&format!("/v1/refunds/{y_id}")).await;
-        assert_eq!(
-            now.body["status"], "pending",
-            "{field}: never changed by it"
-        );
-        assert!(now.body["provider_refund_id"].is_null(), "{}", now.text);
-        let reason = now.body["review_reason"].as_str().unwrap_or_default();
-        assert!(reason.contains(says), "{field}: {}", now.text);
+        let now = assert_flagged(&app, &y_id, "pending", says).await;
+        assert!(now["provider_refund_id"].is_null(), "{field}: {now}");
     }
     assert!(
         app.get(&format!("/v1/refunds/{x_id}")).await.body["review_reason"].is_null(),
@@ -585,14 +589,7 @@ async fn a_signed_webhook_naming_another_id_or_sale_flags_the_refund(db: Db) {
         .await;
     p.assert_refund(201, "pending");
     let p_id = p.body["id"].as_str().unwrap().to_string();
-    let p_ref = app
-        .gateway
-        .store
-        .get_refund_any_client(&p_id)
-        .await
-        .unwrap()
-        .unwrap()
-        .provider_reference;
+    let p_ref = our_reference(&app, &p_id).await;
     let pg = p10["PG_REF_NUM"].as_str().unwrap();
     for (field, value, says) in [
         (
@@ -631,10 +628,7 @@ async fn a_signed_webhook_naming_another_id_or_sale_flags_the_refund(db: Db) {
             )
             .await;
         r.assert_problem(422, "webhook_rejected");
-        let now = app.get(&format!("/v1/refunds/{p_id}")).await;
-        assert_eq!(now.body["status"], "pending", "{field}");
-        let reason = now.body["review_reason"].as_str().unwrap_or_default();
-        assert!(reason.contains(says), "{field}: {}", now.text);
+        assert_flagged(&app, &p_id, "pending", says).await;
     }
     app.stop().await;
 }
