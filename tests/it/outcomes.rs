@@ -55,12 +55,7 @@ async fn app_with(db: Db, ipns: bool, slow_reconcile: bool) -> TestApp {
 }
 
 async fn row(app: &TestApp, id: &str) -> refund_gateway::store::RefundRow {
-    app.gateway
-        .store
-        .get_refund_any_client(id)
-        .await
-        .unwrap()
-        .unwrap()
+    stored_row(app, id).await
 }
 
 /// A pending Pockyt refund (magic 94) with IPNs off and reconciliation slowed,

@@ -53,13 +53,7 @@ async fn app_with_operator(
 
 /// Our reference for a refund at the provider (what its webhooks name).
 async fn our_reference(app: &TestApp, id: &str) -> String {
-    app.gateway
-        .store
-        .get_refund_any_client(id)
-        .await
-        .unwrap()
-        .unwrap()
-        .provider_reference
+    stored_row(app, id).await.provider_reference
 }
 
 /// The refund kept `status` and is flagged with a reason that says `says`.
@@ -637,41 +631,50 @@ async fn a_signed_webhook_naming_another_id_or_sale_flags_the_refund(db: Db) {
 async fn a_key_given_twice_is_refused(db: Db) {
     let app = spawn_app(&fresh_db(db).await).await;
     let sale = app.pockyt_sale("10.00", "USD", "success").await;
-    let r = app
-        .send(
-            app.http
-                .post(format!("{}/v1/refunds", app.base))
-                .bearer_auth(KEY)
-                .header("Idempotency-Key", "A-tx")
-                .header("Idempotency-Key", "B-tx")
-                .json(&pockyt_refund(&sale, "1.00")),
-        )
-        .await;
-    r.assert_problem(400, "invalid_idempotency_key");
-    let r = app
-        .send(
-            app.http
-                .post(format!("{}/v1/refunds", app.base))
-                .header("Authorization", format!("Bearer {KEY}"))
-                .header("Authorization", "Bearer sk_other")
-                .header("Idempotency-Key", "auth-twice")
-                .json(&pockyt_refund(&sale, "1.00")),
-        )
-        .await;
-    r.assert_problem(401, "unauthorized");
-    let r = app
-        .send(
-            app.http
-                .post(format!("{}/v1/refunds", app.base))
-                .bearer_auth(KEY)
-                .header("Idempotency-Key", "meta-twice")
-                .header("content-type", "application/json")
-                .body(format!(
-                    r#"{{"provider":"pockyt","transaction_no":"{}","amount":"1.00","currency":"USD","metadata":{{"a":"first","a":"second"}}}}"#,
-                    sale["transactionNo"].as_str().unwrap()
-                )),
-        )
-        .await;
+    let body = serde_json::to_string(&pockyt_refund(&sale, "1.00")).unwrap();
+    let post = |headers: &[(&str, String)], body: String| {
+        let mut req = app
+            .http
+            .post(format!("{}/v1/refunds", app.base))
+            .header("content-type", "application/json")
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        app.send(req)
+    };
+    let bearer = format!("Bearer {KEY}");
+    post(
+        &[
+            ("Authorization", bearer.clone()),
+            ("Idempotency-Key", "A-tx".into()),
+            ("Idempotency-Key", "B-tx".into()),
+        ],
+        body.clone(),
+    )
+    .await
+    .assert_problem(400, "invalid_idempotency_key");
+    post(
+        &[
+            ("Authorization", bearer.clone()),
+            ("Authorization", "Bearer sk_other".into()),
+            ("Idempotency-Key", "auth-twice".into()),
+        ],
+        body,
+    )
+    .await
+    .assert_problem(401, "unauthorized");
+    let r = post(
+        &[
+            ("Authorization", bearer),
+            ("Idempotency-Key", "meta-twice".into()),
+        ],
+        format!(
+            r#"{{"provider":"pockyt","transaction_no":"{}","amount":"1.00","currency":"USD","metadata":{{"a":"first","a":"second"}}}}"#,
+            sale["transactionNo"].as_str().unwrap()
+        ),
+    )
+    .await;
     r.assert_problem(400, "invalid_request");
     assert!(app.list_all().await.is_empty(), "nothing recorded");
     app.stop().await;

@@ -655,3 +655,14 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A refund as the store holds it (for what the API does not show, such as
+/// our reference at the provider).
+pub async fn stored_row(app: &TestApp, id: &str) -> refund_gateway::store::RefundRow {
+    app.gateway
+        .store
+        .get_refund_any_client(id)
+        .await
+        .unwrap()
+        .unwrap()
+}
