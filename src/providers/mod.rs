@@ -15,171 +15,110 @@ use crate::money::{Currency, Minor};
 
 pub use crate::types::ProviderKind;
 
-/// What each provider's protocol allows and means.
-impl ProviderKind {
+/// What a provider's protocol allows and means: each connector's own
+/// knowledge (`providers/<name>/rules.rs`), asked through [`ProviderKind`].
+pub trait Rules: Sync {
     /// Whether the provider can be asked about the original sale before a
     /// refund (and so confirms its amount and currency).
-    pub fn has_sale_lookup(&self) -> bool {
-        matches!(self, ProviderKind::Pockyt)
+    fn has_sale_lookup(&self) -> bool;
+    /// Whether a sale in the provider's status `status` may be refunded.
+    fn sale_is_refundable(&self, status: &str) -> bool;
+    /// What the provider needs to find the sale, and which fields it takes:
+    /// each broken rule as (field, message). The sale ids go into the
+    /// provider's delimited and signed strings, so each is held to what the
+    /// provider allows, and never to less than what cannot be confused with
+    /// a delimiter (see [`pairs`]).
+    fn check_sale_ids(
+        &self,
+        transaction_no: Option<&str>,
+        reference: Option<&str>,
+        has_settle_currency: bool,
+    ) -> Vec<(&'static str, &'static str)>;
+    /// Whether the refund id a webhook carries is the provider's own id of
+    /// the refund, worth keeping on the refund.
+    fn webhook_refund_id_is_providers(&self) -> bool;
+    /// The largest refund the wire format can carry, in minor units.
+    fn max_amount_minor(&self) -> i64;
+    /// A webhook's amount in minor units; `None`: unreadable.
+    fn webhook_amount_minor(&self, amount: &str, currency: Currency) -> Option<i64>;
+    /// The webhook field that states the currency.
+    fn webhook_currency_field(&self) -> &'static str;
+    /// What else a webhook states about the refund it names.
+    fn webhook_claims(&self, fields: &BTreeMap<String, String>) -> WebhookClaims;
+    /// Webhook fields that change between deliveries of the same event
+    /// (signatures, send times): left out of its de-duplication key.
+    fn volatile_webhook_fields(&self) -> &'static [&'static str];
+    /// The `failure_code` a POS can act on, from the provider's code for a
+    /// declined refund.
+    fn failure_code(&self, code: &str) -> &'static str;
+}
+
+impl ProviderKind {
+    /// The connector's rules: the one line a new provider adds here.
+    pub fn rules(&self) -> &'static dyn Rules {
+        match self {
+            ProviderKind::Pockyt => &pockyt::rules::POCKYT,
+            ProviderKind::Pay10 => &pay10::rules::PAY10,
+        }
     }
 
-    /// What the provider needs to find the sale, and which fields it takes:
-    /// each broken rule as (field, message).
-    ///
-    /// The sale ids go into the provider's delimited and signed strings, so
-    /// each is held to what the provider allows, and never to less than
-    /// what cannot be confused with a delimiter (see [`pairs`]):
-    /// - Pay10 `PG_REF_NUM`: 1-20 digits (the provider's numbering).
-    /// - Pay10 `ORDER_ID`: 1-50 of `A-Z a-z 0-9 _ -`. Pay10's documents type
-    ///   it `AN` (alphanumeric), yet their own example is `PAY10_823647263`:
-    ///   the underscore is accepted because the provider uses it, the hyphen
-    ///   because merchants' order ids commonly carry one; neither is a
-    ///   delimiter of any Pay10 string (`~`, `=`, and `,` `{` `}` in answers).
-    /// - Pockyt `transactionNo`: 1-64 letters and digits (Pockyt's are digits).
-    /// - Pockyt `reference`: 1-64 printable ASCII characters without space,
-    ///   `&` or `=` (the signing string's delimiters); non-ASCII is refused
-    ///   because Pockyt's documents do not say how it is signed.
+    /// See [`Rules::has_sale_lookup`].
+    pub fn has_sale_lookup(&self) -> bool {
+        self.rules().has_sale_lookup()
+    }
+
+    /// See [`Rules::check_sale_ids`].
     pub fn check_sale_ids(
         &self,
         transaction_no: Option<&str>,
         reference: Option<&str>,
         has_settle_currency: bool,
     ) -> Vec<(&'static str, &'static str)> {
-        let mut broken = vec![];
-        let all = |s: &str, max: usize, ok: fn(u8) -> bool| {
-            (1..=max).contains(&s.len()) && s.bytes().all(ok)
-        };
-        match self {
-            ProviderKind::Pockyt => {
-                if transaction_no.is_none() && reference.is_none() {
-                    broken.push(("transaction_no", "pockyt needs transaction_no or reference"));
-                }
-                if transaction_no.is_some_and(|t| !all(t, 64, |b| b.is_ascii_alphanumeric())) {
-                    broken.push((
-                        "transaction_no",
-                        "pockyt transactionNo is 1-64 letters and digits",
-                    ));
-                }
-                if reference.is_some_and(|r| {
-                    !all(r, 64, |b| b.is_ascii_graphic() && b != b'&' && b != b'=')
-                }) {
-                    broken.push((
-                        "reference",
-                        "pockyt reference is 1-64 printable ASCII characters without spaces, '&' or '='",
-                    ));
-                }
-            }
-            ProviderKind::Pay10 => {
-                match transaction_no {
-                    Some(t) if !all(t, 20, |b| b.is_ascii_digit()) => {
-                        broken.push(("transaction_no", "pay10 PG_REF_NUM is 1-20 digits"))
-                    }
-                    None => broken.push(("transaction_no", "is required for pay10 (PG_REF_NUM)")),
-                    _ => {}
-                }
-                match reference {
-                    Some(r)
-                        if !all(r, 50, |b| {
-                            b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
-                        }) =>
-                    {
-                        broken.push((
-                            "reference",
-                            "pay10 ORDER_ID is 1-50 letters, digits, '_' or '-'",
-                        ))
-                    }
-                    None => broken.push(("reference", "is required for pay10 (ORDER_ID)")),
-                    _ => {}
-                }
-                if has_settle_currency {
-                    broken.push(("settle_currency", "applies to pockyt only"));
-                }
-            }
-        }
-        broken
+        self.rules()
+            .check_sale_ids(transaction_no, reference, has_settle_currency)
     }
 
-    /// Whether the refund id a webhook carries is the provider's own id of
-    /// the refund (Pockyt's refund transaction number), worth keeping on the
-    /// refund; Pay10's `REFUND_ORDER_ID` is our reference echoed back.
+    /// See [`Rules::webhook_refund_id_is_providers`].
     pub fn webhook_refund_id_is_providers(&self) -> bool {
-        matches!(self, ProviderKind::Pockyt)
+        self.rules().webhook_refund_id_is_providers()
     }
 
-    /// The largest refund the provider's wire format can carry, in minor units
-    /// (Pay10 `AMOUNT` is at most 12 digits).
+    /// See [`Rules::max_amount_minor`].
     pub fn max_amount_minor(&self) -> i64 {
-        match self {
-            ProviderKind::Pay10 => 999_999_999_999,
-            ProviderKind::Pockyt => i64::MAX,
-        }
+        self.rules().max_amount_minor()
     }
 
-    /// A webhook's amount in minor units: Pockyt sends decimals; Pay10 sends
-    /// minor units, or (some servers) a decimal with a dot. `None`: unreadable.
+    /// See [`Rules::webhook_amount_minor`].
     pub fn webhook_amount_minor(&self, amount: &str, currency: Currency) -> Option<i64> {
-        let amount = amount.trim();
-        match self {
-            ProviderKind::Pay10 if !amount.contains('.') => (!amount.is_empty()
-                && amount.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| amount.parse::<i64>().ok())
-            .flatten(),
-            _ => currency.parse_amount(amount).ok().map(|m| m.get()),
-        }
+        self.rules().webhook_amount_minor(amount, currency)
     }
 
-    /// The currency a webhook states, if it states one (Pockyt `currency`,
-    /// Pay10 `CURRENCY_CODE`, ISO numeric).
+    /// The currency a webhook states, if it states one.
     pub fn webhook_currency(&self, fields: &BTreeMap<String, String>) -> Option<String> {
-        let key = match self {
-            ProviderKind::Pockyt => "currency",
-            ProviderKind::Pay10 => "CURRENCY_CODE",
-        };
-        fields.get(key).filter(|v| !v.trim().is_empty()).cloned()
+        fields
+            .get(self.rules().webhook_currency_field())
+            .filter(|v| !v.trim().is_empty())
+            .cloned()
     }
 
-    /// What else a webhook states about the refund it names, to be checked
-    /// against the refund as recorded: the sale's merchant reference, the
-    /// settle currency, and whether it says it is a refund at all.
+    /// See [`Rules::webhook_claims`].
     pub fn webhook_claims(&self, fields: &BTreeMap<String, String>) -> WebhookClaims {
-        let get = |k: &str| {
-            fields
-                .get(k)
-                .map(|v| v.trim())
-                .filter(|v| !v.is_empty())
-                .map(str::to_string)
-        };
-        match self {
-            ProviderKind::Pockyt => WebhookClaims {
-                sale_reference: get("reference"),
-                settle_currency: get("settleCurrency"),
-                transaction_type: None,
-            },
-            ProviderKind::Pay10 => WebhookClaims {
-                sale_reference: get("ORDER_ID"),
-                settle_currency: None,
-                transaction_type: get("TXNTYPE").filter(|t| !t.eq_ignore_ascii_case("REFUND")),
-            },
-        }
+        self.rules().webhook_claims(fields)
     }
 
-    /// The `failure_code` a POS can act on, from the provider's code for a
-    /// declined refund.
+    /// See [`Rules::failure_code`].
     pub fn failure_code(&self, code: Option<&str>) -> &'static str {
-        match (self, code.unwrap_or("")) {
-            (ProviderKind::Pay10, "013" | "014" | "016") => "amount_exceeds_refundable",
-            (ProviderKind::Pockyt, "000022") => "parameters_mismatch",
-            (ProviderKind::Pockyt, "000020" | "000023") => "invalid_provider_request",
-            (ProviderKind::Pay10, "300" | "323" | "324")
-            | (ProviderKind::Pockyt, "000000" | "000010" | "000030") => {
-                "provider_configuration_error"
-            }
-            (ProviderKind::Pay10, "015" | "302") | (ProviderKind::Pockyt, "000021") => {
-                "transaction_not_found"
-            }
-            _ => "provider_declined",
-        }
+        self.rules().failure_code(code.unwrap_or(""))
     }
+}
+
+/// A webhook field's value, trimmed; `None` when absent or blank.
+pub fn field(fields: &BTreeMap<String, String>, key: &str) -> Option<String> {
+    fields
+        .get(key)
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
 }
 
 /// What a webhook states besides the refund's own ids, amount and currency.

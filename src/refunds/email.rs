@@ -12,11 +12,19 @@ use lettre::message::header::ContentType;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 
+use super::lifecycle::Backoff;
 use super::Gateway;
 use crate::config::Smtp;
 use crate::store::OutboxRow;
 
 const MAX_ATTEMPTS: i64 = 8;
+
+/// After a failed send: 2 s, 4 s, ... (the `attempts`-th failure waits
+/// `1 s << attempts`), at most 512 s.
+const RETRY: Backoff = Backoff {
+    base: Duration::from_secs(1),
+    max: Duration::from_secs(512),
+};
 
 pub struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
@@ -75,8 +83,7 @@ impl Gateway {
                 }
                 Err(err) => {
                     let attempts = e.attempts + 1;
-                    let next =
-                        (attempts < MAX_ATTEMPTS).then(|| now + 1000 * (1i64 << attempts.min(9)));
+                    let next = (attempts < MAX_ATTEMPTS).then(|| now + RETRY.delay_ms(attempts));
                     tracing::warn!(refund_id = %e.refund_id, attempts, error = %err, gave_up = next.is_none(), "receipt email failed");
                     self.store
                         .email_attempted(&e.refund_id, now, Some(&err), next)

@@ -1,11 +1,28 @@
-//! The refund lifecycle: the one place that decides how a refund's status
-//! changes, whoever causes the change (the request's own provider answer, a
-//! status query, a webhook, the sender abandoning its call).
+//! The refund lifecycle: the one place that decides how a refund changes,
+//! whoever causes the change (the request's own provider answer, a status
+//! query, a webhook, the sender abandoning its call, an operator).
 //!
-//! Every function here computes a [`RefundUpdate`] from the row as its caller
-//! read it; the store applies it with a compare-and-swap on that row's
-//! version, status and submission, and on a lost race the caller reads again
-//! and asks again. Nothing else in the crate sets a status.
+//! A cause is a [`Transition`]; [`transition`] turns it and the row as its
+//! writer read it into a complete [`Change`]: the row as it will be, and
+//! everything that goes with it (the reservation released, the sale's
+//! currency pinned, the receipt email, the history line, the domain events
+//! the POS is told of). No other module makes a `Change` (a test below
+//! holds them to it). The store executes a change as one compare-and-swap on the
+//! version, status and submission it was computed from, with its effects in
+//! the same transaction, and decides nothing; on a lost race the writer
+//! reads again and asks again ([`crate::refunds::apply_with`]).
+//!
+//! | transition | status | effects |
+//! |---|---|---|
+//! | `Claimed` | pending → pending (`prepared` → `sent`, send deadline set) | history line |
+//! | `Answered` (succeeded) | pending → succeeded | receipt email, sale currency pinned (no sale lookup), `refund.created` + `refund.succeeded` |
+//! | `Answered` (failed) | pending → failed | reservation released, `refund.created` + `refund.failed` |
+//! | `Answered` (pending/unknown) | pending → pending | next check scheduled, `refund.created` |
+//! | `SenderAbandoned` | pending → failed (`not_submitted`) | reservation released, `refund.created` + `refund.failed` |
+//! | `StatusQueried` | pending → succeeded / failed / pending | as `Answered`; "no such refund" fails only by [`never_received`]; gives up after `max_attempts` (`refund.review_needed`) |
+//! | `WebhookApplied` | pending → succeeded / failed | as `Answered`; a contrary report on a final refund flags it and asks the provider |
+//! | `Contradicted` | unchanged | flagged for review (`refund.review_needed`) |
+//! | `OperatorResolved` | pending → the provider-confirmed status; final: flag cleared | as `Answered`, with the operator's note |
 //!
 //! The rules, in one place:
 //! - `pending` may become `succeeded` or `failed`; a final status never
@@ -24,14 +41,15 @@
 //!   operator); the unattended paths also want several "no such refund"
 //!   answers in a row.
 
-use crate::providers::{Outcome, ProviderAnswer};
-use crate::store::{RefundRow, RefundUpdate};
-
 use std::time::Duration;
 
-pub use crate::store::{Status, Submission};
+use super::object::RefundObject;
+use super::receipt;
+use crate::providers::{Outcome, ProviderAnswer};
+pub use crate::store::{Change, DomainEvent, Status, Submission};
+use crate::store::{Effects, EmailDraft, EventSource, RefundEvent, RefundRow};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Decision {
     /// Nothing to change (the outcome says nothing new, or repeats the final state).
     Stay,
@@ -54,6 +72,24 @@ pub fn decide(current: Status, outcome: Outcome) -> Decision {
     }
 }
 
+/// One backoff rule (exponential from `base`, capped at `max`) for every
+/// retry the gateway schedules: status queries, webhook matching, receipt
+/// emails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// Milliseconds to wait after `attempts` attempts (0: `base`).
+    pub fn delay_ms(&self, attempts: i64) -> i64 {
+        let shift = u32::try_from(attempts.clamp(0, 20)).unwrap_or(20);
+        let d = self.base.saturating_mul(1u32 << shift).min(self.max);
+        i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
 /// The lifecycle's timing: how often pending refunds are asked about, when
 /// the gateway gives up asking, and when "no such refund" may fail one.
 #[derive(Debug, Clone, Copy)]
@@ -65,27 +101,13 @@ pub struct Policy {
     /// How long a claimed refund is reserved for the claiming process.
     pub lease: Duration,
     /// After a sent refund's send deadline, how long the provider may still
-    /// be processing it (see [`lifecycle::status_query`]).
+    /// be processing it (see [`never_received`]).
     pub not_found_after: Duration,
     /// "No such refund" answers in a row needed to fail a sent refund.
     pub not_found_checks: u32,
 }
 
 impl Policy {
-    /// For code that applies answers outside a configured gateway (the
-    /// benchmark's database floor): the default timings, never waited on there.
-    pub fn floor() -> Self {
-        Policy {
-            interval: Duration::from_millis(500),
-            base_delay: Duration::from_secs(1),
-            max_delay: Duration::from_secs(300),
-            max_attempts: 30,
-            lease: Duration::from_secs(35),
-            not_found_after: Duration::from_secs(15 * 60),
-            not_found_checks: 3,
-        }
-    }
-
     pub fn max_delay_ms(&self) -> i64 {
         i64::try_from(self.max_delay.as_millis()).unwrap_or(i64::MAX)
     }
@@ -94,60 +116,294 @@ impl Policy {
         i64::try_from(self.not_found_after.as_millis()).unwrap_or(i64::MAX)
     }
 
+    /// The status queries' backoff.
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            base: self.base_delay,
+            max: self.max_delay,
+        }
+    }
+
     /// Milliseconds to wait before the next check after `attempts` checks.
     pub fn delay_after(&self, attempts: i64) -> i64 {
-        let shift = u32::try_from(attempts.clamp(0, 20)).unwrap_or(20);
-        let d = self
-            .base_delay
-            .saturating_mul(1u32 << shift)
-            .min(self.max_delay);
-        i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+        self.backoff().delay_ms(attempts)
     }
 }
 
-/// The update a provider answer (to our refund call, or a webhook naming this
-/// refund) makes, through [`decide`].
-pub fn answer(
+/// Who asked the provider about a refund (its history says so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asker<'a> {
+    Reconciliation,
+    /// A client's `?sync=true`.
+    Client,
+    Operator(&'a str),
+}
+
+/// What happened to a refund: the one input of [`transition`].
+#[derive(Debug, Clone, Copy)]
+pub enum Transition<'a> {
+    /// The request claims the refund it recorded (at `version`) for sending:
+    /// `prepared` → `sent`, to be sent before `send_by` (ms). Only that very
+    /// version may be claimed: whoever wrote since decided first.
+    Claimed { version: i64, send_by: i64 },
+    /// The provider's answer to the request's own call; also stores the
+    /// response a replay of the request gets.
+    Answered(&'a ProviderAnswer),
+    /// The sender passed its send deadline before calling: nothing was sent.
+    SenderAbandoned,
+    /// A status query's answer, to a query sent at `asked_at` (ms, the
+    /// shared clock): what the provider did not know then proves nothing
+    /// about later, however late the answer is written.
+    StatusQueried {
+        answer: &'a ProviderAnswer,
+        by: Asker<'a>,
+        asked_at: i64,
+    },
+    /// A verified webhook naming this refund and consistent with it.
+    WebhookApplied(&'a ProviderAnswer),
+    /// A signed provider message (a webhook, a sale's refund listing)
+    /// contradicting the refund as recorded: `what` differs.
+    Contradicted { what: &'a str, source: EventSource },
+    /// An operator's resolution to `target`, checked against the provider's
+    /// answer to a query sent at `asked_at`.
+    OperatorResolved {
+        target: Status,
+        reply: &'a ProviderAnswer,
+        actor: &'a str,
+        note: &'a str,
+        asked_at: i64,
+    },
+}
+
+/// The receipt a refund's success emails, where email is on.
+#[derive(Debug, Clone)]
+pub struct ReceiptSettings {
+    pub store_name: String,
+    pub time_zone: Option<jiff::tz::TimeZone>,
+}
+
+/// What a transition is decided with besides the row: the shared clock's
+/// now (ms), the timing policy, and the receipt settings of the refund's
+/// account (`None`: no email).
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub now: i64,
+    pub policy: &'a Policy,
+    pub receipt: Option<&'a ReceiptSettings>,
+}
+
+/// The change `t` makes to `current`, or `None` when it changes nothing (a
+/// lost claim, a repeated report, a flag already raised). Only an operator's
+/// resolution can be refused.
+pub fn transition(
+    current: &RefundRow,
+    t: &Transition<'_>,
+    ctx: &Context<'_>,
+) -> Result<Option<Change>, ResolveRefusal> {
+    let now = ctx.now;
+    let mut next = current.clone();
+    next.updated_at = now;
+    let mut note = None;
+    let (source, actor) = match *t {
+        Transition::Claimed { version, send_by } => {
+            if current.version != version
+                || current.status != Status::Pending
+                || current.submission != Submission::Prepared
+            {
+                return Ok(None);
+            }
+            next.submission = Submission::Sent;
+            next.send_by = Some(send_by);
+            let history = RefundEvent {
+                at: now,
+                source: EventSource::Request,
+                status: Status::Pending,
+                previous_status: Some(Status::Pending),
+                provider_code: None,
+                provider_status: None,
+                detail: Some("claimed for sending; the provider is called now".into()),
+                actor: None,
+            };
+            return Ok(Some(Change::decided(
+                current.clone(),
+                bumped(next),
+                Effects {
+                    history: Some(history),
+                    ..Effects::default()
+                },
+            )));
+        }
+        Transition::Answered(a) => {
+            answer(&mut next, current, a, ctx);
+            (EventSource::Request, None)
+        }
+        Transition::SenderAbandoned => {
+            if current.status == Status::Pending {
+                fail(
+                    &mut next,
+                    "not_submitted",
+                    "the gateway could not send the refund in time; nothing was sent to the provider",
+                );
+            }
+            (EventSource::Request, None)
+        }
+        Transition::StatusQueried {
+            answer: a,
+            by,
+            asked_at,
+        } => {
+            status_query(&mut next, current, a, asked_at, ctx);
+            match by {
+                Asker::Reconciliation => (EventSource::Reconciliation, None),
+                Asker::Client => (EventSource::StatusQuery, None),
+                Asker::Operator(who) => (EventSource::Operator, Some(who)),
+            }
+        }
+        Transition::WebhookApplied(a) => {
+            if answer(&mut next, current, a, ctx) == Decision::Conflict {
+                // Settle the contradiction by asking the provider.
+                next.next_check_at = Some(now);
+            }
+            (EventSource::Webhook, None)
+        }
+        Transition::Contradicted { what, source } => {
+            if current.review_reason.as_deref() == Some(what) {
+                return Ok(None);
+            }
+            next.review_reason = Some(what.to_string());
+            (source, None)
+        }
+        Transition::OperatorResolved {
+            target,
+            reply,
+            actor,
+            note: text,
+            asked_at,
+        } => {
+            operator_resolution(&mut next, current, target, reply, asked_at, ctx)?;
+            note = Some(format!(
+                "resolved {target} by {actor}: {text} (provider answered {}{})",
+                reply.outcome.as_str(),
+                reply
+                    .provider_code
+                    .as_deref()
+                    .map(|c| format!(" {c}"))
+                    .unwrap_or_default()
+            ));
+            (EventSource::Operator, Some(actor))
+        }
+    };
+    let request_write = matches!(t, Transition::Answered(_) | Transition::SenderAbandoned);
+    let succeeded_now = current.status != Status::Succeeded && next.status == Status::Succeeded;
+    let mut email = None;
+    if succeeded_now {
+        if let (Some(settings), Some(to)) = (ctx.receipt, &current.receipt_email) {
+            let object = RefundObject::from(&next);
+            email = Some(EmailDraft {
+                to: to.clone(),
+                subject: format!("Your refund of {} {}", object.amount, object.currency),
+                body: receipt::text(&object, &settings.store_name, settings.time_zone.as_ref()),
+            });
+        }
+    }
+    if request_write {
+        // The request's own last write: the response a replay gets.
+        next.response_code = Some(201);
+        next.response_body = serde_json::to_string(&RefundObject::from(&next)).ok();
+        next.inflight_until = None;
+    } else if !changes_anything(current, &next) && note.is_none() {
+        return Ok(None);
+    }
+    let mut events = vec![];
+    if request_write {
+        events.push(DomainEvent::Created);
+    }
+    if current.status != next.status {
+        // Never back to pending ([`decide`]): a status change is final.
+        match next.status {
+            Status::Succeeded => events.push(DomainEvent::Succeeded),
+            Status::Failed => events.push(DomainEvent::Failed),
+            Status::Pending => {}
+        }
+    }
+    if next.review_reason.is_some() && next.review_reason != current.review_reason {
+        events.push(DomainEvent::ReviewNeeded);
+    }
+    let history = history_line(current, &next, source, actor, note);
+    let effects = Effects {
+        releases_reservation: current.status != Status::Failed && next.status == Status::Failed,
+        confirms_sale: succeeded_now && !current.provider.has_sale_lookup(),
+        email,
+        events,
+        history,
+    };
+    Ok(Some(Change::decided(
+        current.clone(),
+        bumped(next),
+        effects,
+    )))
+}
+
+fn bumped(mut row: RefundRow) -> RefundRow {
+    row.version += 1;
+    row
+}
+
+/// Whether `next` differs from `current` in anything but the update time.
+fn changes_anything(current: &RefundRow, next: &RefundRow) -> bool {
+    let mut same_time = next.clone();
+    same_time.updated_at = current.updated_at;
+    &same_time != current
+}
+
+/// What a provider's answer (to our call, or a webhook naming this refund)
+/// does, through [`decide`].
+fn answer(
+    next: &mut RefundRow,
     current: &RefundRow,
     answer: &ProviderAnswer,
-    now: i64,
-    policy: &Policy,
-) -> RefundUpdate {
-    let mut u = RefundUpdate::from_row(current, now);
-    let status = current.status;
-    if answer.provider_refund_id.is_some() && u.provider_refund_id.is_none() {
-        u.provider_refund_id = answer.provider_refund_id.clone();
+    ctx: &Context<'_>,
+) -> Decision {
+    if answer.provider_refund_id.is_some() && next.provider_refund_id.is_none() {
+        next.provider_refund_id = answer.provider_refund_id.clone();
     }
     if answer.outcome != Outcome::NotFound {
-        u.not_found_streak = 0;
+        next.not_found_streak = 0;
     }
-    match decide(status, answer.outcome) {
-        Decision::Move(next) => {
-            u.status = next;
-            u.provider_status = answer.provider_status.clone().or(u.provider_status);
-            u.provider_code = answer.provider_code.clone().or(u.provider_code);
-            u.provider_message = answer.message.clone();
-            if next == Status::Failed {
-                u.failure_code = Some(
+    let decision = decide(current.status, answer.outcome);
+    match decision {
+        Decision::Move(status) => {
+            next.status = status;
+            next.provider_status = answer
+                .provider_status
+                .clone()
+                .or(next.provider_status.take());
+            next.provider_code = answer.provider_code.clone().or(next.provider_code.take());
+            next.provider_message = answer.message.clone();
+            if status == Status::Failed {
+                next.failure_code = Some(
                     current
                         .provider
                         .failure_code(answer.provider_code.as_deref())
                         .into(),
                 );
-                u.failure_message = answer
+                next.failure_message = answer
                     .message
                     .clone()
                     .or_else(|| Some("the provider declined the refund".into()));
             }
-            u.next_check_at = None;
-            u.lease_until = None;
+            next.next_check_at = None;
+            next.lease_until = None;
         }
-        Decision::Stay if status == Status::Pending => {
+        Decision::Stay if current.status == Status::Pending => {
             if answer.outcome == Outcome::Pending {
-                u.provider_status = answer.provider_status.clone().or(u.provider_status);
-                u.provider_code = answer.provider_code.clone().or(u.provider_code);
+                next.provider_status = answer
+                    .provider_status
+                    .clone()
+                    .or(next.provider_status.take());
+                next.provider_code = answer.provider_code.clone().or(next.provider_code.take());
             }
-            u.next_check_at = Some(now + policy.delay_after(current.check_attempts));
+            next.next_check_at = Some(ctx.now + ctx.policy.delay_after(current.check_attempts));
         }
         Decision::Stay => {}
         Decision::Conflict => {
@@ -157,45 +413,47 @@ pub fn answer(
                 reported = ?answer.outcome,
                 "provider contradicts a final refund status; keeping it and flagging for review"
             );
-            u.review_reason = Some(format!(
+            next.review_reason = Some(format!(
                 "provider reported {:?} after the refund was {}",
                 answer.outcome, current.status
             ));
         }
     }
-    u
+    decision
 }
 
-/// The update the answer to a status query makes (reconciliation, or a
-/// client's `?sync=true`): [`answer`], plus the rules for a provider that has
-/// never heard of the refund, and giving up polling after too many queries.
-pub fn status_query(
+/// What a status query's answer does: [`answer`], plus the rules for a
+/// provider that has never heard of the refund (judged at `asked_at`, when
+/// the provider was asked), and giving up polling after too many queries.
+fn status_query(
+    next: &mut RefundRow,
     current: &RefundRow,
     reply: &ProviderAnswer,
-    now: i64,
-    policy: &Policy,
-) -> RefundUpdate {
-    let mut u = answer(current, reply, now, policy);
-    u.lease_until = None;
+    asked_at: i64,
+    ctx: &Context<'_>,
+) {
+    let (now, policy) = (ctx.now, ctx.policy);
+    answer(next, current, reply, ctx);
+    next.lease_until = None;
     if current.status != Status::Pending {
-        return u;
+        return;
     }
-    u.check_attempts = current.check_attempts + 1;
+    next.check_attempts = current.check_attempts + 1;
     if reply.outcome == Outcome::NotFound {
-        u.not_found_streak = current.not_found_streak + 1;
-        match never_received(current, now, policy) {
+        next.not_found_streak = current.not_found_streak + 1;
+        match never_received(current, asked_at.min(now), policy) {
             // Never claimed for sending: this write bumps the version, so the
             // sender's claim (a compare-and-swap on the version it wrote) fails
             // and it never calls the provider.
             Ok(proof @ NeverReceived::NotSubmitted) => {
-                fail(&mut u, proof.code(), proof.message());
+                fail(next, proof.code(), proof.message());
                 tracing::info!(refund_id = %current.id, "refund was never submitted; marked failed");
             }
             Ok(proof @ NeverReceived::NotReceived)
-                if u.not_found_streak >= i64::from(policy.not_found_checks) =>
+                if next.not_found_streak >= i64::from(policy.not_found_checks) =>
             {
-                fail(&mut u, proof.code(), proof.message());
-                tracing::warn!(refund_id = %current.id, streak = u.not_found_streak, "provider never received the refund; marked failed");
+                fail(next, proof.code(), proof.message());
+                tracing::warn!(refund_id = %current.id, streak = next.not_found_streak, "provider never received the refund; marked failed");
             }
             _ => {}
         }
@@ -203,54 +461,167 @@ pub fn status_query(
     if reply.outcome == Outcome::Misconfigured {
         // Asking again will not help until an operator fixes the account:
         // flag it, and ask only at the slowest pace meanwhile.
-        u.review_reason = Some(format!(
+        next.review_reason = Some(format!(
             "the provider refused the status query ({} {}): check the account's credentials",
             reply.provider_code.as_deref().unwrap_or(""),
             reply.message.as_deref().unwrap_or("")
         ));
-        u.next_check_at = Some(now.saturating_add(policy.max_delay_ms()));
+        next.next_check_at = Some(now.saturating_add(policy.max_delay_ms()));
     }
-    if u.status == Status::Pending && u.check_attempts >= i64::from(policy.max_attempts) {
+    if next.status == Status::Pending && next.check_attempts >= i64::from(policy.max_attempts) {
         let reason = format!(
             "still pending after {} status queries; last answer {:?} {}",
-            u.check_attempts,
+            next.check_attempts,
             reply.outcome,
             reply.message.as_deref().unwrap_or("")
         );
         tracing::warn!(refund_id = %current.id, %reason, "reconciliation gave up; refund needs review");
-        u.next_check_at = None;
-        u.review_reason = Some(reason);
+        next.next_check_at = None;
+        next.review_reason = Some(reason);
     }
-    u
 }
 
-/// A signed provider message (a webhook, a sale's refund listing) that
-/// contradicts the refund as recorded: it flags the refund for review with
-/// `what` differs (written to its history) and changes nothing else. `None`
-/// when the refund is already flagged for this very reason.
-pub fn contradicted(current: &RefundRow, what: &str, now: i64) -> Option<RefundUpdate> {
-    if current.review_reason.as_deref() == Some(what) {
-        return None;
+/// An operator's resolution of a refund to `target`, checked against the
+/// provider's answer given just now: it applies only what the provider's
+/// records prove. A pending refund becomes `succeeded` only if the provider
+/// says it succeeded; `failed` only if the provider says it failed, or has
+/// no such refund and the gateway provably can no longer send it. A final
+/// refund keeps its status; resolving it to that same status (with the
+/// provider agreeing) clears its review flag. Never back to pending.
+fn operator_resolution(
+    next: &mut RefundRow,
+    current: &RefundRow,
+    target: Status,
+    reply: &ProviderAnswer,
+    asked_at: i64,
+    ctx: &Context<'_>,
+) -> Result<(), ResolveRefusal> {
+    // "No such refund" proves what it proves when the provider said it.
+    let (now, policy) = (asked_at.min(ctx.now), ctx.policy);
+    let confirms = match (target, reply.outcome) {
+        (Status::Succeeded, Outcome::Succeeded) | (Status::Failed, Outcome::Failed) => true,
+        (Status::Failed, Outcome::NotFound) if current.status == Status::Pending => {
+            match never_received(current, now, policy) {
+                Ok(_) => true,
+                Err(Some(at)) => return Err(ResolveRefusal::ProviderMayStillApply { at, now }),
+                Err(None) => return Err(ResolveRefusal::NeverProvable),
+            }
+        }
+        (Status::Failed, Outcome::NotFound) => true,
+        _ => false,
+    };
+    if current.status.is_final() && current.status != target {
+        return Err(ResolveRefusal::AlreadyFinal(current.status));
     }
-    let mut u = RefundUpdate::from_row(current, now);
-    u.review_reason = Some(what.to_string());
-    Some(u)
+    if !confirms {
+        return Err(ResolveRefusal::Contradicted(provider_said(reply)));
+    }
+    answer(next, current, reply, ctx);
+    if current.status == Status::Pending
+        && target == Status::Failed
+        && reply.outcome == Outcome::NotFound
+    {
+        if let Ok(proof) = never_received(current, now, policy) {
+            fail(
+                next,
+                proof.code(),
+                "resolved by an operator: the provider has no record of this refund",
+            );
+        }
+    }
+    next.review_reason = None;
+    next.next_check_at = None;
+    next.lease_until = None;
+    Ok(())
 }
 
-/// The sender held its claim past the send deadline (it was paused) and did
-/// not call the provider: it fails the refund itself. Only a pending refund
-/// changes; the sender knows no request left, whatever else was written since.
-pub fn sender_abandoned(current: &RefundRow, now: i64) -> Option<RefundUpdate> {
-    if current.status != Status::Pending {
+/// What the provider said, in words, for a refused resolution.
+fn provider_said(reply: &ProviderAnswer) -> String {
+    let words = match reply.outcome {
+        Outcome::Succeeded => "the refund succeeded",
+        Outcome::Failed => "the refund failed",
+        Outcome::Pending => "it is still processing the refund",
+        Outcome::NotFound => "it has no record of this refund",
+        Outcome::Unknown => "no usable answer",
+        Outcome::Misconfigured => "it refused our query (check the account's credentials)",
+    };
+    // The provider's code only where it says something about the refund
+    // (a "query success" code beside "no record" only confuses).
+    let code = match reply.outcome {
+        Outcome::Failed | Outcome::Unknown | Outcome::Misconfigured => reply
+            .provider_code
+            .as_deref()
+            .map(|c| format!(", provider code {c}"))
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    let message = reply
+        .message
+        .as_deref()
+        .filter(|m| !m.trim().is_empty())
+        .map(|m| format!(" ({})", m.trim()))
+        .unwrap_or_default();
+    format!("{words}{message}{code}")
+}
+
+fn fail(next: &mut RefundRow, code: &str, message: &str) {
+    next.status = Status::Failed;
+    next.failure_code = Some(code.into());
+    next.failure_message = Some(message.into());
+    next.next_check_at = None;
+    next.lease_until = None;
+}
+
+/// The history line a change adds, if it changes what a reader sees: the
+/// status, the provider's status or code, a review flag, or an operator's note.
+fn history_line(
+    current: &RefundRow,
+    next: &RefundRow,
+    source: EventSource,
+    actor: Option<&str>,
+    note: Option<String>,
+) -> Option<RefundEvent> {
+    let flagged = next.review_reason.is_some() && current.review_reason != next.review_reason;
+    let changed = current.status != next.status
+        || current.provider_status != next.provider_status
+        || current.provider_code != next.provider_code
+        || flagged
+        || note.is_some();
+    if !changed {
         return None;
     }
-    let mut u = RefundUpdate::from_row(current, now);
-    fail(
-        &mut u,
-        "not_submitted",
-        "the gateway could not send the refund in time; nothing was sent to the provider",
-    );
-    Some(u)
+    let mut detail: Vec<String> = vec![];
+    if let Some(n) = &note {
+        detail.push(format!("note: {n}"));
+    }
+    if current.status != next.status {
+        if let Some(code) = next
+            .failure_code
+            .as_ref()
+            .filter(|_| next.status == Status::Failed)
+        {
+            detail.push(format!("failure_code {code}"));
+        }
+    }
+    if let Some(m) = next.provider_message.as_ref().filter(|m| !m.is_empty()) {
+        detail.push(format!("provider: {m}"));
+    }
+    if flagged {
+        detail.push(format!(
+            "flagged for review: {}",
+            next.review_reason.as_deref().unwrap_or("")
+        ));
+    }
+    Some(RefundEvent {
+        at: next.updated_at,
+        source,
+        status: next.status,
+        previous_status: Some(current.status),
+        provider_code: next.provider_code.clone(),
+        provider_status: next.provider_status.clone(),
+        detail: (!detail.is_empty()).then(|| detail.join("; ")),
+        actor: actor.map(str::to_string),
+    })
 }
 
 /// How a pending refund is known never to have reached the provider.
@@ -369,92 +740,6 @@ pub fn fmt_time(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-/// An operator's resolution of a refund to `target`, with a note, checked
-/// against the provider's answer given just now: it applies only what the
-/// provider's records prove. A pending refund becomes `succeeded` only if the
-/// provider says it succeeded; `failed` only if the provider says it failed,
-/// or has no such refund and the gateway provably can no longer send it. A
-/// final refund keeps its status; resolving it to that same status (with
-/// the provider agreeing) clears its review flag. Never back to pending.
-pub fn operator_resolution(
-    current: &RefundRow,
-    target: Status,
-    reply: &ProviderAnswer,
-    now: i64,
-    policy: &Policy,
-) -> Result<RefundUpdate, ResolveRefusal> {
-    let said = || {
-        let words = match reply.outcome {
-            Outcome::Succeeded => "the refund succeeded",
-            Outcome::Failed => "the refund failed",
-            Outcome::Pending => "it is still processing the refund",
-            Outcome::NotFound => "it has no record of this refund",
-            Outcome::Unknown => "no usable answer",
-            Outcome::Misconfigured => "it refused our query (check the account's credentials)",
-        };
-        // The provider's code only where it says something about the refund
-        // (a "query success" code beside "no record" only confuses).
-        let code = match reply.outcome {
-            Outcome::Failed | Outcome::Unknown | Outcome::Misconfigured => reply
-                .provider_code
-                .as_deref()
-                .map(|c| format!(", provider code {c}"))
-                .unwrap_or_default(),
-            _ => String::new(),
-        };
-        let message = reply
-            .message
-            .as_deref()
-            .filter(|m| !m.trim().is_empty())
-            .map(|m| format!(" ({})", m.trim()))
-            .unwrap_or_default();
-        format!("{words}{message}{code}")
-    };
-    let confirms = match (target, reply.outcome) {
-        (Status::Succeeded, Outcome::Succeeded) | (Status::Failed, Outcome::Failed) => true,
-        (Status::Failed, Outcome::NotFound) if current.status == Status::Pending => {
-            match never_received(current, now, policy) {
-                Ok(_) => true,
-                Err(Some(at)) => return Err(ResolveRefusal::ProviderMayStillApply { at, now }),
-                Err(None) => return Err(ResolveRefusal::NeverProvable),
-            }
-        }
-        (Status::Failed, Outcome::NotFound) => true,
-        _ => false,
-    };
-    if current.status.is_final() && current.status != target {
-        return Err(ResolveRefusal::AlreadyFinal(current.status));
-    }
-    if !confirms {
-        return Err(ResolveRefusal::Contradicted(said()));
-    }
-    let mut u = answer(current, reply, now, policy);
-    if current.status == Status::Pending
-        && target == Status::Failed
-        && reply.outcome == Outcome::NotFound
-    {
-        if let Ok(proof) = never_received(current, now, policy) {
-            fail(
-                &mut u,
-                proof.code(),
-                "resolved by an operator: the provider has no record of this refund",
-            );
-        }
-    }
-    u.review_reason = None;
-    u.next_check_at = None;
-    u.lease_until = None;
-    Ok(u)
-}
-
-fn fail(u: &mut RefundUpdate, code: &str, message: &str) {
-    u.status = Status::Failed;
-    u.failure_code = Some(code.into());
-    u.failure_message = Some(message.into());
-    u.next_check_at = None;
-    u.lease_until = None;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,10 +769,7 @@ mod tests {
         assert_eq!(decide(Status::Succeeded, Succeeded), Decision::Stay);
     }
 
-    /// Every status a refund update carries is decided in this file: no
-    /// other source file assigns one (the store only copies a decided update).
-    #[test]
-    fn statuses_are_set_only_here() {
+    fn sources() -> Vec<(String, String)> {
         fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
             for e in std::fs::read_dir(dir).unwrap() {
                 let p = e.unwrap().path();
@@ -501,23 +783,35 @@ mod tests {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut files = vec![];
         walk(&root.join("src"), &mut files);
+        files
+            .into_iter()
+            .map(|f| {
+                let rel = f
+                    .strip_prefix(root.join("src"))
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                (rel, std::fs::read_to_string(&f).unwrap())
+            })
+            .collect()
+    }
+
+    /// Every status and submission a refund takes is decided in this file:
+    /// no other source file assigns one (the store only writes a decided
+    /// change).
+    #[test]
+    fn statuses_are_set_only_here() {
         let allowed = ["refunds/lifecycle.rs", "store/model.rs", "sandbox/"];
         let mut offenders = vec![];
-        for f in files {
-            let rel = f
-                .strip_prefix(root.join("src"))
-                .unwrap()
-                .to_string_lossy()
-                .replace('\\', "/");
+        for (rel, text) in sources() {
             if allowed.iter().any(|a| rel.starts_with(a)) {
                 continue;
             }
-            let text = std::fs::read_to_string(&f).unwrap();
             for (i, line) in text.lines().enumerate() {
                 let l = line.trim();
                 if l.contains(".status = ")
-                    || (l.contains("submission = 'sent'")
-                        && !["store/sqlite.rs", "store/postgres.rs"].contains(&rel.as_str()))
+                    || l.contains(".submission = ")
+                    || l.contains("submission = 'sent'")
                 {
                     offenders.push(format!("{rel}:{}: {l}", i + 1));
                 }
@@ -526,6 +820,42 @@ mod tests {
         assert!(
             offenders.is_empty(),
             "status written outside the lifecycle: {offenders:#?}"
+        );
+    }
+
+    /// A [`Change`] is made here and nowhere else (its fields are private
+    /// to the store's model, whose one constructor only this file calls),
+    /// and the store is handed one only by the one apply path
+    /// ([`crate::refunds::apply_with`]).
+    #[test]
+    fn changes_are_made_only_here_and_applied_on_one_path() {
+        // Spelled in two parts so that this test does not find itself.
+        let apply = [".apply", "_change("].concat();
+        let mut offenders = vec![];
+        for (rel, text) in sources() {
+            for (i, line) in text.lines().enumerate() {
+                let l = line.trim();
+                let makes = l.contains("Change::decided(") && !l.starts_with("//");
+                if makes && rel != "refunds/lifecycle.rs" {
+                    offenders.push(format!("{rel}:{}: {l}", i + 1));
+                }
+                if l.contains(&apply) && !(rel == "refunds/mod.rs" || rel.starts_with("store/")) {
+                    offenders.push(format!("{rel}:{}: {l}", i + 1));
+                }
+            }
+        }
+        assert!(
+            offenders.is_empty(),
+            "a refund change made or applied outside its one path: {offenders:#?}"
+        );
+        let apply_calls = sources()
+            .iter()
+            .filter(|(rel, _)| rel == "refunds/mod.rs")
+            .map(|(_, t)| t.matches(&apply).count())
+            .sum::<usize>();
+        assert_eq!(
+            apply_calls, 1,
+            "refunds/mod.rs applies changes in one place"
         );
     }
 
@@ -563,18 +893,42 @@ mod tests {
     }
 
     fn policy() -> Policy {
-        let mut p = Policy::floor();
-        p.not_found_after = std::time::Duration::from_secs(60);
-        p.not_found_checks = 3;
-        p
+        Policy {
+            interval: Duration::from_millis(500),
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(300),
+            max_attempts: 30,
+            lease: Duration::from_secs(35),
+            not_found_after: Duration::from_secs(60),
+            not_found_checks: 3,
+        }
+    }
+
+    /// The row after a status query answering `outcome` at `now`.
+    fn queried(r: &RefundRow, outcome: Outcome, now: i64, p: &Policy) -> RefundRow {
+        let ctx = Context {
+            now,
+            policy: p,
+            receipt: None,
+        };
+        let answer = reply(outcome);
+        let t = Transition::StatusQueried {
+            answer: &answer,
+            by: Asker::Reconciliation,
+            asked_at: now,
+        };
+        match transition(r, &t, &ctx).unwrap() {
+            Some(c) => c.into_after(),
+            None => r.clone(),
+        }
     }
 
     #[test]
     fn never_claimed_fails_only_after_the_senders_window() {
         let r = row("prepared", None, 0);
-        let u = status_query(&r, &reply(Outcome::NotFound), 500, &policy());
+        let u = queried(&r, Outcome::NotFound, 500, &policy());
         assert_eq!(u.status, "pending", "the sender may still claim it");
-        let u = status_query(&r, &reply(Outcome::NotFound), 1_001, &policy());
+        let u = queried(&r, Outcome::NotFound, 1_001, &policy());
         assert_eq!(
             (u.status.as_str(), u.failure_code.as_deref()),
             ("failed", Some("not_submitted"))
@@ -588,27 +942,27 @@ mod tests {
         let after = send_by + 60_000;
         let r = row("sent", Some(send_by), 5);
         assert_eq!(
-            status_query(&r, &reply(Outcome::NotFound), after - 1, &p).status,
+            queried(&r, Outcome::NotFound, after - 1, &p).status,
             "pending"
         );
         let r = row("sent", Some(send_by), 1);
-        let u = status_query(&r, &reply(Outcome::NotFound), after, &p);
+        let u = queried(&r, Outcome::NotFound, after, &p);
         assert_eq!((u.status.as_str(), u.not_found_streak), ("pending", 2));
         let r = row("sent", Some(send_by), 2);
-        let u = status_query(&r, &reply(Outcome::NotFound), after, &p);
+        let u = queried(&r, Outcome::NotFound, after, &p);
         assert_eq!(
             (u.status.as_str(), u.failure_code.as_deref()),
             ("failed", Some("not_received_by_provider"))
         );
         let r = row("sent", None, 9);
         assert_eq!(
-            status_query(&r, &reply(Outcome::NotFound), i64::MAX / 2, &p).status,
+            queried(&r, Outcome::NotFound, i64::MAX / 2, &p).status,
             "pending",
             "without a send deadline nothing is provable"
         );
         for other in [Outcome::Pending, Outcome::Unknown] {
             let r = row("sent", Some(send_by), 2);
-            let u = status_query(&r, &reply(other), after, &p);
+            let u = queried(&r, other, after, &p);
             assert_eq!(
                 (u.status.as_str(), u.not_found_streak),
                 ("pending", 0),
@@ -617,16 +971,143 @@ mod tests {
         }
     }
 
+    /// Found by the model check (tests/model.rs): a "no such refund" heard
+    /// before the processing window ended proves nothing, however late the
+    /// asking process (paused) writes it.
+    #[test]
+    fn a_stale_no_such_refund_never_fails_a_sent_refund() {
+        let p = Policy {
+            not_found_checks: 1,
+            ..policy()
+        };
+        let r = row("sent", Some(2_000), 0);
+        let window_over = 2_000 + 60_000;
+        let answer = reply(Outcome::NotFound);
+        let stale = Transition::StatusQueried {
+            answer: &answer,
+            by: Asker::Reconciliation,
+            asked_at: window_over - 1,
+        };
+        let ctx = Context {
+            now: window_over + 3_600_000,
+            policy: &p,
+            receipt: None,
+        };
+        let after = transition(&r, &stale, &ctx).unwrap().unwrap().into_after();
+        assert_eq!(
+            after.status,
+            Status::Pending,
+            "asked too early to prove anything"
+        );
+        let resolve = Transition::OperatorResolved {
+            target: Status::Failed,
+            reply: &answer,
+            actor: "op",
+            note: "n",
+            asked_at: window_over - 1,
+        };
+        assert!(matches!(
+            transition(&r, &resolve, &ctx),
+            Err(ResolveRefusal::ProviderMayStillApply { .. })
+        ));
+        let fresh = Transition::StatusQueried {
+            answer: &answer,
+            by: Asker::Reconciliation,
+            asked_at: window_over,
+        };
+        let after = transition(&r, &fresh, &ctx).unwrap().unwrap().into_after();
+        assert_eq!(
+            after.failure_code.as_deref(),
+            Some("not_received_by_provider")
+        );
+    }
+
     #[test]
     fn the_sender_abandons_only_a_pending_refund() {
+        let p = policy();
+        let ctx = Context {
+            now: 5,
+            policy: &p,
+            receipt: None,
+        };
         let r = row("sent", Some(1), 0);
-        let u = sender_abandoned(&r, 5).unwrap();
+        let c = transition(&r, &Transition::SenderAbandoned, &ctx)
+            .unwrap()
+            .unwrap();
         assert_eq!(
-            (u.status.as_str(), u.failure_code.as_deref()),
+            (c.after().status.as_str(), c.after().failure_code.as_deref()),
             ("failed", Some("not_submitted"))
+        );
+        assert!(c.effects().releases_reservation);
+        assert_eq!(
+            c.effects().events,
+            [DomainEvent::Created, DomainEvent::Failed]
         );
         let mut done = row("sent", Some(1), 0);
         done.status = Status::Succeeded;
-        assert!(sender_abandoned(&done, 5).is_none());
+        let c = transition(&done, &Transition::SenderAbandoned, &ctx)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.after().status, Status::Succeeded, "a final status stays");
+        assert!(!c.effects().releases_reservation);
+    }
+
+    #[test]
+    fn a_change_carries_its_effects_and_events() {
+        let p = policy();
+        let receipt = ReceiptSettings {
+            store_name: "Shop".into(),
+            time_zone: None,
+        };
+        let ctx = Context {
+            now: 10,
+            policy: &p,
+            receipt: Some(&receipt),
+        };
+        let mut r = row("sent", Some(5), 0);
+        r.provider = crate::store::ProviderKind::Pay10;
+        r.receipt_email = Some("a@example.com".into());
+        let ok = reply(Outcome::Succeeded);
+        let c = transition(&r, &Transition::WebhookApplied(&ok), &ctx)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.after().version, r.version + 1);
+        assert!(
+            c.effects().confirms_sale,
+            "Pay10 has no sale lookup: the success pins it"
+        );
+        assert!(c.effects().email.is_some() && !c.is_single_write());
+        assert_eq!(c.effects().events, [DomainEvent::Succeeded]);
+        assert_eq!(
+            c.effects().history.as_ref().unwrap().source,
+            EventSource::Webhook
+        );
+        // The same report again changes nothing.
+        let again = transition(c.after(), &Transition::WebhookApplied(&ok), &ctx).unwrap();
+        assert!(again.is_none());
+        // A contrary report flags it, keeps it, and asks the provider.
+        let no = reply(Outcome::Failed);
+        let c2 = transition(c.after(), &Transition::WebhookApplied(&no), &ctx)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c2.after().status, Status::Succeeded);
+        assert_eq!(c2.effects().events, [DomainEvent::ReviewNeeded]);
+        assert_eq!(c2.after().next_check_at, Some(10));
+        // A claim applies only to the version its sender wrote.
+        let fresh = row("prepared", None, 0);
+        let claim = Transition::Claimed {
+            version: fresh.version,
+            send_by: 99,
+        };
+        let c3 = transition(&fresh, &claim, &ctx).unwrap().unwrap();
+        assert_eq!(
+            (c3.after().submission, c3.after().send_by),
+            (Submission::Sent, Some(99))
+        );
+        let moved = RefundRow {
+            version: fresh.version + 1,
+            ..fresh.clone()
+        };
+        assert!(transition(&moved, &claim, &ctx).unwrap().is_none());
     }
 }

@@ -24,10 +24,10 @@ use crate::providers::{
     StatusQuery,
 };
 use crate::store::{
-    CreateOutcome, EventSource, NewRefundRow, RefundEvent, RefundId, RefundRow, RefundUpdate,
-    SaleTerms, Store, StoreError,
+    CreateOutcome, EventSource, NewRefundRow, RefundEvent, RefundId, RefundRow, SaleTerms, Store,
+    StoreError,
 };
-use lifecycle::{Status, Submission};
+use lifecycle::{Asker, Change, Context, ReceiptSettings, ResolveRefusal, Status, Transition};
 pub use object::RefundObject;
 
 pub fn now_ms() -> i64 {
@@ -222,6 +222,8 @@ pub enum Created {
 pub struct AccountHandle {
     pub account: Account,
     pub client: ProviderClient,
+    /// What its refunds' receipts print.
+    pub receipt: ReceiptSettings,
 }
 
 pub struct Gateway {
@@ -289,6 +291,10 @@ impl Gateway {
                 (
                     a.name.clone(),
                     Arc::new(AccountHandle {
+                        receipt: ReceiptSettings {
+                            store_name: a.store_name.clone(),
+                            time_zone: a.time_zone.clone(),
+                        },
                         account: a.clone(),
                         client,
                     }),
@@ -374,31 +380,26 @@ impl Gateway {
             .unwrap_or_else(|| self.merchant_name.clone())
     }
 
-    /// Adds what goes with a refund's success to its update, in the same
-    /// transaction: the receipt email, and the sale's currency pinned where no
-    /// sale lookup confirmed it.
-    pub fn finish(&self, current: &RefundRow, mut u: RefundUpdate) -> RefundUpdate {
-        if current.status == Status::Succeeded || u.status != Status::Succeeded {
-            return u;
-        }
-        u.confirm_sale = !current.provider.has_sale_lookup();
-        if self.email_enabled {
-            if let Some(to) = &current.receipt_email {
-                let mut after = current.clone();
-                u.apply_to(&mut after);
-                let object = RefundObject::from(&after);
-                u.email = Some(crate::store::EmailDraft {
-                    to: to.clone(),
-                    subject: format!("Your refund of {} {}", object.amount, object.currency),
-                    body: receipt::text(
-                        &object,
-                        &self.store_name(current),
-                        self.time_zone(current).as_ref(),
-                    ),
-                });
-            }
-        }
-        u
+    /// Applies `t` to the refund `known` (as its caller last read it): the
+    /// one path every refund change takes. The lifecycle decides the change
+    /// from the row as it is; if another writer got there first, the row is
+    /// read again and the lifecycle asked again.
+    pub async fn apply(&self, known: &RefundRow, t: Transition<'_>) -> Result<Applied, StoreError> {
+        let receipt = self
+            .accounts
+            .get(&known.account)
+            .filter(|_| self.email_enabled)
+            .map(|h| &h.receipt);
+        let policy = self.reconcile;
+        apply_with(&self.store, known, |current| {
+            let ctx = Context {
+                now: self.clock.now(),
+                policy: &policy,
+                receipt,
+            };
+            lifecycle::transition(current, &t, &ctx)
+        })
+        .await
     }
 
     /// The accounts sharing `account`'s credentials (at least `account`).
@@ -509,7 +510,7 @@ impl Gateway {
         if req.reference.is_some() && sale.reference.is_some() && req.reference != sale.reference {
             return Err(Refusal::TransactionNotFound);
         }
-        if sale.status != "success" {
+        if !req.provider.rules().sale_is_refundable(&sale.status) {
             return Err(Refusal::NotRefundable(sale.status));
         }
         if sale.currency != req.currency.code() {
@@ -614,13 +615,11 @@ impl Gateway {
             };
             if let Some(what) = contradiction {
                 tracing::error!(refund_id = %own.id, %what, "provider's sale listing contradicts a refund; flagged for review");
-                self.store
-                    .update_refund(&own.id, Some(own), |current| {
-                        let mut u = lifecycle::contradicted(current, &what, self.clock.now())?;
-                        u.source = EventSource::Reconciliation;
-                        Some(u)
-                    })
-                    .await?;
+                let t = Transition::Contradicted {
+                    what: &what,
+                    source: EventSource::Reconciliation,
+                };
+                self.apply(own, t).await?;
             }
         }
         Ok(counted)
@@ -709,29 +708,22 @@ impl Gateway {
         }
         self.pause_at(Step::BeforeClaim).await;
 
-        let claimed_at = self.clock.now();
-        let send_by = claimed_at + self.send_budget();
-        if !self
-            .store
-            .claim_send(&row.id, row.version, claimed_at, send_by)
-            .await?
-        {
-            // Someone decided this refund before it was claimed (it was taken
-            // as never submitted): the provider must not be called.
-            tracing::warn!(refund_id = %row.id, "send claim lost; the provider is not called");
-            let current = self
-                .store
-                .get_refund_any_client(&row.id)
-                .await?
-                .ok_or_else(|| StoreError::Corrupt(format!("refund {} vanished", row.id)))?;
-            return Ok(Created::Current(current));
-        }
-        let row = RefundRow {
-            submission: Submission::Sent,
-            send_by: Some(send_by),
-            updated_at: claimed_at,
-            version: row.version + 1,
-            ..row
+        let send_by = self.clock.now() + self.send_budget();
+        let claim = Transition::Claimed {
+            version: row.version,
+            send_by,
+        };
+        let row = match self.apply(&row, claim).await? {
+            Applied::Changed(c) => (*c).into_after(),
+            applied => {
+                // Someone decided this refund before it was claimed (it was
+                // taken as never submitted): the provider must not be called.
+                tracing::warn!(refund_id = %row.id, "send claim lost; the provider is not called");
+                let current = applied
+                    .into_row()
+                    .ok_or_else(|| StoreError::Corrupt(format!("refund {} vanished", row.id)))?;
+                return Ok(Created::Current(current));
+            }
         };
         self.pause_at(Step::BeforeCall).await;
 
@@ -739,7 +731,7 @@ impl Gateway {
             // Paused past the deadline that others rely on: do not send.
             tracing::warn!(refund_id = %row.id, "send deadline passed before the call; abandoning it");
             return self
-                .record_response(&row, lifecycle::sender_abandoned)
+                .record_response(&row, Transition::SenderAbandoned)
                 .await;
         }
         let call = RefundCall {
@@ -753,61 +745,46 @@ impl Gateway {
         };
         let answer = handle.client.refund(&call).await;
         self.pause_at(Step::BeforeOutcome).await;
-        let policy = self.reconcile;
-        self.record_response(&row, |current, now| {
-            Some(lifecycle::answer(current, &answer, now, &policy))
-        })
-        .await
+        self.record_response(&row, Transition::Answered(&answer))
+            .await
     }
 
-    /// Applies the request's own final write and stores the response that a
-    /// replay of the request will get.
+    /// Applies the request's own final write, which stores the response a
+    /// replay of the request gets.
     async fn record_response(
         &self,
         row: &RefundRow,
-        transition: impl Fn(&RefundRow, i64) -> Option<RefundUpdate>,
+        t: Transition<'_>,
     ) -> Result<Created, Refusal> {
-        let updated = self
-            .store
-            .update_refund(&row.id, Some(row), |current| {
-                let mut u = match transition(current, self.clock.now()) {
-                    Some(u) => self.finish(current, u),
-                    None => RefundUpdate::from_row(current, self.clock.now()),
-                };
-                let mut after = current.clone();
-                u.apply_to(&mut after);
-                u.response_code = Some(201);
-                u.response_body = serde_json::to_string(&RefundObject::from(&after)).ok();
-                u.inflight_until = None;
-                Some(u)
-            })
-            .await?;
-        let (row, _) =
-            updated.ok_or_else(|| StoreError::Corrupt(format!("refund {} vanished", row.id)))?;
-        Ok(Created::New(row))
+        let applied = self.apply(row, t).await?;
+        Ok(Created::New(applied.into_row().ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "refund {}: the request's last write refused",
+                row.id
+            ))
+        })?))
     }
 
     /// Asks the provider for a refund's status and applies the answer.
     pub async fn sync(&self, row: &RefundRow) -> Result<RefundRow, StoreError> {
+        self.ask_provider(row, Asker::Client).await
+    }
+
+    /// Asks the provider about `row` and applies the answer as a status
+    /// query by `by`; the row as it is afterwards.
+    async fn ask_provider(&self, row: &RefundRow, by: Asker<'_>) -> Result<RefundRow, StoreError> {
         let Some(handle) = self.accounts.get(&row.account) else {
             return Ok(row.clone());
         };
+        let asked_at = self.clock.now();
         let answer = handle.client.refund_status(&status_query(row)).await;
-        let policy = self.reconcile;
-        let updated = self
-            .store
-            .update_refund(&row.id, Some(row), |current| {
-                let now = self.clock.now();
-                let mut u = self.finish(
-                    current,
-                    lifecycle::status_query(current, &answer, now, &policy),
-                );
-                let changed = u != RefundUpdate::from_row(current, u.updated_at);
-                u.source = EventSource::StatusQuery;
-                changed.then_some(u)
-            })
-            .await?;
-        Ok(updated.map(|(r, _)| r).unwrap_or_else(|| row.clone()))
+        let t = Transition::StatusQueried {
+            answer: &answer,
+            by,
+            asked_at,
+        };
+        let applied = self.apply(row, t).await?;
+        Ok(applied.into_row().unwrap_or_else(|| row.clone()))
     }
 
     /// A client's refund.
@@ -905,30 +882,11 @@ impl Gateway {
         let Some(row) = self.store.get_refund_any_client(id).await? else {
             return Ok(None);
         };
-        let Some(handle) = self.accounts.get(&row.account) else {
-            return Ok(Some(row));
-        };
-        let reply = handle.client.refund_status(&status_query(&row)).await;
-        let policy = self.reconcile;
-        let updated = self
-            .store
-            .update_refund(&row.id, Some(&row), |current| {
-                let now = self.clock.now();
-                let mut u = self.finish(
-                    current,
-                    lifecycle::status_query(current, &reply, now, &policy),
-                );
-                let changed = u != RefundUpdate::from_row(current, u.updated_at);
-                u.source = EventSource::Operator;
-                u.actor = Some(actor.to_string());
-                changed.then_some(u)
-            })
-            .await?;
-        Ok(updated.map(|(r, _)| r))
+        Ok(Some(self.ask_provider(&row, Asker::Operator(actor)).await?))
     }
 
     /// An operator resolves a refund with a note; the provider is asked first
-    /// and must confirm it (see [`lifecycle::operator_resolution`]). The
+    /// and must confirm it (see [`lifecycle::transition`]). The
     /// resolution, the operator, the note and the provider's answer are
     /// recorded in the refund's history.
     pub async fn resolve(
@@ -948,41 +906,21 @@ impl Gateway {
                 ),
             ));
         };
+        let asked_at = self.clock.now();
         let reply = handle.client.refund_status(&status_query(&row)).await;
-        let policy = self.reconcile;
-        let mut refused = None;
-        let updated = self
-            .store
-            .update_refund(&row.id, Some(&row), |current| {
-                let now = self.clock.now();
-                match lifecycle::operator_resolution(current, target, &reply, now, &policy) {
-                    Ok(u) => {
-                        refused = None;
-                        let mut u = self.finish(current, u);
-                        u.source = EventSource::Operator;
-                        u.actor = Some(actor.to_string());
-                        u.note = Some(format!(
-                            "resolved {target} by {actor}: {note} (provider answered {}{})",
-                            reply.outcome.as_str(),
-                            reply
-                                .provider_code
-                                .as_deref()
-                                .map(|c| format!(" {c}"))
-                                .unwrap_or_default()
-                        ));
-                        Some(u)
-                    }
-                    Err(e) => {
-                        refused = Some(e);
-                        None
-                    }
-                }
-            })
-            .await?;
-        Ok(match (refused, updated) {
-            (Some(e), _) => Resolution::Refused(e),
-            (None, Some((r, _))) => Resolution::Done(Box::new(r)),
-            (None, None) => Resolution::NotFound,
+        let t = Transition::OperatorResolved {
+            target,
+            reply: &reply,
+            actor,
+            note,
+            asked_at,
+        };
+        Ok(match self.apply(&row, t).await? {
+            Applied::Refused(e) => Resolution::Refused(e),
+            applied => match applied.into_row() {
+                Some(r) => Resolution::Done(Box::new(r)),
+                None => Resolution::NotFound,
+            },
         })
     }
 
@@ -992,53 +930,60 @@ impl Gateway {
     }
 }
 
-/// The benchmark's database floor: the three writes a refund costs the
-/// gateway (record + reservation, send claim, outcome), issued directly with
-/// the very same statements and lifecycle, without HTTP, providers or checks.
-pub async fn database_floor_probe(store: &Store, row: &RefundRow) -> Result<(), StoreError> {
-    let terms = SaleTerms {
-        amount_minor: Some(row.amount_minor),
-        currency_confirmed: true,
-        external_minor: Minor::default(),
-    };
-    let created = store.create_refund(row, &terms).await?;
-    if created != CreateOutcome::Created {
-        return Err(StoreError::Corrupt(format!(
-            "floor refund {} not created: {created:?}",
-            row.id
-        )));
+/// What applying a transition did.
+#[derive(Debug)]
+pub enum Applied {
+    /// The change was written.
+    Changed(Box<Change>),
+    /// Nothing to change: the row as it is.
+    Unchanged(Box<RefundRow>),
+    /// An operator's resolution the provider's records do not support.
+    Refused(ResolveRefusal),
+}
+
+impl Applied {
+    /// The refund as it is now (`None` for a refusal).
+    pub fn into_row(self) -> Option<RefundRow> {
+        match self {
+            Applied::Changed(c) => Some((*c).into_after()),
+            Applied::Unchanged(r) => Some(*r),
+            Applied::Refused(_) => None,
+        }
     }
-    if !store
-        .claim_send(&row.id, row.version, row.created_at, row.created_at)
-        .await?
-    {
-        return Err(StoreError::Corrupt(format!(
-            "floor refund {} not claimed",
-            row.id
-        )));
+
+    /// The change written, if one was.
+    pub fn change(&self) -> Option<&Change> {
+        match self {
+            Applied::Changed(c) => Some(c),
+            _ => None,
+        }
     }
-    let sent = RefundRow {
-        version: row.version + 1,
-        submission: Submission::Sent,
-        ..row.clone()
-    };
-    let answer = crate::providers::ProviderAnswer {
-        outcome: crate::providers::Outcome::Succeeded,
-        provider_refund_id: None,
-        provider_status: None,
-        provider_code: None,
-        message: None,
-    };
-    let policy = reconcile::Policy::floor();
-    store
-        .update_refund(&row.id, Some(&sent), |current| {
-            let mut u = lifecycle::answer(current, &answer, row.created_at, &policy);
-            u.response_code = Some(201);
-            u.response_body = Some("{}".into());
-            Some(u)
-        })
-        .await?;
-    Ok(())
+}
+
+/// The compare-and-swap loop every refund change goes through: `decide`
+/// (the lifecycle, given the row as it is) makes the change, the store
+/// executes it only on that very version; on a lost race the row is read
+/// again and `decide` asked again.
+pub async fn apply_with(
+    store: &Store,
+    known: &RefundRow,
+    mut decide: impl FnMut(&RefundRow) -> Result<Option<Change>, ResolveRefusal>,
+) -> Result<Applied, StoreError> {
+    let mut current = known.clone();
+    loop {
+        let change = match decide(&current) {
+            Err(refused) => return Ok(Applied::Refused(refused)),
+            Ok(None) => return Ok(Applied::Unchanged(Box::new(current))),
+            Ok(Some(c)) => c,
+        };
+        if store.apply_change(&change).await? {
+            return Ok(Applied::Changed(Box::new(change)));
+        }
+        current = store
+            .get_refund_any_client(&known.id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("refund {} vanished", known.id)))?;
+    }
 }
 
 /// The result of an operator's resolution.

@@ -37,19 +37,14 @@ impl Gateway {
             tracing::warn!(refund_id = %row.id, account = %row.account, "pending refund's account is no longer configured");
             return Ok(());
         };
+        let asked_at = self.clock.now();
         let answer = handle.client.refund_status(&status_query(&row)).await;
-        let policy = self.reconcile;
-        self.store
-            .update_refund(&row.id, Some(&row), |current| {
-                let now = self.clock.now();
-                let mut u = self.finish(
-                    current,
-                    lifecycle::status_query(current, &answer, now, &policy),
-                );
-                u.source = crate::store::EventSource::Reconciliation;
-                Some(u)
-            })
-            .await?;
+        let t = lifecycle::Transition::StatusQueried {
+            answer: &answer,
+            by: lifecycle::Asker::Reconciliation,
+            asked_at,
+        };
+        self.apply(&row, t).await?;
         Ok(())
     }
 }

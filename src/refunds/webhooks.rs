@@ -8,8 +8,10 @@
 
 use sha2::{Digest, Sha256};
 
-use super::lifecycle::{self, decide, Decision};
-use super::Gateway;
+use std::time::Duration;
+
+use super::lifecycle::{decide, Backoff, Decision, Transition};
+use super::{Applied, Gateway};
 use crate::providers::{Outcome, ProviderKind, WebhookError, WebhookEvent};
 use crate::store::{EventState, RefundRow, StoreError, WebhookRow};
 
@@ -40,21 +42,25 @@ pub enum WebhookFailure {
 /// all), which covers a webhook that beats the provider's answer to our call.
 const MAX_MATCH_ATTEMPTS: i64 = 12;
 
+/// Before the next matching attempt: 1 s after the first, doubling.
+const MATCH_RETRY: Backoff = Backoff {
+    base: Duration::from_secs(1),
+    max: Duration::from_secs(2048),
+};
+
 /// Milliseconds before the next matching attempt after `attempts` attempts.
 fn match_delay(attempts: i64) -> i64 {
-    1000 << attempts.clamp(1, 12).saturating_sub(1)
+    MATCH_RETRY.delay_ms(attempts.clamp(1, 12) - 1)
 }
-
-/// Fields that change between deliveries of the same event.
-const VOLATILE: &[&str] = &["verifySign", "HASH", "time", "RESPONSE_DATE_TIME"];
 
 fn dedupe_key(ev: &WebhookEvent) -> String {
     let mut h = Sha256::new();
     h.update(ev.provider.as_str());
+    let volatile = ev.provider.rules().volatile_webhook_fields();
     for (k, v) in ev
         .fields
         .iter()
-        .filter(|(k, _)| !VOLATILE.contains(&k.as_str()))
+        .filter(|(k, _)| !volatile.contains(&k.as_str()))
     {
         h.update([0u8]);
         h.update(k.as_bytes());
@@ -248,13 +254,11 @@ impl Gateway {
             tracing::warn!(event = %ev.id, refund_id = %refund.id, %reason, "webhook contradicts the refund it names; flagged for review");
             crate::metrics::webhook(ev.provider.as_str(), "contradiction");
             let flagged = format!("a signed {} webhook ({}) says {reason}", ev.provider, ev.id);
-            self.store
-                .update_refund(&refund.id, Some(refund), |current| {
-                    let mut u = lifecycle::contradicted(current, &flagged, self.clock.now())?;
-                    u.source = crate::store::EventSource::Webhook;
-                    Some(u)
-                })
-                .await?;
+            let t = Transition::Contradicted {
+                what: &flagged,
+                source: crate::store::EventSource::Webhook,
+            };
+            self.apply(refund, t).await?;
             self.store
                 .set_event_state(
                     &ev.id,
@@ -276,24 +280,14 @@ impl Gateway {
             provider_code: None,
             message: None,
         };
-        let policy = self.reconcile;
         // What the event did, decided against the row as the write found it.
-        let mut decision = Decision::Stay;
-        self.store
-            .update_refund(&refund.id, Some(refund), |current| {
-                let now = self.clock.now();
-                let mut u = lifecycle::answer(current, &answer, now, &policy);
-                decision = decide(current.status, outcome);
-                if decision == Decision::Conflict {
-                    // Settle the contradiction by asking the provider.
-                    u.next_check_at = Some(now);
-                }
-                let mut u = self.finish(current, u);
-                let changed = u != crate::store::RefundUpdate::from_row(current, u.updated_at);
-                u.source = crate::store::EventSource::Webhook;
-                changed.then_some(u)
-            })
-            .await?;
+        let decision = match self
+            .apply(refund, Transition::WebhookApplied(&answer))
+            .await?
+        {
+            Applied::Changed(c) => decide(c.current().status, outcome),
+            _ => Decision::Stay,
+        };
         let state = match decision {
             Decision::Conflict => {
                 crate::metrics::webhook(ev.provider.as_str(), "conflict");

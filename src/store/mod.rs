@@ -7,9 +7,10 @@
 //!   LOCKED` leases and single-statement writes (data-modifying CTEs).
 //!
 //! Rows are typed ([`model`]) and decoded once at this boundary ([`codec`]).
-//! What both stores share lives here: the compare-and-swap loop every refund
-//! change goes through ([`Store::update_refund`]), the history line a change
-//! adds, and connection errors an operator can act on. The store knows
+//! What both stores share lives here: the compare-and-swap every refund
+//! change is written with ([`push_update`]; the change itself, with its
+//! history line and effects, is decided by the lifecycle), the list
+//! filters, and connection errors an operator can act on. The store knows
 //! nothing of providers' protocols or of HTTP.
 
 use std::str::FromStr;
@@ -110,39 +111,6 @@ impl StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// One refund change as a store writes it: the compare-and-swap of `update`
-/// over `current`, and what goes with it in the same transaction.
-#[derive(Debug, Clone)]
-pub struct Change {
-    pub current: RefundRow,
-    pub update: RefundUpdate,
-    /// The history line, if the change shows (see [`event_for`]).
-    pub event: Option<RefundEvent>,
-    /// `failed` now: the reservation on the sale is released.
-    pub releases: bool,
-    /// `succeeded` on a sale whose currency no lookup confirmed: pin it.
-    pub confirms: bool,
-}
-
-impl Change {
-    fn new(current: &RefundRow, u: &RefundUpdate) -> Self {
-        Change {
-            releases: current.status != Status::Failed && u.status == Status::Failed,
-            confirms: u.confirm_sale
-                && current.status != Status::Succeeded
-                && u.status == Status::Succeeded,
-            event: event_for(current, u),
-            current: current.clone(),
-            update: u.clone(),
-        }
-    }
-
-    /// Only the refund row (and its history line) changes: one statement.
-    fn is_single_write(&self) -> bool {
-        !(self.releases || self.confirms || self.update.email.is_some())
-    }
-}
-
 /// What a database must do for the gateway. Every write that changes a
 /// refund's status or submission is a compare-and-swap on the row its writer
 /// read ([`StoreBackend::claim_send`], [`StoreBackend::apply_change`]).
@@ -173,15 +141,13 @@ pub trait StoreBackend: Send + Sync + 'static {
     /// only in the sale's currency once the provider confirmed it.
     async fn create_refund(&self, new: &RefundRow, sale: &SaleTerms) -> Result<CreateOutcome>;
 
-    /// The send claim: `prepared` to `sent`, only if the row is still exactly
-    /// version `version`, pending and prepared. `true` gives the caller the
-    /// right to call the provider before `send_by`; `false` means someone else
-    /// decided the refund first: the provider must not be called.
-    async fn claim_send(&self, id: &str, version: i64, now: i64, send_by: i64) -> Result<bool>;
-
-    /// One compare-and-swap of a refund (version, status and submission as
-    /// read), with its side effects and history line. True if applied.
-    async fn apply_change(&self, change: Change) -> Result<bool>;
+    /// Executes one refund change (decided by the lifecycle): the
+    /// compare-and-swap on the version, status and submission its writer
+    /// read, with its effects and history line in the same transaction.
+    /// `false`: someone else wrote first, nothing was written. The send
+    /// claim is such a change: only the claim that applied may call the
+    /// provider.
+    async fn apply_change(&self, change: &Change) -> Result<bool>;
 
     /// A refund's history, oldest first.
     async fn refund_events(&self, refund_id: &str) -> Result<Vec<RefundEvent>>;
@@ -297,48 +263,6 @@ impl Store {
             )))
         }
     }
-
-    /// Applies a change to a refund. `transition` decides, from the row as it
-    /// is, what changes (`None`: nothing). The write applies only to the
-    /// version it was computed from; if another writer got there first, the
-    /// row is read again and `transition` asked again. Releasing the
-    /// reservation on `failed` and enqueueing a receipt email happen in the
-    /// same transaction as the status change, exactly once.
-    ///
-    /// `known` is the row as the caller last wrote it, saving a read on the
-    /// hot path when nobody else has touched it since.
-    pub async fn update_refund<F>(
-        &self,
-        id: &str,
-        known: Option<&RefundRow>,
-        mut transition: F,
-    ) -> Result<Option<(RefundRow, bool)>>
-    where
-        F: FnMut(&RefundRow) -> Option<RefundUpdate>,
-    {
-        let mut current = match known {
-            Some(r) => r.clone(),
-            None => match self.get_refund_any_client(id).await? {
-                Some(r) => r,
-                None => return Ok(None),
-            },
-        };
-        loop {
-            let Some(u) = transition(&current) else {
-                return Ok(Some((current, false)));
-            };
-            if self.apply_change(Change::new(&current, &u)).await? {
-                let mut after = current;
-                u.apply_to(&mut after);
-                after.version += 1;
-                return Ok(Some((after, true)));
-            }
-            current = match self.get_refund_any_client(id).await? {
-                Some(r) => r,
-                None => return Ok(None),
-            };
-        }
-    }
 }
 
 /// One direct connection first, so that an unreachable database is reported
@@ -419,6 +343,61 @@ fn push_list_filters<'a, DB, T>(
         .push_bind(f.limit + 1);
 }
 
+/// The compare-and-swap every refund change goes through, the same on both
+/// databases: the row becomes `after` only if it is still exactly the
+/// version, status and submission its writer read (`current`). Values are
+/// bound where they appear (no hand-numbered placeholders); `time` binds a
+/// time (Unix ms) the way the database stores it.
+fn push_update<'a, DB, T>(
+    q: &mut sqlx::QueryBuilder<'a, DB>,
+    c: &'a Change,
+    time: impl Fn(i64) -> T,
+) where
+    DB: sqlx::Database,
+    &'a RefundId: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a Option<String>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<i64>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Status: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Submission: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    T: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<T>: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let (was, a) = (c.current(), c.after());
+    q.push("UPDATE refunds SET status = ").push_bind(a.status);
+    for (col, val) in [
+        ("provider_refund_id", &a.provider_refund_id),
+        ("provider_status", &a.provider_status),
+        ("provider_code", &a.provider_code),
+        ("provider_message", &a.provider_message),
+        ("failure_code", &a.failure_code),
+        ("failure_message", &a.failure_message),
+        ("response_body", &a.response_body),
+        ("review_reason", &a.review_reason),
+    ] {
+        q.push(format_args!(", {col} = ")).push_bind(val);
+    }
+    q.push(", response_code = ").push_bind(a.response_code);
+    for (col, val) in [
+        ("inflight_until", a.inflight_until),
+        ("next_check_at", a.next_check_at),
+        ("lease_until", a.lease_until),
+        ("send_by", a.send_by),
+    ] {
+        q.push(format_args!(", {col} = ")).push_bind(val.map(&time));
+    }
+    q.push(", check_attempts = ").push_bind(a.check_attempts);
+    q.push(", not_found_streak = ")
+        .push_bind(a.not_found_streak);
+    q.push(", submission = ").push_bind(a.submission);
+    q.push(", updated_at = ").push_bind(time(a.updated_at));
+    q.push(", version = version + 1 WHERE id = ")
+        .push_bind(&was.id);
+    q.push(" AND version = ").push_bind(was.version);
+    q.push(" AND status = ").push_bind(was.status);
+    q.push(" AND submission = ").push_bind(was.submission);
+}
+
 /// A sale's row, as a refused reservation reads it.
 #[derive(sqlx::FromRow)]
 struct SaleRow {
@@ -497,51 +476,6 @@ pub fn redact_url(raw: &str) -> String {
         url.query_pairs_mut().clear().extend_pairs(pairs);
     }
     url.to_string()
-}
-
-/// The history line an update adds, if it changes what a reader sees: the
-/// status, the provider's status or code, a review flag, or an operator's note.
-fn event_for(current: &RefundRow, u: &RefundUpdate) -> Option<RefundEvent> {
-    let changed = current.status != u.status
-        || current.provider_status != u.provider_status
-        || current.provider_code != u.provider_code
-        || (u.review_reason.is_some() && current.review_reason != u.review_reason)
-        || u.note.is_some();
-    if !changed {
-        return None;
-    }
-    let mut detail: Vec<String> = vec![];
-    if let Some(n) = &u.note {
-        detail.push(format!("note: {n}"));
-    }
-    if current.status != u.status {
-        if let Some(code) = u
-            .failure_code
-            .as_ref()
-            .filter(|_| u.status == Status::Failed)
-        {
-            detail.push(format!("failure_code {code}"));
-        }
-    }
-    if let Some(m) = u.provider_message.as_ref().filter(|m| !m.is_empty()) {
-        detail.push(format!("provider: {m}"));
-    }
-    if u.review_reason.is_some() && current.review_reason != u.review_reason {
-        detail.push(format!(
-            "flagged for review: {}",
-            u.review_reason.as_deref().unwrap_or("")
-        ));
-    }
-    Some(RefundEvent {
-        at: u.updated_at,
-        source: u.source,
-        status: u.status,
-        previous_status: Some(current.status),
-        provider_code: u.provider_code.clone(),
-        provider_status: u.provider_status.clone(),
-        detail: (!detail.is_empty()).then(|| detail.join("; ")),
-        actor: u.actor.clone(),
-    })
 }
 
 /// Where a database URL points, for messages: `host:port/database` for

@@ -131,7 +131,7 @@ text_enum! {
 }
 
 /// One line of a refund's history, as stored.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, sqlx::FromRow)]
 pub struct RefundEvent {
     pub at: i64,
     pub source: EventSource,
@@ -145,7 +145,7 @@ pub struct RefundEvent {
 
 /// A refund record: everything in the public refund object plus the client,
 /// account, idempotency key, request fingerprint and reconciliation state.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, sqlx::FromRow)]
 pub struct RefundRow {
     pub id: RefundId,
     pub client: String,
@@ -217,35 +217,74 @@ pub enum CreateOutcome {
     },
 }
 
-/// The mutable part of a refund, written as a whole by [`super::Store::update_refund`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RefundUpdate {
-    pub status: Status,
-    pub provider_refund_id: Option<String>,
-    pub provider_status: Option<String>,
-    pub provider_code: Option<String>,
-    pub provider_message: Option<String>,
-    pub failure_code: Option<String>,
-    pub failure_message: Option<String>,
-    pub response_code: Option<i64>,
-    pub response_body: Option<String>,
-    pub inflight_until: Option<i64>,
-    pub check_attempts: i64,
-    pub next_check_at: Option<i64>,
-    pub lease_until: Option<i64>,
-    pub review_reason: Option<String>,
-    pub not_found_streak: i64,
-    pub updated_at: i64,
-    /// A receipt email to enqueue in the same transaction (once per refund).
+/// One refund change, complete, as a store executes it: the
+/// compare-and-swap of `current` (id, version, status and submission as its
+/// writer read them) to `after`, and its effects in the same transaction.
+/// Decided only by `refunds::lifecycle::transition` (a test there holds every
+/// other module to that); the store decides nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    current: RefundRow,
+    after: RefundRow,
+    effects: Effects,
+}
+
+/// What goes with a refund change, in the same transaction.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Effects {
+    /// The history line, if the change shows.
+    pub history: Option<RefundEvent>,
+    /// `failed` now: the reservation on the sale is released.
+    pub releases_reservation: bool,
+    /// `succeeded` on a sale whose currency no lookup confirmed: pin it.
+    pub confirms_sale: bool,
+    /// A receipt email to enqueue (once per refund).
     pub email: Option<EmailDraft>,
-    /// The refund succeeded on a sale whose currency no lookup confirmed:
-    /// pin the sale's currency in the same transaction.
-    pub confirm_sale: bool,
-    /// What caused the change, for the refund's history.
-    pub source: EventSource,
-    /// An operator's note (required for their resolutions), and who they are.
-    pub note: Option<String>,
-    pub actor: Option<String>,
+    /// What the POS is told of, in order.
+    pub events: Vec<DomainEvent>,
+}
+
+impl Change {
+    /// For the lifecycle only (see the type).
+    pub fn decided(current: RefundRow, after: RefundRow, effects: Effects) -> Self {
+        Change {
+            current,
+            after,
+            effects,
+        }
+    }
+    /// The row as its writer read it: the write applies only to it.
+    pub fn current(&self) -> &RefundRow {
+        &self.current
+    }
+    /// The row once the change applied (version bumped).
+    pub fn after(&self) -> &RefundRow {
+        &self.after
+    }
+    pub fn into_after(self) -> RefundRow {
+        self.after
+    }
+    pub fn effects(&self) -> &Effects {
+        &self.effects
+    }
+    /// Only the refund row (and its history line) changes: one statement.
+    pub fn is_single_write(&self) -> bool {
+        let e = &self.effects;
+        !(e.releases_reservation || e.confirms_sale || e.email.is_some())
+    }
+}
+
+text_enum! {
+    /// A domain event: what the POS is told of about a refund (Standard
+    /// Webhooks event types).
+    DomainEvent("domain event") {
+        /// Recorded, with its first answer.
+        Created = "refund.created",
+        Succeeded = "refund.succeeded",
+        Failed = "refund.failed",
+        /// Flagged for a person.
+        ReviewNeeded = "refund.review_needed",
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,54 +326,6 @@ pub struct OutboxRow {
     pub state: String,
     pub attempts: i64,
     pub last_error: Option<String>,
-}
-
-impl RefundUpdate {
-    /// Starts from the row as it is.
-    pub fn from_row(r: &RefundRow, now: i64) -> Self {
-        Self {
-            status: r.status,
-            provider_refund_id: r.provider_refund_id.clone(),
-            provider_status: r.provider_status.clone(),
-            provider_code: r.provider_code.clone(),
-            provider_message: r.provider_message.clone(),
-            failure_code: r.failure_code.clone(),
-            failure_message: r.failure_message.clone(),
-            response_code: r.response_code,
-            response_body: r.response_body.clone(),
-            inflight_until: r.inflight_until,
-            check_attempts: r.check_attempts,
-            next_check_at: r.next_check_at,
-            lease_until: r.lease_until,
-            review_reason: r.review_reason.clone(),
-            not_found_streak: r.not_found_streak,
-            updated_at: now,
-            email: None,
-            confirm_sale: false,
-            source: EventSource::Request,
-            note: None,
-            actor: None,
-        }
-    }
-
-    pub fn apply_to(&self, r: &mut RefundRow) {
-        r.status = self.status;
-        r.provider_refund_id = self.provider_refund_id.clone();
-        r.provider_status = self.provider_status.clone();
-        r.provider_code = self.provider_code.clone();
-        r.provider_message = self.provider_message.clone();
-        r.failure_code = self.failure_code.clone();
-        r.failure_message = self.failure_message.clone();
-        r.response_code = self.response_code;
-        r.response_body = self.response_body.clone();
-        r.inflight_until = self.inflight_until;
-        r.check_attempts = self.check_attempts;
-        r.next_check_at = self.next_check_at;
-        r.lease_until = self.lease_until;
-        r.review_reason = self.review_reason.clone();
-        r.not_found_streak = self.not_found_streak;
-        r.updated_at = self.updated_at;
-    }
 }
 
 #[derive(Debug, Clone, Default)]

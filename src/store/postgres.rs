@@ -17,9 +17,9 @@ use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 
 use super::{
-    probe, push_list_filters, refusal, Backend, Change, CreateOutcome, EventState, ListFilter,
-    OutboxRow, RefundEvent, RefundRow, Result, SaleTerms, StoreBackend, StoreError, WebhookRow,
-    SELECT_SALE,
+    probe, push_list_filters, push_update, refusal, Backend, Change, CreateOutcome, EventState,
+    ListFilter, OutboxRow, RefundEvent, RefundRow, Result, SaleTerms, StoreBackend, StoreError,
+    WebhookRow, SELECT_SALE,
 };
 
 pub(super) struct PgStore {
@@ -106,57 +106,30 @@ fn bind_new_refund<'q>(q: PgQuery<'q>, new: &'q RefundRow, sale: &SaleTerms) -> 
         .bind(sale.external_minor)
 }
 
-/// The compare-and-swap every refund change goes through (`$17`-`$19`: the
-/// version, status and submission its writer read).
-const UPDATE: &str = "UPDATE refunds SET status = $2, provider_refund_id = $3, provider_status = $4, provider_code = $5, \
-    provider_message = $6, failure_code = $7, failure_message = $8, response_code = $9, response_body = $10, \
-    inflight_until = $11, check_attempts = $12, next_check_at = $13, lease_until = $14, \
-    review_reason = $15, updated_at = $16, not_found_streak = $20, version = version + 1 \
-    WHERE id = $1 AND version = $17 AND status = $18 AND submission = $19";
-
-fn bind_update<'q>(q: PgQuery<'q>, c: &'q Change) -> PgQuery<'q> {
-    let u = &c.update;
-    q.bind(&c.current.id)
-        .bind(u.status)
-        .bind(&u.provider_refund_id)
-        .bind(&u.provider_status)
-        .bind(&u.provider_code)
-        .bind(&u.provider_message)
-        .bind(&u.failure_code)
-        .bind(&u.failure_message)
-        .bind(u.response_code)
-        .bind(&u.response_body)
-        .bind(u.inflight_until.map(ts))
-        .bind(u.check_attempts)
-        .bind(u.next_check_at.map(ts))
-        .bind(u.lease_until.map(ts))
-        .bind(&u.review_reason)
-        .bind(ts(u.updated_at))
-        .bind(c.current.version)
-        .bind(c.current.status)
-        .bind(c.current.submission)
-        .bind(u.not_found_streak)
-}
-
 const INSERT_HISTORY: &str =
     "INSERT INTO refund_events (refund_id, at, source, status, previous_status, \
     provider_code, provider_status, detail, actor) ";
 
+/// A history line's values after its refund id (the columns of
+/// [`INSERT_HISTORY`] but the first).
+fn push_history_values<'a>(q: &mut QueryBuilder<'a, Postgres>, e: &'a RefundEvent) {
+    let mut v = q.separated(", ");
+    v.push_bind(ts(e.at))
+        .push_bind(e.source)
+        .push_bind(e.status)
+        .push_bind(e.previous_status)
+        .push_bind(&e.provider_code)
+        .push_bind(&e.provider_status)
+        .push_bind(&e.detail)
+        .push_bind(&e.actor);
+}
+
 async fn insert_history(conn: &mut PgConnection, refund_id: &str, e: &RefundEvent) -> Result<()> {
-    sqlx::query(&format!(
-        "{INSERT_HISTORY} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-    ))
-    .bind(refund_id)
-    .bind(ts(e.at))
-    .bind(e.source)
-    .bind(e.status)
-    .bind(e.previous_status)
-    .bind(&e.provider_code)
-    .bind(&e.provider_status)
-    .bind(&e.detail)
-    .bind(&e.actor)
-    .execute(conn)
-    .await?;
+    let mut q = QueryBuilder::<Postgres>::new(INSERT_HISTORY);
+    q.push("VALUES (").push_bind(refund_id).push(", ");
+    push_history_values(&mut q, e);
+    q.push(")");
+    q.build().execute(conn).await?;
     Ok(())
 }
 
@@ -179,8 +152,8 @@ impl PgStore {
     }
 
     async fn write_side_effects(conn: &mut PgConnection, c: &Change) -> Result<()> {
-        let (current, u) = (&c.current, &c.update);
-        if let Some(e) = &u.email {
+        let current = c.current();
+        if let Some(e) = &c.effects().email {
             sqlx::query(
                 "INSERT INTO email_outbox (refund_id, to_addr, subject, body, state, attempts, next_attempt_at, created_at) \
                  VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5) ON CONFLICT DO NOTHING",
@@ -189,11 +162,11 @@ impl PgStore {
             .bind(&e.to)
             .bind(&e.subject)
             .bind(&e.body)
-            .bind(ts(u.updated_at))
+            .bind(ts(c.after().updated_at))
             .execute(&mut *conn)
             .await?;
         }
-        if c.releases {
+        if c.effects().releases_reservation {
             sqlx::query("UPDATE sales SET reserved_minor = reserved_minor - $3 WHERE account = $1 AND transaction_no = $2")
                 .bind(&current.account)
                 .bind(&current.transaction_no)
@@ -201,7 +174,7 @@ impl PgStore {
                 .execute(&mut *conn)
                 .await?;
         }
-        if c.confirms {
+        if c.effects().confirms_sale {
             // A refund the provider made confirms the sale's currency.
             sqlx::query("UPDATE sales SET currency = $3, currency_confirmed = true WHERE account = $1 AND transaction_no = $2 AND NOT currency_confirmed")
                 .bind(&current.account)
@@ -267,53 +240,23 @@ impl PgStore {
         Ok(refusal(new, sale, row))
     }
 
-    async fn claim_send_once(
-        &self,
-        id: &str,
-        version: i64,
-        now: i64,
-        send_by: i64,
-    ) -> Result<bool> {
-        // One statement: the claim, and its history line only if it applied.
-        let n = sqlx::query(
-            "WITH c AS (UPDATE refunds SET submission = 'sent', send_by = $3, updated_at = $2, \
-             version = version + 1 WHERE id = $1 AND version = $4 AND status = 'pending' AND submission = 'prepared' \
-             RETURNING id) \
-             INSERT INTO refund_events (refund_id, at, source, status, previous_status, detail) \
-             SELECT id, $2, 'request', 'pending', 'pending', 'claimed for sending; the provider is called now' FROM c",
-        )
-        .bind(id)
-        .bind(ts(now))
-        .bind(ts(send_by))
-        .bind(version)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
-    }
-
     async fn apply_change_once(&self, c: &Change) -> Result<bool> {
+        let mut q = QueryBuilder::<Postgres>::new("");
         if c.is_single_write() {
             // One statement: the update, and its history line only if it applied.
-            let n = match &c.event {
-                None => {
-                    bind_update(sqlx::query(UPDATE), c)
-                        .execute(&self.pool)
-                        .await?
-                }
+            match &c.effects().history {
+                None => push_update(&mut q, c, ts),
                 Some(e) => {
-                    let sql = format!(
-                        "WITH u AS ({UPDATE} RETURNING id) {INSERT_HISTORY} \
-                         SELECT id, $16, $21, $2, $18, $5, $4, $22, $23 FROM u"
-                    );
-                    bind_update(sqlx::query(&sql), c)
-                        .bind(e.source)
-                        .bind(&e.detail)
-                        .bind(&e.actor)
-                        .execute(&self.pool)
-                        .await?
+                    q.push("WITH u AS (");
+                    push_update(&mut q, c, ts);
+                    q.push(" RETURNING id) ")
+                        .push(INSERT_HISTORY)
+                        .push("SELECT id, ");
+                    push_history_values(&mut q, e);
+                    q.push(" FROM u");
                 }
-            };
+            }
+            let n = q.build().execute(&self.pool).await?;
             return Ok(n.rows_affected() == 1);
         }
         let mut tx = self.pool.begin().await?;
@@ -321,21 +264,19 @@ impl PgStore {
         // then the refund): a refund's outcome that releases or confirms
         // its sale never deadlocks with a new refund on that sale.
         sqlx::query("SELECT 1 FROM sales WHERE account = $1 AND transaction_no = $2 FOR UPDATE")
-            .bind(&c.current.account)
-            .bind(&c.current.transaction_no)
+            .bind(&c.current().account)
+            .bind(&c.current().transaction_no)
             .execute(&mut *tx)
             .await?;
-        let n = bind_update(sqlx::query(UPDATE), c)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        push_update(&mut q, c, ts);
+        let n = q.build().execute(&mut *tx).await?.rows_affected();
         if n != 1 {
             tx.rollback().await?;
             return Ok(false);
         }
         Self::write_side_effects(&mut tx, c).await?;
-        if let Some(e) = &c.event {
-            insert_history(&mut tx, &c.current.id, e).await?;
+        if let Some(e) = &c.effects().history {
+            insert_history(&mut tx, &c.current().id, e).await?;
         }
         tx.commit().await?;
         Ok(true)
@@ -404,12 +345,8 @@ impl StoreBackend for PgStore {
         retry_on_deadlock(|| self.create_refund_once(new, sale)).await
     }
 
-    async fn claim_send(&self, id: &str, version: i64, now: i64, send_by: i64) -> Result<bool> {
-        retry_on_deadlock(|| self.claim_send_once(id, version, now, send_by)).await
-    }
-
-    async fn apply_change(&self, change: Change) -> Result<bool> {
-        retry_on_deadlock(|| self.apply_change_once(&change)).await
+    async fn apply_change(&self, change: &Change) -> Result<bool> {
+        retry_on_deadlock(|| self.apply_change_once(change)).await
     }
 
     async fn refund_events(&self, refund_id: &str) -> Result<Vec<RefundEvent>> {

@@ -16,8 +16,9 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use super::batch::Batcher;
 use super::{
-    probe, push_list_filters, refusal, Backend, Change, CreateOutcome, EventState, ListFilter,
-    OutboxRow, RefundEvent, RefundRow, Result, SaleTerms, StoreBackend, WebhookRow, SELECT_SALE,
+    probe, push_list_filters, push_update, refusal, Backend, Change, CreateOutcome, EventState,
+    ListFilter, OutboxRow, RefundEvent, RefundRow, Result, SaleTerms, StoreBackend, WebhookRow,
+    SELECT_SALE,
 };
 
 pub(super) struct SqliteStore {
@@ -99,14 +100,6 @@ fn bind_new_refund<'q>(
         .bind(sale.external_minor)
 }
 
-/// The compare-and-swap every refund change goes through (`$17`-`$19`: the
-/// version, status and submission its writer read).
-const UPDATE: &str = "UPDATE refunds SET status = $2, provider_refund_id = $3, provider_status = $4, provider_code = $5, \
-    provider_message = $6, failure_code = $7, failure_message = $8, response_code = $9, response_body = $10, \
-    inflight_until = $11, check_attempts = $12, next_check_at = $13, lease_until = $14, review_reason = $15, \
-    updated_at = $16, not_found_streak = $20, version = version + 1 \
-    WHERE id = $1 AND version = $17 AND status = $18 AND submission = $19";
-
 /// `$first, $first+1, ...`: `n` bind placeholders for an `IN (...)` list.
 fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
@@ -151,35 +144,15 @@ impl SqliteStore {
     }
 
     async fn write_change(conn: &mut SqliteConnection, c: &Change) -> Result<bool> {
-        let (current, u) = (&c.current, &c.update);
-        let n = sqlx::query(UPDATE)
-            .bind(&current.id)
-            .bind(u.status)
-            .bind(&u.provider_refund_id)
-            .bind(&u.provider_status)
-            .bind(&u.provider_code)
-            .bind(&u.provider_message)
-            .bind(&u.failure_code)
-            .bind(&u.failure_message)
-            .bind(u.response_code)
-            .bind(&u.response_body)
-            .bind(u.inflight_until)
-            .bind(u.check_attempts)
-            .bind(u.next_check_at)
-            .bind(u.lease_until)
-            .bind(&u.review_reason)
-            .bind(u.updated_at)
-            .bind(current.version)
-            .bind(current.status)
-            .bind(current.submission)
-            .bind(u.not_found_streak)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
+        let (current, after) = (c.current(), c.after());
+        let mut q = QueryBuilder::<Sqlite>::new("");
+        push_update(&mut q, c, |ms| ms);
+        let n = q.build().execute(&mut *conn).await?.rows_affected();
         if n != 1 {
             return Ok(false);
         }
-        if let Some(e) = &u.email {
+        let effects = c.effects();
+        if let Some(e) = &effects.email {
             sqlx::query(
                 "INSERT INTO email_outbox (refund_id, to_addr, subject, body, state, attempts, next_attempt_at, created_at) \
                  VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5) ON CONFLICT DO NOTHING",
@@ -188,11 +161,11 @@ impl SqliteStore {
             .bind(&e.to)
             .bind(&e.subject)
             .bind(&e.body)
-            .bind(u.updated_at)
+            .bind(after.updated_at)
             .execute(&mut *conn)
             .await?;
         }
-        if c.releases {
+        if effects.releases_reservation {
             sqlx::query("UPDATE sales SET reserved_minor = reserved_minor - $3 WHERE account = $1 AND transaction_no = $2")
                 .bind(&current.account)
                 .bind(&current.transaction_no)
@@ -200,7 +173,7 @@ impl SqliteStore {
                 .execute(&mut *conn)
                 .await?;
         }
-        if c.confirms {
+        if effects.confirms_sale {
             // A refund the provider made confirms the sale's currency.
             sqlx::query("UPDATE sales SET currency = $3, currency_confirmed = 1 WHERE account = $1 AND transaction_no = $2 AND currency_confirmed = 0")
                 .bind(&current.account)
@@ -209,7 +182,7 @@ impl SqliteStore {
                 .execute(&mut *conn)
                 .await?;
         }
-        if let Some(e) = &c.event {
+        if let Some(e) = &effects.history {
             insert_history(conn, &current.id, e).await?;
         }
         Ok(true)
@@ -367,39 +340,8 @@ impl StoreBackend for SqliteStore {
         Ok(refusal(new, sale, row))
     }
 
-    async fn claim_send(&self, id: &str, version: i64, now: i64, send_by: i64) -> Result<bool> {
-        let id = id.to_string();
-        self.batch
-            .run(move |conn| {
-                Box::pin(async move {
-                    let n = sqlx::query(
-                        "UPDATE refunds SET submission = 'sent', send_by = $3, updated_at = $2, version = version + 1 \
-                         WHERE id = $1 AND version = $4 AND status = 'pending' AND submission = 'prepared'",
-                    )
-                    .bind(&id)
-                    .bind(now)
-                    .bind(send_by)
-                    .bind(version)
-                    .execute(&mut *conn)
-                    .await?
-                    .rows_affected();
-                    if n == 1 {
-                        sqlx::query(
-                            "INSERT INTO refund_events (refund_id, at, source, status, previous_status, detail) \
-                             VALUES ($1, $2, 'request', 'pending', 'pending', 'claimed for sending; the provider is called now')",
-                        )
-                        .bind(&id)
-                        .bind(now)
-                        .execute(&mut *conn)
-                        .await?;
-                    }
-                    Ok((n == 1, true))
-                })
-            })
-            .await
-    }
-
-    async fn apply_change(&self, c: Change) -> Result<bool> {
+    async fn apply_change(&self, c: &Change) -> Result<bool> {
+        let c = c.clone();
         self.batch
             .run(move |conn| {
                 Box::pin(async move {

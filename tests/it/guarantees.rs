@@ -285,7 +285,7 @@ async fn stall_before_record(db: Db) {
     assert_eq!(w.sandbox.stats().pockyt_refunds_applied, 1);
 }
 
-/// Hole 1: the refund was declared never submitted while its sender was
+/// The refund was declared never submitted while its sender was
 /// paused between recording it and sending it. The sender's claim fails and
 /// the provider is never called.
 async fn stall_before_claim_never_sends_a_refund_declared_not_submitted(db: Db) {
@@ -363,10 +363,10 @@ fn refund_ipn(tx: &str, row: &RefundRow, status: &str) -> String {
     )
 }
 
-/// Hole 2: a signed refund IPN for one refund, padded with empty keys to
+/// A signed refund IPN for one refund, padded with empty keys to
 /// erase its identifiers, must not settle another refund of the same sale;
 /// padding with unused empty keys does not make a new event either.
-async fn hole2_signed_ipn_cannot_be_reaimed(db: Db) {
+async fn a_signed_ipn_cannot_be_reaimed_at_another_refund(db: Db) {
     let w = World::new(db).await;
     let g = w.gateway(None).await;
     let tx = w.pockyt_sale("10.00").await;
@@ -468,8 +468,8 @@ async fn hole2_signed_ipn_cannot_be_reaimed(db: Db) {
     assert_eq!(events.len(), 1, "{events:?}");
 }
 
-/// Hole 3: a refund that fails (wrong currency) leaves no trace on the sale.
-async fn hole3_failed_refund_does_not_pin_the_sale(db: Db) {
+/// A refund that fails (wrong currency) leaves no trace on the sale.
+async fn a_failed_refund_does_not_pin_the_sale(db: Db) {
     let w = World::new(db).await;
     let g = w.gateway(None).await;
     let sale = w
@@ -503,9 +503,9 @@ async fn hole3_failed_refund_does_not_pin_the_sale(db: Db) {
     );
 }
 
-/// Hole 4: two accounts with the same credentials (one merchant, two store
+/// Two accounts with the same credentials (one merchant, two store
 /// groups): an IPN at `/ipn/pockyt` is matched across both.
-async fn hole4_shared_credentials_match_across_accounts(db: Db) {
+async fn shared_credentials_match_across_accounts(db: Db) {
     let w = World::with(db, |c| {
         let mut twin: Account = c
             .accounts
@@ -554,9 +554,9 @@ async fn hole4_shared_credentials_match_across_accounts(db: Db) {
     );
 }
 
-/// Hole 5: an event that matches nothing backs off, stops, is handled by
+/// An event that matches nothing backs off, stops, is handled by
 /// one process per attempt, and costs nothing when not due.
-async fn hole5_unmatched_events_back_off_and_stop(db: Db) {
+async fn unmatched_events_back_off_and_stop(db: Db) {
     let w = World::new(db).await;
     let a = w.gateway(None).await;
     let b = w.gateway(None).await;
@@ -598,9 +598,9 @@ async fn hole5_unmatched_events_back_off_and_stop(db: Db) {
     assert_eq!((expired.len(), expired[0].attempts), (1, 12));
 }
 
-/// Hole 6: the sale's settle currency is used when the POS gives none, and a
+/// The sale's settle currency is used when the POS gives none, and a
 /// different one is refused before the call with its own code.
-async fn hole6_settle_currency_checked_before_the_call(db: Db) {
+async fn settle_currency_checked_before_the_call(db: Db) {
     let w = World::new(db).await;
     let g = w.gateway(None).await;
     let tx = w
@@ -641,9 +641,9 @@ async fn hole6_settle_currency_checked_before_the_call(db: Db) {
     );
 }
 
-/// Hole 8: the refusal states what is really left: the sale minus refunds
+/// The refusal states what is really left: the sale minus refunds
 /// made elsewhere, succeeded ones and pending ones.
-async fn hole8_refusal_states_what_is_left(db: Db) {
+async fn a_refusal_states_what_is_left(db: Db) {
     let w = World::new(db).await;
     let g = w.gateway(None).await;
     let tx = w.pockyt_sale("10.00").await;
@@ -689,9 +689,9 @@ async fn hole8_refusal_states_what_is_left(db: Db) {
     assert_eq!(fits.status, "succeeded");
 }
 
-/// Hole 7: an amount with more decimals than the currency allows is refused
+/// An amount with more decimals than the currency allows is refused
 /// (400, a field error), however many digits it has: never rounded.
-async fn hole7_too_many_decimals_is_refused(db: Db) {
+async fn too_many_decimals_is_refused(db: Db) {
     let app = spawn_app(&fresh_db(db).await).await;
     let sale = app.pockyt_sale("10.00", "USD", "success").await;
     for amount in [
@@ -980,13 +980,13 @@ both_backends!(
     stall_before_claim_never_sends_a_refund_declared_not_submitted,
     stall_before_call_abandons_the_send,
     stall_before_outcome,
-    hole2_signed_ipn_cannot_be_reaimed,
-    hole3_failed_refund_does_not_pin_the_sale,
-    hole4_shared_credentials_match_across_accounts,
-    hole5_unmatched_events_back_off_and_stop,
-    hole6_settle_currency_checked_before_the_call,
-    hole7_too_many_decimals_is_refused,
-    hole8_refusal_states_what_is_left,
+    a_signed_ipn_cannot_be_reaimed_at_another_refund,
+    a_failed_refund_does_not_pin_the_sale,
+    shared_credentials_match_across_accounts,
+    unmatched_events_back_off_and_stop,
+    settle_currency_checked_before_the_call,
+    too_many_decimals_is_refused,
+    a_refusal_states_what_is_left,
     never_received_refund_fails_and_frees_the_sale,
     model_random_interleavings,
 );

@@ -806,6 +806,10 @@ async fn every_endpoint_shows_one_refund_alike(db: Db) {
     assert_eq!(one, listed, "GET and the list");
     assert_eq!(one, queued, "GET and the operator queue");
     assert_eq!(one["review_reason"], "pending for more than 1 millisecond");
+    // A status query answers the same object a read right after shows.
+    let synced = app.get(&format!("/v1/refunds/{id}?sync=true")).await.body;
+    let after_sync = app.get(&format!("/v1/refunds/{id}")).await.body;
+    assert_eq!(synced, after_sync, "sync and GET");
 
     // `created_to` given as the very `created_at` shown covers that second.
     let shown = one["created_at"].as_str().unwrap();

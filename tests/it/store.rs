@@ -4,10 +4,44 @@
 //! (built with `QueryBuilder`) select what they say. No HTTP, no providers.
 
 use crate::common::*;
+use refund_gateway::providers::{Outcome, ProviderAnswer};
+use refund_gateway::refunds::lifecycle::{transition, Context, Policy, Transition};
+use refund_gateway::refunds::{apply_with, Applied};
 use refund_gateway::store::{
-    CreateOutcome, Currency, EventSource, ListFilter, Minor, ProviderKind, RefundRow, RefundUpdate,
+    Change, CreateOutcome, Currency, EventSource, ListFilter, Minor, ProviderKind, RefundRow,
     SaleTerms, Status, Store, Submission,
 };
+
+fn policy() -> Policy {
+    refund_gateway::gateway_settings(&refund_gateway::config::Config::demo(
+        "sqlite::memory:",
+        "sk_store",
+    ))
+    .policy
+}
+
+/// The change the lifecycle decides for `t` on `current` at `now`.
+fn decided(current: &RefundRow, t: Transition<'_>, now: i64) -> Option<Change> {
+    let p = policy();
+    let ctx = Context {
+        now,
+        policy: &p,
+        receipt: None,
+    };
+    transition(current, &t, &ctx).unwrap()
+}
+
+fn claim(r: &RefundRow) -> Change {
+    decided(
+        r,
+        Transition::Claimed {
+            version: r.version,
+            send_by: r.created_at + 1,
+        },
+        r.created_at,
+    )
+    .expect("a prepared refund can be claimed")
+}
 
 fn row(name: &str, tx: &str, amount: i64) -> RefundRow {
     RefundRow {
@@ -45,36 +79,40 @@ async fn writes_are_compare_and_swap(db: Db) {
     assert_eq!(stored, r, "typed values come back as they went in");
 
     // The send claim applies once, and only to the version it read.
-    assert!(!s
-        .claim_send(&r.id, 7, r.created_at, r.created_at + 1)
-        .await
-        .unwrap());
-    assert!(s
-        .claim_send(&r.id, 0, r.created_at, r.created_at + 1)
-        .await
-        .unwrap());
-    assert!(!s
-        .claim_send(&r.id, 0, r.created_at, r.created_at + 1)
-        .await
-        .unwrap());
+    let stale = RefundRow {
+        version: 7,
+        ..r.clone()
+    };
+    assert!(!s.apply_change(&claim(&stale)).await.unwrap());
+    assert!(s.apply_change(&claim(&r)).await.unwrap());
+    assert!(!s.apply_change(&claim(&r)).await.unwrap());
     let sent = s.get_refund_any_client(&r.id).await.unwrap().unwrap();
     assert_eq!((sent.submission, sent.version), (Submission::Sent, 1));
 
     // A writer that read the row before the claim loses its write; the
     // store's loop reads again and asks the transition again.
     let mut asked = vec![];
-    let (after, applied) = s
-        .update_refund(&r.id, Some(&r), |current| {
-            asked.push((current.version, current.submission));
-            let mut u = RefundUpdate::from_row(current, current.updated_at + 1);
-            u.status = Status::Succeeded;
-            u.source = EventSource::Webhook;
-            Some(u)
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(applied);
+    let succeeded = ProviderAnswer {
+        outcome: Outcome::Succeeded,
+        provider_refund_id: None,
+        provider_status: None,
+        provider_code: None,
+        message: None,
+    };
+    let applied = apply_with(&s, &r, |current| {
+        asked.push((current.version, current.submission));
+        Ok(decided(
+            current,
+            Transition::WebhookApplied(&succeeded),
+            current.updated_at + 1,
+        ))
+    })
+    .await
+    .unwrap();
+    let Applied::Changed(change) = applied else {
+        panic!("the fresh write applies: {applied:?}")
+    };
+    let after = change.into_after();
     assert_eq!(
         asked,
         vec![(0, Submission::Prepared), (1, Submission::Sent)],
@@ -183,16 +221,17 @@ async fn list_filters_select_what_they_say(db: Db) {
         );
     }
     // One refund flagged for review (by a write, as the lifecycle flags).
-    let (_, flagged) = s
-        .update_refund(&test_refund_id("list5"), None, |c| {
-            let mut u = RefundUpdate::from_row(c, c.updated_at);
-            u.review_reason = Some("flagged".into());
-            Some(u)
-        })
+    let list5 = s
+        .get_refund_any_client(&test_refund_id("list5"))
         .await
         .unwrap()
         .unwrap();
-    assert!(flagged);
+    let flag = Transition::Contradicted {
+        what: "flagged",
+        source: EventSource::Request,
+    };
+    let flagged = decided(&list5, flag, list5.updated_at).expect("not flagged yet");
+    assert!(s.apply_change(&flagged).await.unwrap());
     let ids = |rows: Vec<RefundRow>| {
         rows.into_iter()
             .map(|r| r.id.to_string())

@@ -1,6 +1,7 @@
 //! Pay10 adapter: AES-256-CBC encrypted refunds, SHA-256 hashed status queries.
 
 pub mod crypto;
+pub mod rules;
 pub mod wire;
 
 use std::collections::BTreeMap;

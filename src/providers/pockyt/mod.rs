@@ -1,6 +1,7 @@
 //! Pockyt (formerly Yuansfer) adapter: MD5-signed JSON over HTTPS.
 
 pub mod crypto;
+pub mod rules;
 pub mod wire;
 
 use std::collections::BTreeMap;
