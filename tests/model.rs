@@ -530,14 +530,19 @@ fn check(world: Protocol, name: &str) {
         checker.is_done(),
         "the model check ran out of time before exploring every state"
     );
-    println!(
-        "model check ({name}): {} states explored ({} unique), max depth {}, {:.1} s",
+    let report = format!(
+        "model check ({name}): {} states explored ({} unique), max depth {}, {:.1} s, every property held\n",
         checker.state_count(),
         checker.unique_state_count(),
         checker.max_depth(),
         started.elapsed().as_secs_f64()
     );
     checker.assert_properties();
+    print!("{report}");
+    // Kept for `.ci/run` to print (test output is captured).
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("model-check-{}.txt", name.replace([' ', ','], "-")));
+    std::fs::write(file, report).expect("the report is written");
 }
 
 /// Two refunds racing for one sale, each sender pausing or crashing at any

@@ -105,11 +105,7 @@ pub async fn run(
         if let Err(e) = gateway.send_due_emails(&mailer).await {
             tracing::warn!(error = %e, "email pass failed");
         }
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.changed() => return,
-        }
-        if *shutdown.borrow() {
+        if !super::wait_for_next_pass(interval, &mut shutdown).await {
             return;
         }
     }

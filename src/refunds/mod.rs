@@ -1016,42 +1016,48 @@ pub fn status_query(row: &RefundRow) -> StatusQuery {
 /// The request fields in which `req` differs from the refund `existing`
 /// was made by (what an idempotency mismatch names).
 fn differing_fields(existing: &RefundRow, req: &NewRefund) -> Vec<&'static str> {
-    let mut out = vec![];
-    if existing.provider != req.provider {
-        out.push("provider");
+    let e = existing;
+    [
+        ("provider", e.provider != req.provider),
+        (
+            "transaction_no",
+            req.transaction_no
+                .as_ref()
+                .is_some_and(|t| t != &e.transaction_no),
+        ),
+        (
+            "reference",
+            req.reference.is_some() && req.reference != e.reference,
+        ),
+        ("amount", e.amount_minor != req.amount),
+        ("currency", e.currency != req.currency),
+        (
+            "settle_currency",
+            req.settle_currency.is_some() && req.settle_currency != e.settle_currency,
+        ),
+        (
+            "refund_reference",
+            e.refund_reference != req.refund_reference,
+        ),
+        ("reason", e.reason != req.reason),
+        ("receipt_email", e.receipt_email != req.receipt_email),
+        ("metadata", e.metadata != req.metadata),
+    ]
+    .into_iter()
+    .filter_map(|(field, differs)| differs.then_some(field))
+    .collect()
+}
+
+/// A worker's wait between passes: `false` once `shutdown` says stop.
+pub(crate) async fn wait_for_next_pass(
+    interval: Duration,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(interval) => {}
+        _ = shutdown.changed() => return false,
     }
-    if req
-        .transaction_no
-        .as_ref()
-        .is_some_and(|t| t != &existing.transaction_no)
-    {
-        out.push("transaction_no");
-    }
-    if req.reference.is_some() && req.reference != existing.reference {
-        out.push("reference");
-    }
-    if existing.amount_minor != req.amount {
-        out.push("amount");
-    }
-    if existing.currency != req.currency {
-        out.push("currency");
-    }
-    if req.settle_currency.is_some() && req.settle_currency != existing.settle_currency {
-        out.push("settle_currency");
-    }
-    if existing.refund_reference != req.refund_reference {
-        out.push("refund_reference");
-    }
-    if existing.reason != req.reason {
-        out.push("reason");
-    }
-    if existing.receipt_email != req.receipt_email {
-        out.push("receipt_email");
-    }
-    if existing.metadata != req.metadata {
-        out.push("metadata");
-    }
-    out
+    !*shutdown.borrow()
 }
 
 /// A duration in the largest whole unit that states it exactly enough for

@@ -70,11 +70,7 @@ pub async fn run(gateway: Arc<Gateway>, mut shutdown: tokio::sync::watch::Receiv
         if let Err(e) = gateway.retry_unmatched_events().await {
             tracing::warn!(error = %e, "retrying waiting webhooks failed");
         }
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.changed() => return,
-        }
-        if *shutdown.borrow() {
+        if !super::wait_for_next_pass(interval, &mut shutdown).await {
             return;
         }
     }
