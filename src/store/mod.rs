@@ -345,7 +345,8 @@ fn push_list_filters<'a, DB, T>(
 
 /// The compare-and-swap every refund change goes through, the same on both
 /// databases: the row becomes `after` only if it is still exactly the
-/// version, status and submission its writer read (`current`). Values are
+/// version, status and submission its writer read (`current`); only the
+/// columns that change are written. Values are
 /// bound where they appear (no hand-numbered placeholders); `time` binds a
 /// time (Unix ms) the way the database stores it.
 fn push_update<'a, DB, T>(
@@ -363,36 +364,61 @@ fn push_update<'a, DB, T>(
     T: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     Option<T>: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
+    // Only the columns the change changes: the version the write is
+    // conditional on guarantees every other column is as `current` has it.
     let (was, a) = (c.current(), c.after());
-    q.push("UPDATE refunds SET status = ").push_bind(a.status);
-    for (col, val) in [
-        ("provider_refund_id", &a.provider_refund_id),
-        ("provider_status", &a.provider_status),
-        ("provider_code", &a.provider_code),
-        ("provider_message", &a.provider_message),
-        ("failure_code", &a.failure_code),
-        ("failure_message", &a.failure_message),
-        ("response_body", &a.response_body),
-        ("review_reason", &a.review_reason),
-    ] {
-        q.push(format_args!(", {col} = ")).push_bind(val);
+    q.push("UPDATE refunds SET version = version + 1, updated_at = ")
+        .push_bind(time(a.updated_at));
+    if a.status != was.status {
+        q.push(", status = ").push_bind(a.status);
     }
-    q.push(", response_code = ").push_bind(a.response_code);
-    for (col, val) in [
-        ("inflight_until", a.inflight_until),
-        ("next_check_at", a.next_check_at),
-        ("lease_until", a.lease_until),
-        ("send_by", a.send_by),
-    ] {
-        q.push(format_args!(", {col} = ")).push_bind(val.map(&time));
+    if a.submission != was.submission {
+        q.push(", submission = ").push_bind(a.submission);
     }
-    q.push(", check_attempts = ").push_bind(a.check_attempts);
-    q.push(", not_found_streak = ")
-        .push_bind(a.not_found_streak);
-    q.push(", submission = ").push_bind(a.submission);
-    q.push(", updated_at = ").push_bind(time(a.updated_at));
-    q.push(", version = version + 1 WHERE id = ")
-        .push_bind(&was.id);
+    for (col, val, old) in [
+        (
+            "provider_refund_id",
+            &a.provider_refund_id,
+            &was.provider_refund_id,
+        ),
+        ("provider_status", &a.provider_status, &was.provider_status),
+        ("provider_code", &a.provider_code, &was.provider_code),
+        (
+            "provider_message",
+            &a.provider_message,
+            &was.provider_message,
+        ),
+        ("failure_code", &a.failure_code, &was.failure_code),
+        ("failure_message", &a.failure_message, &was.failure_message),
+        ("response_body", &a.response_body, &was.response_body),
+        ("review_reason", &a.review_reason, &was.review_reason),
+    ] {
+        if val != old {
+            q.push(format_args!(", {col} = ")).push_bind(val);
+        }
+    }
+    if a.response_code != was.response_code {
+        q.push(", response_code = ").push_bind(a.response_code);
+    }
+    for (col, val, old) in [
+        ("inflight_until", a.inflight_until, was.inflight_until),
+        ("next_check_at", a.next_check_at, was.next_check_at),
+        ("lease_until", a.lease_until, was.lease_until),
+        ("send_by", a.send_by, was.send_by),
+    ] {
+        if val != old {
+            q.push(format_args!(", {col} = ")).push_bind(val.map(&time));
+        }
+    }
+    for (col, val, old) in [
+        ("check_attempts", a.check_attempts, was.check_attempts),
+        ("not_found_streak", a.not_found_streak, was.not_found_streak),
+    ] {
+        if val != old {
+            q.push(format_args!(", {col} = ")).push_bind(val);
+        }
+    }
+    q.push(" WHERE id = ").push_bind(&was.id);
     q.push(" AND version = ").push_bind(was.version);
     q.push(" AND status = ").push_bind(was.status);
     q.push(" AND submission = ").push_bind(was.submission);
