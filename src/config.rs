@@ -10,10 +10,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::providers::pay10::crypto::EncryptionKey;
-use crate::providers::pay10::Pay10Account;
-use crate::providers::pockyt::PockytAccount;
-use crate::providers::HttpSettings;
+use crate::providers::{AccountCredentials, AccountFields, HttpSettings};
 use crate::types::ProviderKind;
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +117,10 @@ pub struct FileConfig {
     pub review_after_ms: Option<u64>,
 }
 
+/// An account as the file gives it. The provider's own fields (Pockyt
+/// `merchant_no`, `store_no`, `token`; Pay10 `pay_id`, `salt`,
+/// `encryption_key`) are read and checked by its connector
+/// (`providers/<name>/rules.rs`), which refuses another provider's.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountEntry {
@@ -141,6 +142,23 @@ pub struct AccountEntry {
     pub store_name: Option<String>,
     /// The store's IANA time zone (`Asia/Dubai`): receipts show local time.
     pub time_zone: Option<String>,
+}
+
+impl AccountEntry {
+    /// The provider's own fields that are set, for its connector to read.
+    fn provider_fields(&self) -> BTreeMap<String, String> {
+        [
+            ("merchant_no", &self.merchant_no),
+            ("store_no", &self.store_no),
+            ("token", &self.token),
+            ("pay_id", &self.pay_id),
+            ("salt", &self.salt),
+            ("encryption_key", &self.encryption_key),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (k.to_string(), v)))
+        .collect()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,28 +247,6 @@ pub struct ClientEntry {
     pub accounts: Vec<String>,
 }
 
-impl AccountCredentials {
-    pub fn provider(&self) -> ProviderKind {
-        match self {
-            AccountCredentials::Pockyt(_) => ProviderKind::Pockyt,
-            AccountCredentials::Pay10(_) => ProviderKind::Pay10,
-        }
-    }
-
-    pub fn base_url(&self) -> &str {
-        match self {
-            AccountCredentials::Pockyt(p) => &p.base_url,
-            AccountCredentials::Pay10(p) => &p.base_url,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub enum AccountCredentials {
-    Pockyt(PockytAccount),
-    Pay10(Pay10Account),
-}
-
 #[derive(Debug, Clone)]
 pub struct Account {
     pub name: String,
@@ -266,10 +262,7 @@ pub struct Account {
 
 impl Account {
     pub fn provider(&self) -> ProviderKind {
-        match self.credentials {
-            AccountCredentials::Pockyt(_) => ProviderKind::Pockyt,
-            AccountCredentials::Pay10(_) => ProviderKind::Pay10,
-        }
+        self.credentials.provider()
     }
 }
 
@@ -567,29 +560,14 @@ fn secret(field: &str, v: Option<String>) -> Result<String, ConfigError> {
     Ok(value)
 }
 
-/// The providers' hosts (`docs/providers.md`).
-fn default_base_url(provider: &str, production: bool) -> Option<&'static str> {
-    match (provider, production) {
-        ("pockyt", true) => Some("https://mapi.yuansfer.com"),
-        ("pockyt", false) => Some("https://mapi.yuansfer.yunkeguan.com"),
-        ("pay10", true) => Some("https://pg.pay10.ae"),
-        ("pay10", false) => Some("https://uatpg.pay10.ae"),
-        _ => None,
-    }
-}
-
-const SANDBOX_HOSTS: &[&str] = &[
-    "mapi.yuansfer.yunkeguan.com",
-    "mapi.yuansferdev.com",
-    "uatpg.pay10.ae",
-    "uat.pay10.com",
-];
-const PRODUCTION_HOSTS: &[&str] = &["mapi.yuansfer.com", "pg.pay10.ae", "secure.pay10.com"];
-
 /// Why a base URL is certainly a sandbox, if it is one: a provider's test
 /// host or this gateway's simulator (`/sandbox/...`).
 fn looks_like_sandbox(u: &url::Url) -> Option<&'static str> {
-    if SANDBOX_HOSTS.contains(&canonical_host(u).as_str()) {
+    let host = canonical_host(u);
+    if ProviderKind::ALL
+        .iter()
+        .any(|p| p.rules().test_hosts().contains(&host.as_str()))
+    {
         return Some("the provider's test host");
     }
     u.path()
@@ -612,7 +590,10 @@ fn is_local(u: &url::Url) -> bool {
 }
 
 fn looks_like_production(u: &url::Url) -> bool {
-    PRODUCTION_HOSTS.contains(&canonical_host(u).as_str())
+    let host = canonical_host(u);
+    ProviderKind::ALL
+        .iter()
+        .any(|p| p.rules().production_hosts().contains(&host.as_str()))
 }
 
 /// A URL's host as DNS resolves it: lower case (the URL parser does that),
@@ -657,16 +638,16 @@ fn account_from_entry(i: usize, a: AccountEntry, merchant: &str) -> Result<Accou
             ))
         }
     };
+    let provider = ProviderKind::parse(&a.provider).ok_or_else(|| {
+        let names: Vec<&str> = ProviderKind::ALL.iter().map(|p| p.as_str()).collect();
+        invalid(
+            f("provider"),
+            format!("{:?} is not {}", a.provider, names.join(" or ")),
+        )
+    })?;
     let base_url = match a.base_url.clone() {
         Some(u) => u,
-        None => default_base_url(&a.provider, production)
-            .ok_or_else(|| {
-                invalid(
-                    f("provider"),
-                    format!("{:?} is not pockyt or pay10", a.provider),
-                )
-            })?
-            .to_string(),
+        None => provider.rules().default_base_url(production).to_string(),
     };
     let parsed = url::Url::parse(&base_url)
         .ok()
@@ -690,50 +671,15 @@ fn account_from_entry(i: usize, a: AccountEntry, merchant: &str) -> Result<Accou
     let notice = (production && is_local(&parsed)).then(|| {
         format!("production account whose base_url {base_url} is a local or private host: make sure it reaches the real provider")
     });
-    let a = AccountEntry {
-        base_url: Some(base_url),
-        ..a
+    let fields = AccountFields {
+        provider,
+        base_url,
+        values: a.provider_fields(),
     };
-    let credentials = match a.provider.as_str() {
-        "pockyt" => AccountCredentials::Pockyt(PockytAccount {
-            base_url: a.base_url.clone().unwrap_or_default(),
-            merchant_no: a
-                .merchant_no
-                .as_deref()
-                .map(|v| v.trim().to_string())
-                .ok_or_else(|| invalid(f("merchant_no"), "is required for pockyt"))?,
-            store_no: a
-                .store_no
-                .as_deref()
-                .map(|v| v.trim().to_string())
-                .ok_or_else(|| invalid(f("store_no"), "is required for pockyt"))?,
-            token: SecretString::from(secret(&f("token"), a.token)?),
-        }),
-        "pay10" => {
-            let pay_id = a
-                .pay_id
-                .as_deref()
-                .map(|v| v.trim().to_string())
-                .ok_or_else(|| invalid(f("pay_id"), "is required for pay10"))?;
-            if pay_id.len() != 16 || !pay_id.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(invalid(f("pay_id"), "must be 16 digits"));
-            }
-            let key = secret(&f("encryption_key"), a.encryption_key)?;
-            AccountCredentials::Pay10(Pay10Account {
-                base_url: a.base_url.clone().unwrap_or_default(),
-                pay_id,
-                salt: SecretString::from(secret(&f("salt"), a.salt)?),
-                key: EncryptionKey::new(&key)
-                    .map_err(|e| invalid(f("encryption_key"), e.to_string()))?,
-            })
-        }
-        other => {
-            return Err(invalid(
-                f("provider"),
-                format!("{other:?} is not pockyt or pay10"),
-            ))
-        }
-    };
+    let credentials = provider
+        .rules()
+        .account(&fields)
+        .map_err(|e| invalid(f(&e.field), e.message))?;
     let time_zone = match a.time_zone.as_deref() {
         None => None,
         Some(name) => Some(jiff::tz::TimeZone::get(name).map_err(|_| {
@@ -950,6 +896,24 @@ mod tests {
         assert!(
             e.contains("accounts[0].time_zone") && e.contains("IANA"),
             "{e}"
+        );
+    }
+
+    /// Each connector reads its own account fields: another provider's is
+    /// refused, with the fields it takes.
+    #[test]
+    fn an_account_takes_only_its_providers_fields() {
+        let foreign = GOOD.replacen(
+            "token = \"secret\"",
+            "token = \"secret\"\npay_id = \"1009120125180122\"",
+            1,
+        );
+        let err = load(&foreign).unwrap_err().to_string();
+        assert!(
+            err.contains("accounts[0].pay_id")
+                && err.contains("not a field of a pockyt account")
+                && err.contains("merchant_no, store_no, token"),
+            "{err}"
         );
     }
 

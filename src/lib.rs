@@ -105,9 +105,10 @@ pub fn gateway_settings(c: &Config) -> refunds::GatewaySettings {
 /// Adds demo mode's sandbox accounts (the sandbox's demo credentials) and the
 /// demo client to `config`, pointed at the sandbox at `sandbox_base`.
 pub fn demo_accounts(config: &mut Config, sandbox_base: &str) {
-    use config::{Account, AccountCredentials, Client};
+    use config::{Account, Client};
     use providers::pay10::Pay10Account;
     use providers::pockyt::PockytAccount;
+    use providers::AccountCredentials;
     use secrecy::SecretString;
     use sha2::{Digest, Sha256};
     let Some(demo) = config.demo.clone() else {

@@ -16,6 +16,9 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
+    /// Every provider the gateway speaks.
+    pub const ALL: [ProviderKind; 2] = [ProviderKind::Pockyt, ProviderKind::Pay10];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             ProviderKind::Pockyt => "pockyt",

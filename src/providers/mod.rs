@@ -51,6 +51,110 @@ pub trait Rules: Sync {
     /// The `failure_code` a POS can act on, from the provider's code for a
     /// declined refund.
     fn failure_code(&self, code: &str) -> &'static str;
+    /// The provider's API host for production (real money) or its sandbox.
+    fn default_base_url(&self, production: bool) -> &'static str;
+    /// Hosts that are certainly the provider's test systems.
+    fn test_hosts(&self) -> &'static [&'static str];
+    /// Hosts that are certainly the provider's production systems.
+    fn production_hosts(&self) -> &'static [&'static str];
+    /// The account's own configuration fields.
+    fn account_fields(&self) -> &'static [&'static str];
+    /// The account's credentials from its own configuration fields (every
+    /// other field is refused).
+    fn account(&self, fields: &AccountFields) -> Result<AccountCredentials, FieldError>;
+}
+
+/// A provider account's credentials, tagged by provider.
+#[derive(Debug, Clone)]
+pub enum AccountCredentials {
+    Pockyt(pockyt::PockytAccount),
+    Pay10(pay10::Pay10Account),
+}
+
+impl AccountCredentials {
+    pub fn provider(&self) -> ProviderKind {
+        match self {
+            AccountCredentials::Pockyt(_) => ProviderKind::Pockyt,
+            AccountCredentials::Pay10(_) => ProviderKind::Pay10,
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        match self {
+            AccountCredentials::Pockyt(p) => &p.base_url,
+            AccountCredentials::Pay10(p) => &p.base_url,
+        }
+    }
+}
+
+/// A configuration field a connector refused: which, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A provider account's own configuration fields (`merchant_no`, `pay_id`,
+/// ...), as text, for its connector to read.
+#[derive(Debug, Clone)]
+pub struct AccountFields {
+    pub provider: ProviderKind,
+    /// The account's base URL, already decided and checked.
+    pub base_url: String,
+    pub values: BTreeMap<String, String>,
+}
+
+impl AccountFields {
+    /// A required field, trimmed.
+    pub fn required(&self, key: &str) -> Result<String, FieldError> {
+        self.values
+            .get(key)
+            .map(|v| v.trim().to_string())
+            .ok_or_else(|| FieldError::new(key, format!("is required for {}", self.provider)))
+    }
+
+    /// A required secret, given as itself or as `env:VARIABLE`.
+    pub fn secret(&self, key: &str) -> Result<String, FieldError> {
+        let v = self
+            .values
+            .get(key)
+            .ok_or_else(|| FieldError::new(key, "is required"))?;
+        let value = match v.strip_prefix("env:") {
+            Some(var) => std::env::var(var).map_err(|_| {
+                FieldError::new(key, format!("environment variable {var} is not set"))
+            })?,
+            None => v.clone(),
+        };
+        let value = value.trim().to_string();
+        if value.is_empty() {
+            return Err(FieldError::new(key, "is empty"));
+        }
+        Ok(value)
+    }
+
+    /// Refuses any field but `known`.
+    pub fn only(&self, known: &[&str]) -> Result<(), FieldError> {
+        match self.values.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(k) => Err(FieldError::new(
+                k.clone(),
+                format!(
+                    "is not a field of a {} account (its fields: {})",
+                    self.provider,
+                    known.join(", ")
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 impl ProviderKind {
@@ -341,6 +445,18 @@ pub enum ProviderClient {
 }
 
 impl ProviderClient {
+    /// The client of an account, on the process's one HTTP client.
+    pub fn new(http: reqwest::Client, credentials: &AccountCredentials) -> Self {
+        match credentials {
+            AccountCredentials::Pockyt(p) => {
+                ProviderClient::Pockyt(pockyt::PockytClient::new(http, p.clone()))
+            }
+            AccountCredentials::Pay10(p) => {
+                ProviderClient::Pay10(pay10::Pay10Client::new(http, p.clone()))
+            }
+        }
+    }
+
     pub fn kind(&self) -> ProviderKind {
         match self {
             ProviderClient::Pockyt(_) => ProviderKind::Pockyt,

@@ -15,10 +15,8 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use crate::config::{Account, AccountCredentials, Client, Operator};
+use crate::config::{Account, Client, Operator};
 use crate::money::{Currency, Minor};
-use crate::providers::pay10::Pay10Client;
-use crate::providers::pockyt::PockytClient;
 use crate::providers::{
     http_client, HttpSettings, ProviderClient, ProviderKind, RefundCall, SaleInfo, SaleLookup,
     StatusQuery,
@@ -280,14 +278,7 @@ impl Gateway {
             .accounts
             .iter()
             .map(|a| {
-                let client = match &a.credentials {
-                    AccountCredentials::Pockyt(p) => {
-                        ProviderClient::Pockyt(PockytClient::new(http.clone(), p.clone()))
-                    }
-                    AccountCredentials::Pay10(p) => {
-                        ProviderClient::Pay10(Pay10Client::new(http.clone(), p.clone()))
-                    }
-                };
+                let client = ProviderClient::new(http.clone(), &a.credentials);
                 (
                     a.name.clone(),
                     Arc::new(AccountHandle {

@@ -3,8 +3,14 @@
 
 use std::collections::BTreeMap;
 
+use secrecy::SecretString;
+
+use super::crypto::EncryptionKey;
+use super::Pay10Account;
 use crate::money::Currency;
-use crate::providers::{field, Rules, WebhookClaims};
+use crate::providers::{
+    field, AccountCredentials, AccountFields, FieldError, Rules, WebhookClaims,
+};
 
 pub struct Pay10;
 
@@ -110,5 +116,43 @@ impl Rules for Pay10 {
             "015" | "302" => "transaction_not_found",
             _ => "provider_declined",
         }
+    }
+
+    /// `docs/providers.md`: Pay10 hosts.
+    fn default_base_url(&self, production: bool) -> &'static str {
+        if production {
+            "https://pg.pay10.ae"
+        } else {
+            "https://uatpg.pay10.ae"
+        }
+    }
+
+    fn test_hosts(&self) -> &'static [&'static str] {
+        &["uatpg.pay10.ae", "uat.pay10.com"]
+    }
+
+    fn production_hosts(&self) -> &'static [&'static str] {
+        &["pg.pay10.ae", "secure.pay10.com"]
+    }
+
+    /// `pay_id` (16 digits), `salt` and the AES-256 `encryption_key`.
+    fn account_fields(&self) -> &'static [&'static str] {
+        &["pay_id", "salt", "encryption_key"]
+    }
+
+    fn account(&self, fields: &AccountFields) -> Result<AccountCredentials, FieldError> {
+        fields.only(self.account_fields())?;
+        let pay_id = fields.required("pay_id")?;
+        if pay_id.len() != 16 || !pay_id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(FieldError::new("pay_id", "must be 16 digits"));
+        }
+        let key = fields.secret("encryption_key")?;
+        Ok(AccountCredentials::Pay10(Pay10Account {
+            base_url: fields.base_url.clone(),
+            pay_id,
+            salt: SecretString::from(fields.secret("salt")?),
+            key: EncryptionKey::new(&key)
+                .map_err(|e| FieldError::new("encryption_key", e.to_string()))?,
+        }))
     }
 }

@@ -3,8 +3,13 @@
 
 use std::collections::BTreeMap;
 
+use secrecy::SecretString;
+
+use super::PockytAccount;
 use crate::money::Currency;
-use crate::providers::{field, Rules, WebhookClaims};
+use crate::providers::{
+    field, AccountCredentials, AccountFields, FieldError, Rules, WebhookClaims,
+};
 
 pub struct Pockyt;
 
@@ -94,5 +99,37 @@ impl Rules for Pockyt {
             "000021" => "transaction_not_found",
             _ => "provider_declined",
         }
+    }
+
+    /// `docs/providers.md`: Pockyt (formerly Yuansfer) hosts.
+    fn default_base_url(&self, production: bool) -> &'static str {
+        if production {
+            "https://mapi.yuansfer.com"
+        } else {
+            "https://mapi.yuansfer.yunkeguan.com"
+        }
+    }
+
+    fn test_hosts(&self) -> &'static [&'static str] {
+        &["mapi.yuansfer.yunkeguan.com", "mapi.yuansferdev.com"]
+    }
+
+    fn production_hosts(&self) -> &'static [&'static str] {
+        &["mapi.yuansfer.com"]
+    }
+
+    /// `merchant_no`, `store_no` and the API `token`.
+    fn account_fields(&self) -> &'static [&'static str] {
+        &["merchant_no", "store_no", "token"]
+    }
+
+    fn account(&self, fields: &AccountFields) -> Result<AccountCredentials, FieldError> {
+        fields.only(self.account_fields())?;
+        Ok(AccountCredentials::Pockyt(PockytAccount {
+            base_url: fields.base_url.clone(),
+            merchant_no: fields.required("merchant_no")?,
+            store_no: fields.required("store_no")?,
+            token: SecretString::from(fields.secret("token")?),
+        }))
     }
 }
