@@ -87,7 +87,7 @@ pub fn gateway_settings(c: &Config) -> refunds::GatewaySettings {
         clients: c.clients.clone(),
         operators: c.operators.clone(),
         http: c.http,
-        policy: refunds::reconcile::Policy {
+        policy: refunds::lifecycle::Policy {
             interval: c.reconcile_interval,
             base_delay: c.reconcile_base_delay,
             max_delay: c.reconcile_max_delay,

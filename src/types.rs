@@ -159,3 +159,56 @@ mod tests {
         assert!(ProviderKind::try_from("stripe".to_string()).is_err());
     }
 }
+
+/// The gateway's reading of a provider answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    Pending,
+    Failed,
+    /// Timeout, connection error, 5xx or unreadable body: the refund may or may not have happened.
+    Unknown,
+    /// A status query says the provider has no such refund.
+    NotFound,
+    /// The provider refused to answer a status query because of our
+    /// credentials or signature (Pay10 "Invalid Hash", Pockyt "data error :
+    /// verifySign"): an operator must fix the account; asking again will not help.
+    Misconfigured,
+}
+
+impl Outcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Pending => "pending",
+            Outcome::Failed => "failed",
+            Outcome::Unknown => "unknown",
+            Outcome::NotFound => "not_found",
+            Outcome::Misconfigured => "misconfigured",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Outcome::Succeeded,
+            Outcome::Pending,
+            Outcome::Failed,
+            Outcome::Unknown,
+            Outcome::NotFound,
+            Outcome::Misconfigured,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+    }
+}
+
+impl TryFrom<String> for Outcome {
+    type Error = Invalid;
+    fn try_from(s: String) -> Result<Self, Invalid> {
+        Outcome::parse(&s).ok_or(Invalid {
+            what: "provider outcome",
+            value: s,
+        })
+    }
+}

@@ -146,7 +146,7 @@ async fn provider_http_errors_name_the_url_and_status() {
             settle_currency: None,
         })
         .await;
-    assert_eq!(answer.outcome, refund_gateway::providers::Outcome::Unknown);
+    assert_eq!(answer.outcome, refund_gateway::types::Outcome::Unknown);
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     assert!(
         logs.contains(&format!("{base}/app-data-search/v3/refund")) && logs.contains("404"),

@@ -22,11 +22,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use refund_gateway::money::{Currency, Minor};
-use refund_gateway::providers::{Outcome, ProviderAnswer};
-use refund_gateway::refunds::lifecycle::{
-    transition, Asker, Change, Context, Policy, Status, Transition,
-};
-use refund_gateway::store::{NewRefundRow, ProviderKind, RefundId, RefundRow};
+use refund_gateway::providers::ProviderAnswer;
+use refund_gateway::refunds::lifecycle::{transition, Asker, Context, Policy, Transition};
+use refund_gateway::store::{Change, NewRefundRow, RefundRow, Status};
+use refund_gateway::types::Outcome;
+use refund_gateway::types::{ProviderKind, RefundId};
 use stateright::{Checker, Model, Property};
 
 const SALE: i64 = 100;

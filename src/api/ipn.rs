@@ -7,8 +7,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, AppState};
-use crate::providers::ProviderKind;
 use crate::refunds::webhooks::{WebhookFailure, WebhookReply};
+use crate::types::ProviderKind;
 
 async fn handle(
     state: AppState,

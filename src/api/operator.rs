@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::parse::Text;
 use super::refunds::{events_json, RefundEvents};
 use super::{ApiError, AppState, OperatorAuthed};
-use crate::refunds::lifecycle::Status;
 use crate::refunds::{RefundObject, Resolution};
+use crate::store::Status;
 
 /// The review queue: refunds flagged for review or pending too long.
 #[derive(Serialize, utoipa::ToSchema)]

@@ -13,9 +13,9 @@ use sha2::{Digest, Sha256};
 use super::parse::{self, AmountText, Email, Filter, Flag, Limit, Metadata, Text, TimeParam};
 use super::{ApiError, AppState, Authed};
 use crate::money::{Currency, MoneyError};
-use crate::providers::ProviderKind;
 use crate::refunds::{Created, NewRefund, RefundObject};
-use crate::store::{ListFilter, RefundId, Status};
+use crate::store::{ListFilter, Status};
+use crate::types::{ProviderKind, RefundId};
 
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

@@ -13,9 +13,10 @@ use clap::Parser;
 use refund_gateway::config::Config;
 use refund_gateway::money::{Currency, Minor};
 use refund_gateway::providers::pockyt::{PockytAccount, PockytClient};
-use refund_gateway::providers::{http_client, HttpSettings, Outcome, RefundCall};
+use refund_gateway::providers::{http_client, HttpSettings, RefundCall};
 use refund_gateway::sandbox::{demo_credentials as creds, Sandbox, SandboxConfig};
 use refund_gateway::store::Store;
+use refund_gateway::types::Outcome;
 use serde_json::{json, Value};
 
 const KEY: &str = "sk_bench";
@@ -373,7 +374,8 @@ async fn database_floor_probe(
 
 /// A refund row like the gateway writes for a 1.00 USD Pockyt refund.
 fn floor_row(n: u64) -> refund_gateway::store::RefundRow {
-    use refund_gateway::store::{Currency, Minor, NewRefundRow, ProviderKind, RefundId, RefundRow};
+    use refund_gateway::store::{NewRefundRow, RefundRow};
+    use refund_gateway::types::{ProviderKind, RefundId};
     let now = refund_gateway::refunds::now_ms();
     let id = RefundId::generate();
     let usd = Currency::from_code("USD").expect("USD is a currency");

@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::money::{Currency, Minor};
 
-pub use crate::types::ProviderKind;
+use crate::types::{Outcome, ProviderKind};
 
 /// What a provider's protocol allows and means: each connector's own
 /// knowledge (`providers/<name>/rules.rs`), asked through [`ProviderKind`].
@@ -284,47 +284,6 @@ pub struct StatusQuery {
     pub provider_refund_id: Option<String>,
     pub transaction_no: Option<String>,
     pub reference: Option<String>,
-}
-
-/// The gateway's reading of a provider answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Succeeded,
-    Pending,
-    Failed,
-    /// Timeout, connection error, 5xx or unreadable body: the refund may or may not have happened.
-    Unknown,
-    /// A status query says the provider has no such refund.
-    NotFound,
-    /// The provider refused to answer a status query because of our
-    /// credentials or signature (Pay10 "Invalid Hash", Pockyt "data error :
-    /// verifySign"): an operator must fix the account; asking again will not help.
-    Misconfigured,
-}
-
-impl Outcome {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Outcome::Succeeded => "succeeded",
-            Outcome::Pending => "pending",
-            Outcome::Failed => "failed",
-            Outcome::Unknown => "unknown",
-            Outcome::NotFound => "not_found",
-            Outcome::Misconfigured => "misconfigured",
-        }
-    }
-
-    pub fn parse(s: &str) -> Self {
-        match s {
-            "succeeded" => Outcome::Succeeded,
-            "pending" => Outcome::Pending,
-            "failed" => Outcome::Failed,
-            "not_found" => Outcome::NotFound,
-            "misconfigured" => Outcome::Misconfigured,
-            _ => Outcome::Unknown,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

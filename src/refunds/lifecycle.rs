@@ -45,9 +45,10 @@ use std::time::Duration;
 
 use super::object::RefundObject;
 use super::receipt;
-use crate::providers::{Outcome, ProviderAnswer};
-pub use crate::store::{Change, DomainEvent, Status, Submission};
+use crate::providers::ProviderAnswer;
+use crate::store::{Change, DomainEvent, Status, Submission};
 use crate::store::{Effects, EmailDraft, EventSource, RefundEvent, RefundRow};
+use crate::types::Outcome;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Decision {
@@ -867,13 +868,13 @@ mod tests {
             not_found_streak: streak,
             version: 1,
             ..RefundRow::recorded(crate::store::NewRefundRow {
-                id: crate::store::RefundId::generate(),
+                id: crate::types::RefundId::generate(),
                 client: "c".into(),
                 account: "a".into(),
-                provider: crate::store::ProviderKind::Pockyt,
+                provider: crate::types::ProviderKind::Pockyt,
                 livemode: false,
-                amount: crate::store::Minor::new(100).unwrap(),
-                currency: crate::store::Currency::from_code("USD").unwrap(),
+                amount: crate::money::Minor::new(100).unwrap(),
+                currency: crate::money::Currency::from_code("USD").unwrap(),
                 transaction_no: "1".into(),
                 provider_reference: "R".into(),
                 request_hash: "h".into(),
@@ -1065,7 +1066,7 @@ mod tests {
             receipt: Some(&receipt),
         };
         let mut r = row("sent", Some(5), 0);
-        r.provider = crate::store::ProviderKind::Pay10;
+        r.provider = crate::types::ProviderKind::Pay10;
         r.receipt_email = Some("a@example.com".into());
         let ok = reply(Outcome::Succeeded);
         let c = transition(&r, &Transition::WebhookApplied(&ok), &ctx)

@@ -18,14 +18,14 @@ use futures_util::future::BoxFuture;
 use crate::config::{Account, Client, Operator};
 use crate::money::{Currency, Minor};
 use crate::providers::{
-    http_client, HttpSettings, ProviderClient, ProviderKind, RefundCall, SaleInfo, SaleLookup,
-    StatusQuery,
+    http_client, HttpSettings, ProviderClient, RefundCall, SaleInfo, SaleLookup, StatusQuery,
 };
 use crate::store::{
-    CreateOutcome, EventSource, NewRefundRow, RefundEvent, RefundId, RefundRow, SaleTerms, Store,
-    StoreError,
+    Change, CreateOutcome, EventSource, NewRefundRow, RefundEvent, RefundRow, SaleTerms, Status,
+    Store, StoreError,
 };
-use lifecycle::{Asker, Change, Context, ReceiptSettings, ResolveRefusal, Status, Transition};
+use crate::types::{ProviderKind, RefundId};
+use lifecycle::{Asker, Context, ReceiptSettings, ResolveRefusal, Transition};
 pub use object::RefundObject;
 
 pub fn now_ms() -> i64 {
@@ -229,7 +229,7 @@ pub struct Gateway {
     pub accounts: HashMap<String, Arc<AccountHandle>>,
     pub clients: Vec<Arc<Client>>,
     pub provider_timeout: Duration,
-    pub reconcile: reconcile::Policy,
+    pub reconcile: lifecycle::Policy,
     pub merchant_name: String,
     pub operators: Vec<Arc<crate::config::Operator>>,
     /// A refund pending this long joins the review queue.
@@ -237,8 +237,9 @@ pub struct Gateway {
     /// Receipt emails are enqueued only when SMTP is configured.
     pub email_enabled: bool,
     pub clock: Clock,
-    /// Test hook: pauses a request between its steps.
-    pub pause: Option<PauseHook>,
+    /// A seam for tests ([`Gateway::with_pauses`]): pauses a request
+    /// between its steps. `None` in production.
+    pause: Option<PauseHook>,
     /// For each account, the accounts with the very same credentials (itself
     /// included, sorted): a webhook one of them verifies, all of them verify.
     credential_groups: HashMap<String, Vec<String>>,
@@ -262,7 +263,7 @@ pub struct GatewaySettings {
     pub clients: Vec<Client>,
     pub operators: Vec<Operator>,
     pub http: HttpSettings,
-    pub policy: reconcile::Policy,
+    pub policy: lifecycle::Policy,
     /// Printed on receipts of accounts without a store name.
     pub merchant_name: String,
     /// A refund pending this long joins the review queue.
@@ -318,6 +319,13 @@ impl Gateway {
             review_after: settings.review_after,
             email_enabled: settings.email_enabled,
         }
+    }
+
+    /// The gateway with `hook` called at every [`Step`] of a request (the
+    /// stall-injection tests hold a request there).
+    pub fn with_pauses(mut self, hook: PauseHook) -> Self {
+        self.pause = Some(hook);
+        self
     }
 
     /// Reads the database's clock and goes by it from now on (see

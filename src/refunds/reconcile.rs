@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-pub use super::lifecycle::Policy;
 use super::{lifecycle, status_query, Gateway};
 use crate::store::{RefundRow, StoreError};
 

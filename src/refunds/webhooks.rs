@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use super::lifecycle::{decide, Backoff, Decision, Transition};
 use super::{Applied, Gateway};
-use crate::providers::{Outcome, ProviderKind, WebhookError, WebhookEvent};
+use crate::providers::{WebhookError, WebhookEvent};
 use crate::store::{EventState, RefundRow, StoreError, WebhookRow};
+use crate::types::ProviderKind;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum WebhookReply {
@@ -123,7 +124,7 @@ impl Gateway {
             provider_refund_id: ev.provider_refund_id.clone(),
             provider_reference: ev.provider_reference.clone(),
             amount: ev.amount.clone(),
-            outcome: ev.outcome.as_str().into(),
+            outcome: ev.outcome,
             provider_status: ev.provider_status.clone(),
             fields: serde_json::to_string(&ev.fields).unwrap_or_default(),
             refund_id: None,
@@ -269,7 +270,7 @@ impl Gateway {
                 .await?;
             return Ok(WebhookReply::Rejected(reason));
         }
-        let outcome = Outcome::parse(&ev.outcome);
+        let outcome = ev.outcome;
         let answer = crate::providers::ProviderAnswer {
             outcome,
             provider_refund_id: ev

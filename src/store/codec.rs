@@ -6,9 +6,9 @@ use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::{Database, Decode, Encode, Type};
 
-use super::model::{
-    Currency, EventSource, EventState, Minor, ProviderKind, RefundId, Status, Submission,
-};
+use super::model::{EventSource, EventState, Status, Submission};
+use crate::money::{Currency, Minor};
+use crate::types::{Outcome, ProviderKind, RefundId};
 
 /// Text columns holding a type with `as_str` and `TryFrom<String>`.
 macro_rules! text_column {
@@ -55,7 +55,8 @@ text_column!(
     EventSource,
     EventState,
     ProviderKind,
-    RefundId
+    RefundId,
+    Outcome
 );
 
 /// A currency is stored as its alpha code.

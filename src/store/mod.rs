@@ -19,11 +19,14 @@ use std::time::Duration;
 
 mod batch;
 mod codec;
-pub mod model;
+mod model;
 mod postgres;
 mod sqlite;
 
 pub use model::*;
+
+use crate::money::Minor;
+use crate::types::{ProviderKind, RefundId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 
-pub use crate::money::{Currency, Minor};
-pub use crate::types::{Invalid, ProviderKind, RefundId};
+use crate::money::{Currency, Minor};
+use crate::types::{Invalid, Outcome, ProviderKind, RefundId};
 
 /// An enum stored as text: its variants with their texts, and `as_str`,
 /// `parse`, `TryFrom<String>` (what the store's codec decodes with),
@@ -305,7 +305,8 @@ pub struct WebhookRow {
     pub provider_refund_id: Option<String>,
     pub provider_reference: Option<String>,
     pub amount: Option<String>,
-    pub outcome: String,
+    /// What the webhook says became of the refund.
+    pub outcome: Outcome,
     pub provider_status: Option<String>,
     pub fields: String,
     pub refund_id: Option<String>,

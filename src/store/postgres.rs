@@ -435,7 +435,7 @@ impl StoreBackend for PgStore {
         .bind(&e.provider_refund_id)
         .bind(&e.provider_reference)
         .bind(&e.amount)
-        .bind(&e.outcome)
+        .bind(e.outcome)
         .bind(&e.provider_status)
         .bind(&e.fields)
         .bind(&e.refund_id)

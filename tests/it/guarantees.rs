@@ -14,12 +14,12 @@ use crate::common::*;
 use md5::{Digest, Md5};
 use refund_gateway::config::{Account, Client, Config};
 use refund_gateway::money::Currency;
-use refund_gateway::providers::ProviderKind;
 use refund_gateway::refunds::webhooks::WebhookReply;
 use refund_gateway::refunds::{Clock, Created, Gateway, NewRefund, PauseHook, Step};
 use refund_gateway::sandbox::demo_credentials::POCKYT_TOKEN;
 use refund_gateway::sandbox::Sandbox;
 use refund_gateway::store::{RefundRow, Store};
+use refund_gateway::types::ProviderKind;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
@@ -63,7 +63,9 @@ impl World {
             .expect("store connects");
         let mut g = Gateway::new(refund_gateway::gateway_settings(&self.config), store);
         g.clock = self.clock.clone();
-        g.pause = pause;
+        if let Some(hook) = pause {
+            g = g.with_pauses(hook);
+        }
         Arc::new(g)
     }
 

@@ -8,9 +8,10 @@ use refund_gateway::money::{Currency, Minor};
 use refund_gateway::providers::pay10::{Pay10Account, Pay10Client};
 use refund_gateway::providers::pockyt::{PockytAccount, PockytClient};
 use refund_gateway::providers::{
-    http_client, HttpSettings, Outcome, ProviderClient, RefundCall, SaleLookup, StatusQuery,
+    http_client, HttpSettings, ProviderClient, RefundCall, SaleLookup, StatusQuery,
 };
 use refund_gateway::sandbox::{demo_credentials as creds, demo_sales, SandboxConfig};
+use refund_gateway::types::Outcome;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 

@@ -489,8 +489,9 @@ async fn restart_keeps_every_acknowledged_refund(db: Db) {
 async fn refunds_made_outside_the_gateway_count(db: Db) {
     use refund_gateway::money::{Currency, Minor};
     use refund_gateway::providers::pockyt::{PockytAccount, PockytClient};
-    use refund_gateway::providers::{http_client, HttpSettings, Outcome, RefundCall};
+    use refund_gateway::providers::{http_client, HttpSettings, RefundCall};
     use refund_gateway::sandbox::demo_credentials as creds;
+    use refund_gateway::types::Outcome;
     let app = spawn_app(&fresh_db(db).await).await;
     let sale = app.pockyt_sale("10.00", "USD", "success").await;
     let tx = sale["transactionNo"].as_str().unwrap();

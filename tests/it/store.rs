@@ -4,13 +4,15 @@
 //! (built with `QueryBuilder`) select what they say. No HTTP, no providers.
 
 use crate::common::*;
-use refund_gateway::providers::{Outcome, ProviderAnswer};
+use refund_gateway::money::{Currency, Minor};
+use refund_gateway::providers::ProviderAnswer;
 use refund_gateway::refunds::lifecycle::{transition, Context, Policy, Transition};
 use refund_gateway::refunds::{apply_with, Applied};
 use refund_gateway::store::{
-    Change, CreateOutcome, Currency, EventSource, ListFilter, Minor, ProviderKind, RefundRow,
-    SaleTerms, Status, Store, Submission,
+    Change, CreateOutcome, EventSource, ListFilter, RefundRow, SaleTerms, Status, Store, Submission,
 };
+use refund_gateway::types::Outcome;
+use refund_gateway::types::ProviderKind;
 
 fn policy() -> Policy {
     refund_gateway::gateway_settings(&refund_gateway::config::Config::demo(
@@ -328,7 +330,7 @@ async fn cut_off_webhooks_are_claimed_again(db: Db) {
         provider_refund_id: None,
         provider_reference: Some("REFX".into()),
         amount: Some("1.00".into()),
-        outcome: "succeeded".into(),
+        outcome: Outcome::Succeeded,
         provider_status: Some("success".into()),
         fields: "{}".into(),
         refund_id: None,

@@ -106,8 +106,8 @@ async fn old_database_upgrades_in_place(db: Db) {
         "1879120328175249",
         "NEWREF00000000000003",
     );
-    row.provider = refund_gateway::store::ProviderKind::Pay10;
-    row.currency = refund_gateway::store::Currency::from_code("AED").unwrap();
+    row.provider = refund_gateway::types::ProviderKind::Pay10;
+    row.currency = refund_gateway::money::Currency::from_code("AED").unwrap();
     row.submission = refund_gateway::store::Submission::Prepared;
     let created = store
         .create_refund(&row, &Default::default())
@@ -186,7 +186,7 @@ async fn database_before_native_types_upgrades_in_place(db: Db) {
     // The confirmed sale still holds: 250 reserved + 300 elsewhere of 10000,
     // so 9450 more fit and one minor unit more does not.
     let row = |id: &str, amount: i64| refund_gateway::store::RefundRow {
-        amount_minor: refund_gateway::store::Minor::new(amount).unwrap(),
+        amount_minor: refund_gateway::money::Minor::new(amount).unwrap(),
         submission: refund_gateway::store::Submission::Prepared,
         ..stored_refund(id, "pockyt-live", "297553638301777927", &format!("REF{id}"))
     };
@@ -197,7 +197,7 @@ async fn database_before_native_types_upgrades_in_place(db: Db) {
             .await
             .unwrap(),
         refund_gateway::store::CreateOutcome::ExceedsRefundable {
-            refundable: refund_gateway::store::Minor::new(9450).unwrap()
+            refundable: refund_gateway::money::Minor::new(9450).unwrap()
         }
     );
     assert_eq!(

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use refund_gateway::config::{Client, Config};
-use refund_gateway::providers::ProviderKind;
 use refund_gateway::refunds::Gateway;
 use refund_gateway::sandbox::{Sandbox, SandboxConfig};
+use refund_gateway::types::ProviderKind;
 use refund_gateway::Application;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -572,7 +572,7 @@ pub async fn outage_drill(
 
 /// A refund id for a test row, made from a readable name (`rf_early` →
 /// `rf_…000EARLY`): the same name gives the same id.
-pub fn test_refund_id(name: &str) -> refund_gateway::store::RefundId {
+pub fn test_refund_id(name: &str) -> refund_gateway::types::RefundId {
     let body: String = name
         .trim_start_matches("rf_")
         .chars()
@@ -593,9 +593,9 @@ pub fn stored_refund(
     transaction_no: &str,
     provider_reference: &str,
 ) -> refund_gateway::store::RefundRow {
-    use refund_gateway::store::{
-        Currency, Minor, NewRefundRow, ProviderKind, RefundRow, Submission,
-    };
+    use refund_gateway::money::{Currency, Minor};
+    use refund_gateway::store::{NewRefundRow, RefundRow, Submission};
+    use refund_gateway::types::ProviderKind;
     let usd = Currency::from_code("USD").unwrap();
     RefundRow {
         settle_currency: Some(usd),
