@@ -25,7 +25,7 @@ mod sqlite;
 
 pub use model::*;
 
-use crate::money::Minor;
+use crate::money::{Currency, Minor};
 use crate::types::{ProviderKind, RefundId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -426,6 +426,66 @@ fn push_update<'a, DB, T>(
     q.push(" AND status = ").push_bind(was.status);
     q.push(" AND submission = ").push_bind(was.submission);
 }
+
+/// The columns a new refund is recorded with ([`push_new_refund_values`]
+/// gives their values, in this order).
+const NEW_REFUND: &str = "INSERT INTO refunds (id, client, account, provider, livemode, status, \
+    amount_minor, currency, settle_currency, transaction_no, reference, refund_reference, \
+    provider_reference, reason, receipt_email, metadata, idempotency_key, request_hash, submission, \
+    inflight_until, check_attempts, next_check_at, created_at, updated_at) ";
+
+/// The values of [`NEW_REFUND`]'s columns for `new` (prepared, never
+/// checked), each bound where it appears; `time` binds a time (Unix ms) the
+/// way the database stores it.
+fn push_new_refund_values<'a, DB, T>(
+    q: &mut sqlx::QueryBuilder<'a, DB>,
+    new: &'a RefundRow,
+    time: impl Fn(i64) -> T,
+) where
+    DB: sqlx::Database,
+    &'a RefundId: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a Option<String>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    ProviderKind: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    bool: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Status: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Minor: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Currency: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<Currency>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    sqlx::types::Json<&'a std::collections::BTreeMap<String, String>>:
+        sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    T: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<T>: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut v = q.separated(", ");
+    v.push_bind(&new.id)
+        .push_bind(&new.client)
+        .push_bind(&new.account)
+        .push_bind(new.provider)
+        .push_bind(new.livemode)
+        .push_bind(new.status)
+        .push_bind(new.amount_minor)
+        .push_bind(new.currency)
+        .push_bind(new.settle_currency)
+        .push_bind(&new.transaction_no)
+        .push_bind(&new.reference)
+        .push_bind(&new.refund_reference)
+        .push_bind(&new.provider_reference)
+        .push_bind(&new.reason)
+        .push_bind(&new.receipt_email)
+        .push_bind(sqlx::types::Json(&new.metadata))
+        .push_bind(&new.idempotency_key)
+        .push_bind(&new.request_hash)
+        .push("'prepared'")
+        .push_bind(new.inflight_until.map(&time))
+        .push("0")
+        .push_bind(new.next_check_at.map(&time))
+        .push_bind(time(new.created_at))
+        .push_bind(time(new.created_at));
+}
+
+/// The history line a refund is recorded with.
+const RECORDED: &str = "'request', 'pending', 'recorded; amount reserved against the sale'";
 
 /// A sale's row, as a refused reservation reads it.
 #[derive(sqlx::FromRow)]

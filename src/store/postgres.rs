@@ -12,14 +12,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 
 use super::{
-    probe, push_list_filters, push_update, refusal, Backend, Change, CreateOutcome, EventState,
-    ListFilter, OutboxRow, RefundEvent, RefundRow, Result, SaleTerms, StoreBackend, StoreError,
-    WebhookRow, SELECT_SALE,
+    probe, push_list_filters, push_new_refund_values, push_update, refusal, Backend, Change,
+    CreateOutcome, EventState, ListFilter, OutboxRow, RefundEvent, RefundRow, Result, SaleTerms,
+    StoreBackend, StoreError, WebhookRow, NEW_REFUND, RECORDED, SELECT_SALE,
 };
 
 pub(super) struct PgStore {
@@ -38,34 +37,47 @@ const SELECT_EVENT: &str = "SELECT id, provider, account, dedupe_key, transactio
     provider_reference, amount, outcome, provider_status, fields::text AS fields, refund_id, state, note, \
     rg_ms(received_at) AS received_at, attempts, rg_ms(next_attempt_at) AS next_attempt_at FROM webhook_events";
 
-/// Reserve a refund's amount against its sale (binds: see [`bind_new_refund`]).
-/// A new sale row only if the refund alone fits; an existing one added to
-/// only while every reservation plus the refunds made elsewhere stay within
-/// the sale, and only in its currency once the provider confirmed it. An
-/// unconfirmed currency (Pay10: no sale lookup) pins nothing.
-const RESERVE: &str = "INSERT INTO sales (account, transaction_no, amount_minor, currency, reserved_minor, currency_confirmed, external_minor) \
-    SELECT $3, $10, $22, $8, $7, $23, $24 WHERE $22::int8 IS NULL OR $7 + $24 <= $22 \
-    ON CONFLICT (account, transaction_no) DO UPDATE \
-    SET reserved_minor = sales.reserved_minor + excluded.reserved_minor, \
-        amount_minor = COALESCE(sales.amount_minor, excluded.amount_minor), \
-        currency = CASE WHEN sales.currency_confirmed THEN sales.currency ELSE excluded.currency END, \
-        currency_confirmed = sales.currency_confirmed OR excluded.currency_confirmed, \
-        external_minor = GREATEST(sales.external_minor, excluded.external_minor) \
-    WHERE (NOT sales.currency_confirmed OR sales.currency = excluded.currency) \
-      AND (COALESCE(sales.amount_minor, excluded.amount_minor) IS NULL \
-           OR sales.reserved_minor + excluded.reserved_minor \
-              + GREATEST(sales.external_minor, excluded.external_minor) \
-              <= COALESCE(sales.amount_minor, excluded.amount_minor))";
-
-/// The refund, and its first history line, from the reservation's CTE.
-const INSERT_REFUND: &str = "INSERT INTO refunds (id, client, account, provider, livemode, status, amount_minor, currency, \
-    settle_currency, transaction_no, reference, refund_reference, provider_reference, reason, receipt_email, metadata, \
-    idempotency_key, request_hash, submission, inflight_until, check_attempts, next_check_at, created_at, updated_at) \
-    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, 'prepared', \
-    $19, 0, $20, $21, $21 FROM reserve RETURNING id";
-
-const RECORDED_EVENT: &str = "INSERT INTO refund_events (refund_id, at, source, status, detail) \
-    SELECT id, $21, 'request', 'pending', 'recorded; amount reserved against the sale' FROM ins";
+/// Reserves a refund's amount against its sale. A new sale row only if
+/// the refund alone fits; an existing one added to only while every
+/// reservation plus the refunds made elsewhere stay within the sale, and
+/// only in its currency once the provider confirmed it. An unconfirmed
+/// currency (Pay10: no sale lookup) pins nothing. (SQLite's store states
+/// the same rule in its dialect; `tests/it/store.rs` runs both.)
+fn push_reserve<'a>(q: &mut QueryBuilder<'a, Postgres>, new: &'a RefundRow, sale: &SaleTerms) {
+    q.push(
+        "INSERT INTO sales (account, transaction_no, amount_minor, currency, reserved_minor, \
+         currency_confirmed, external_minor) SELECT ",
+    );
+    q.separated(", ")
+        .push_bind(&new.account)
+        .push_bind(&new.transaction_no)
+        .push_bind(sale.amount_minor)
+        .push_bind(new.currency)
+        .push_bind(new.amount_minor)
+        .push_bind(sale.currency_confirmed)
+        .push_bind(sale.external_minor);
+    q.push(" WHERE ")
+        .push_bind(sale.amount_minor)
+        .push("::int8 IS NULL OR ")
+        .push_bind(new.amount_minor)
+        .push(" + ")
+        .push_bind(sale.external_minor)
+        .push(" <= ")
+        .push_bind(sale.amount_minor);
+    q.push(
+        " ON CONFLICT (account, transaction_no) DO UPDATE \
+        SET reserved_minor = sales.reserved_minor + excluded.reserved_minor, \
+            amount_minor = COALESCE(sales.amount_minor, excluded.amount_minor), \
+            currency = CASE WHEN sales.currency_confirmed THEN sales.currency ELSE excluded.currency END, \
+            currency_confirmed = sales.currency_confirmed OR excluded.currency_confirmed, \
+            external_minor = GREATEST(sales.external_minor, excluded.external_minor) \
+        WHERE (NOT sales.currency_confirmed OR sales.currency = excluded.currency) \
+          AND (COALESCE(sales.amount_minor, excluded.amount_minor) IS NULL \
+               OR sales.reserved_minor + excluded.reserved_minor \
+                  + GREATEST(sales.external_minor, excluded.external_minor) \
+                  <= COALESCE(sales.amount_minor, excluded.amount_minor))",
+    );
+}
 
 /// Unix milliseconds as the instant Postgres stores (clamped to the range
 /// a timestamp can hold; the gateway's clock is far inside it).
@@ -75,35 +87,6 @@ fn ts(ms: i64) -> OffsetDateTime {
     } else {
         time::macros::datetime!(9999-12-31 23:59:59.999 UTC)
     })
-}
-
-type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
-
-fn bind_new_refund<'q>(q: PgQuery<'q>, new: &'q RefundRow, sale: &SaleTerms) -> PgQuery<'q> {
-    q.bind(&new.id)
-        .bind(&new.client)
-        .bind(&new.account)
-        .bind(new.provider)
-        .bind(new.livemode)
-        .bind(new.status)
-        .bind(new.amount_minor)
-        .bind(new.currency)
-        .bind(new.settle_currency)
-        .bind(&new.transaction_no)
-        .bind(&new.reference)
-        .bind(&new.refund_reference)
-        .bind(&new.provider_reference)
-        .bind(&new.reason)
-        .bind(&new.receipt_email)
-        .bind(Json(&new.metadata))
-        .bind(&new.idempotency_key)
-        .bind(&new.request_hash)
-        .bind(new.inflight_until.map(ts))
-        .bind(new.next_check_at.map(ts))
-        .bind(ts(new.created_at))
-        .bind(sale.amount_minor)
-        .bind(sale.currency_confirmed)
-        .bind(sale.external_minor)
 }
 
 const INSERT_HISTORY: &str =
@@ -210,13 +193,20 @@ impl PgStore {
     }
 
     async fn create_refund_once(&self, new: &RefundRow, sale: &SaleTerms) -> Result<CreateOutcome> {
-        let sql = format!(
-            "WITH reserve AS ({RESERVE} RETURNING 1), ins AS ({INSERT_REFUND}) {RECORDED_EVENT}"
-        );
-        match bind_new_refund(sqlx::query(&sql), new, sale)
-            .execute(&self.pool)
-            .await
-        {
+        // One statement: the reservation, the refund (only if reserved) and
+        // its first history line (only if recorded).
+        let mut q = QueryBuilder::<Postgres>::new("WITH reserve AS (");
+        push_reserve(&mut q, new, sale);
+        q.push(" RETURNING 1), ins AS (")
+            .push(NEW_REFUND)
+            .push("SELECT ");
+        push_new_refund_values(&mut q, new, ts);
+        q.push(" FROM reserve RETURNING id) INSERT INTO refund_events (refund_id, at, source, status, detail) SELECT id, ")
+            .push_bind(ts(new.created_at))
+            .push(", ")
+            .push(RECORDED)
+            .push(" FROM ins");
+        match q.build().execute(&self.pool).await {
             Ok(r) if r.rows_affected() == 1 => return Ok(CreateOutcome::Created),
             Ok(_) => {}
             // The client's idempotency key or refund reference is taken: a

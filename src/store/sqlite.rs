@@ -10,15 +10,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::types::Json;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::{Mutex, MutexGuard};
 
 use super::batch::Batcher;
 use super::{
-    probe, push_list_filters, push_update, refusal, Backend, Change, CreateOutcome, EventState,
-    ListFilter, OutboxRow, RefundEvent, RefundRow, Result, SaleTerms, StoreBackend, WebhookRow,
-    SELECT_SALE,
+    probe, push_list_filters, push_new_refund_values, push_update, refusal, Backend, Change,
+    CreateOutcome, EventState, ListFilter, OutboxRow, RefundEvent, RefundRow, Result, SaleTerms,
+    StoreBackend, WebhookRow, NEW_REFUND, RECORDED, SELECT_SALE,
 };
 
 pub(super) struct SqliteStore {
@@ -38,66 +37,42 @@ const SELECT_EVENT: &str = "SELECT id, provider, account, dedupe_key, transactio
     provider_reference, amount, outcome, provider_status, fields, refund_id, state, note, received_at, attempts, \
     next_attempt_at FROM webhook_events";
 
-/// Reserve a refund's amount against its sale (binds: see [`bind_new_refund`]);
-/// the same rule as the Postgres store's, in SQLite's 0/1 flags.
-const RESERVE: &str = "INSERT INTO sales (account, transaction_no, amount_minor, currency, reserved_minor, currency_confirmed, external_minor) \
-    SELECT $3, $10, $22, $8, $7, $23, $24 WHERE $22 IS NULL OR $7 + $24 <= $22 \
-    ON CONFLICT (account, transaction_no) DO UPDATE \
-    SET reserved_minor = sales.reserved_minor + excluded.reserved_minor, \
-        amount_minor = COALESCE(sales.amount_minor, excluded.amount_minor), \
-        currency = CASE WHEN sales.currency_confirmed = 1 THEN sales.currency ELSE excluded.currency END, \
-        currency_confirmed = MAX(sales.currency_confirmed, excluded.currency_confirmed), \
-        external_minor = MAX(sales.external_minor, excluded.external_minor) \
-    WHERE (sales.currency_confirmed = 0 OR sales.currency = excluded.currency) \
-      AND (COALESCE(sales.amount_minor, excluded.amount_minor) IS NULL \
-           OR sales.reserved_minor + excluded.reserved_minor \
-              + MAX(sales.external_minor, excluded.external_minor) \
-              <= COALESCE(sales.amount_minor, excluded.amount_minor))";
-
-/// A taken idempotency key or refund reference inserts nothing (a repeated
-/// request); any other unique index refusing is an error, not a duplicate.
-const INSERT_REFUND: &str = "INSERT INTO refunds (id, client, account, provider, livemode, status, amount_minor, currency, \
-    settle_currency, transaction_no, reference, refund_reference, provider_reference, reason, receipt_email, metadata, \
-    idempotency_key, request_hash, submission, inflight_until, check_attempts, next_check_at, created_at, updated_at) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, 'prepared', $19, 0, $20, $21, $21) \
-    ON CONFLICT (client, idempotency_key) DO NOTHING ON CONFLICT (client, refund_reference) DO NOTHING";
-
-const RECORDED_EVENT: &str = "INSERT INTO refund_events (refund_id, at, source, status, detail) \
-    VALUES ($1, $21, 'request', 'pending', 'recorded; amount reserved against the sale')";
-
-type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
-
-/// Binds a new refund (and the sale's terms as `$22`-`$24`) for [`RESERVE`],
-/// [`INSERT_REFUND`] and [`RECORDED_EVENT`], which share one numbering.
-fn bind_new_refund<'q>(
-    q: SqliteQuery<'q>,
-    new: &'q RefundRow,
-    sale: &SaleTerms,
-) -> SqliteQuery<'q> {
-    q.bind(&new.id)
-        .bind(&new.client)
-        .bind(&new.account)
-        .bind(new.provider)
-        .bind(new.livemode)
-        .bind(new.status)
-        .bind(new.amount_minor)
-        .bind(new.currency)
-        .bind(new.settle_currency)
-        .bind(&new.transaction_no)
-        .bind(&new.reference)
-        .bind(&new.refund_reference)
-        .bind(&new.provider_reference)
-        .bind(&new.reason)
-        .bind(&new.receipt_email)
-        .bind(Json(&new.metadata))
-        .bind(&new.idempotency_key)
-        .bind(&new.request_hash)
-        .bind(new.inflight_until)
-        .bind(new.next_check_at)
-        .bind(new.created_at)
-        .bind(sale.amount_minor)
-        .bind(sale.currency_confirmed)
-        .bind(sale.external_minor)
+/// Reserves a refund's amount against its sale: the same rule as the
+/// Postgres store's (`push_reserve` there), in SQLite's 0/1 flags and `MAX`.
+fn push_reserve<'a>(q: &mut QueryBuilder<'a, Sqlite>, new: &'a RefundRow, sale: &SaleTerms) {
+    q.push(
+        "INSERT INTO sales (account, transaction_no, amount_minor, currency, reserved_minor, \
+         currency_confirmed, external_minor) SELECT ",
+    );
+    q.separated(", ")
+        .push_bind(&new.account)
+        .push_bind(&new.transaction_no)
+        .push_bind(sale.amount_minor)
+        .push_bind(new.currency)
+        .push_bind(new.amount_minor)
+        .push_bind(sale.currency_confirmed)
+        .push_bind(sale.external_minor);
+    q.push(" WHERE ")
+        .push_bind(sale.amount_minor)
+        .push(" IS NULL OR ")
+        .push_bind(new.amount_minor)
+        .push(" + ")
+        .push_bind(sale.external_minor)
+        .push(" <= ")
+        .push_bind(sale.amount_minor);
+    q.push(
+        " ON CONFLICT (account, transaction_no) DO UPDATE \
+        SET reserved_minor = sales.reserved_minor + excluded.reserved_minor, \
+            amount_minor = COALESCE(sales.amount_minor, excluded.amount_minor), \
+            currency = CASE WHEN sales.currency_confirmed = 1 THEN sales.currency ELSE excluded.currency END, \
+            currency_confirmed = MAX(sales.currency_confirmed, excluded.currency_confirmed), \
+            external_minor = MAX(sales.external_minor, excluded.external_minor) \
+        WHERE (sales.currency_confirmed = 0 OR sales.currency = excluded.currency) \
+          AND (COALESCE(sales.amount_minor, excluded.amount_minor) IS NULL \
+               OR sales.reserved_minor + excluded.reserved_minor \
+                  + MAX(sales.external_minor, excluded.external_minor) \
+                  <= COALESCE(sales.amount_minor, excluded.amount_minor))",
+    );
 }
 
 /// `$first, $first+1, ...`: `n` bind placeholders for an `IN (...)` list.
@@ -308,23 +283,36 @@ impl StoreBackend for SqliteStore {
             .batch
             .run(move |conn| {
                 Box::pin(async move {
-                    let reserved = bind_new_refund(sqlx::query(RESERVE), &row, &terms)
-                        .execute(&mut *conn)
-                        .await?
-                        .rows_affected();
+                    let mut q = QueryBuilder::<Sqlite>::new("");
+                    push_reserve(&mut q, &row, &terms);
+                    let reserved = q.build().execute(&mut *conn).await?.rows_affected();
                     if reserved == 0 {
                         return Ok((None, false));
                     }
-                    let inserted = bind_new_refund(sqlx::query(INSERT_REFUND), &row, &terms)
-                        .execute(&mut *conn)
-                        .await?
-                        .rows_affected();
+                    // A taken idempotency key or refund reference inserts
+                    // nothing (a repeated request); any other unique index
+                    // refusing is an error, not a duplicate.
+                    let mut q = QueryBuilder::<Sqlite>::new(NEW_REFUND);
+                    q.push("VALUES (");
+                    push_new_refund_values(&mut q, &row, |ms| ms);
+                    q.push(
+                        ") ON CONFLICT (client, idempotency_key) DO NOTHING \
+                         ON CONFLICT (client, refund_reference) DO NOTHING",
+                    );
+                    let inserted = q.build().execute(&mut *conn).await?.rows_affected();
                     if inserted == 0 {
                         return Ok((Some(CreateOutcome::Duplicate), false));
                     }
-                    bind_new_refund(sqlx::query(RECORDED_EVENT), &row, &terms)
-                        .execute(&mut *conn)
-                        .await?;
+                    let mut q = QueryBuilder::<Sqlite>::new(
+                        "INSERT INTO refund_events (refund_id, at, source, status, detail) VALUES (",
+                    );
+                    q.push_bind(&row.id)
+                        .push(", ")
+                        .push_bind(row.created_at)
+                        .push(", ")
+                        .push(RECORDED)
+                        .push(")");
+                    q.build().execute(&mut *conn).await?;
                     Ok((Some(CreateOutcome::Created), true))
                 })
             })
