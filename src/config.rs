@@ -79,6 +79,34 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError 
     }
 }
 
+/// The largest request body the gateway reads (bytes); larger ones are
+/// refused with 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// How many client connections the server holds, and how long it waits
+/// for their headers and bodies (the server applies them).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    /// A request's whole body must arrive within this long of its header.
+    pub body_read_timeout: Duration,
+    /// Bodies up to this many bytes are read before the request counts as in
+    /// progress (larger ones go on to the handler, which refuses them).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            max_connections: 16_384,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            max_body_bytes: MAX_BODY_BYTES,
+        }
+    }
+}
+
 /// The file format (see `config.example.toml`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -300,7 +328,7 @@ pub struct Config {
     pub db_max_connections: u32,
     pub http: HttpSettings,
     pub request_timeout: Duration,
-    pub conn_limits: crate::server::ConnLimits,
+    pub conn_limits: ConnLimits,
     pub merchant_name: String,
     pub accounts: Vec<Account>,
     pub clients: Vec<Client>,
@@ -448,19 +476,19 @@ impl Config {
             db_max_connections: f.db_max_connections.unwrap_or(16),
             http,
             request_timeout: Duration::from_millis(f.request_timeout_ms.unwrap_or(60_000)),
-            conn_limits: crate::server::ConnLimits {
+            conn_limits: ConnLimits {
                 max_connections: f
                     .max_connections
-                    .unwrap_or(crate::server::ConnLimits::default().max_connections),
+                    .unwrap_or(ConnLimits::default().max_connections),
                 header_read_timeout: f
                     .header_read_timeout_ms
                     .map(Duration::from_millis)
-                    .unwrap_or(crate::server::ConnLimits::default().header_read_timeout),
+                    .unwrap_or(ConnLimits::default().header_read_timeout),
                 body_read_timeout: f
                     .body_read_timeout_ms
                     .map(Duration::from_millis)
-                    .unwrap_or(crate::server::ConnLimits::default().body_read_timeout),
-                ..crate::server::ConnLimits::default()
+                    .unwrap_or(ConnLimits::default().body_read_timeout),
+                ..ConnLimits::default()
             },
             merchant_name,
             accounts,

@@ -33,31 +33,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tower::ServiceExt;
 
+use crate::config::ConnLimits;
+
 /// File descriptors kept for everything but client connections (database
 /// pools, provider calls, files).
 const FD_RESERVE: u64 = 1024;
-
-#[derive(Debug, Clone, Copy)]
-pub struct ConnLimits {
-    pub max_connections: usize,
-    pub header_read_timeout: Duration,
-    /// A request's whole body must arrive within this long of its header.
-    pub body_read_timeout: Duration,
-    /// Bodies up to this many bytes are read before the request counts as in
-    /// progress (larger ones go on to the handler, which refuses them).
-    pub max_body_bytes: usize,
-}
-
-impl Default for ConnLimits {
-    fn default() -> Self {
-        ConnLimits {
-            max_connections: 16_384,
-            header_read_timeout: Duration::from_secs(10),
-            body_read_timeout: Duration::from_secs(10),
-            max_body_bytes: crate::api::refunds::MAX_BODY_BYTES,
-        }
-    }
-}
 
 /// What reading a body before the request counts as in progress gave.
 enum Prefetched {

@@ -16,7 +16,7 @@ async fn handle(
     account: Option<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = super::read_body(body, super::refunds::MAX_BODY_BYTES).await?;
+    let bytes = super::read_body(body, crate::config::MAX_BODY_BYTES).await?;
     let result = state
         .gateway
         .receive_webhook(provider, account.as_deref(), &bytes)

@@ -17,8 +17,7 @@ use crate::refunds::{Created, NewRefund, RefundObject};
 use crate::store::{ListFilter, Status};
 use crate::types::{ProviderKind, RefundId};
 
-/// Request bodies larger than this are refused with 413.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+use crate::config::MAX_BODY_BYTES;
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 
