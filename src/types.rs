@@ -7,38 +7,79 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// The provider that took the sale (and so makes its refunds).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
-    Pockyt,
-    Pay10,
+/// An enum stored as text: its variants with their texts, and `as_str`,
+/// `parse`, `TryFrom<String>` (what the store's codec decodes with),
+/// `Display` and comparison with text.
+macro_rules! text_enum {
+    (
+        $(#[$meta:meta])*
+        $name:ident ($what:literal) {
+            $($(#[$vmeta:meta])* $variant:ident = $text:literal,)*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)*
+        }
+
+        impl $name {
+            pub fn as_str(&self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                match s {
+                    $($text => Some($name::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = Invalid;
+            fn try_from(s: String) -> Result<Self, Invalid> {
+                $name::parse(&s).ok_or(Invalid { what: $what, value: s })
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+    };
+}
+
+pub(crate) use text_enum;
+
+text_enum! {
+    /// The provider that took the sale (and so makes its refunds).
+    #[derive(Serialize, Deserialize, PartialOrd, Ord)]
+    #[serde(rename_all = "lowercase")]
+    ProviderKind("provider") {
+        Pockyt = "pockyt",
+        Pay10 = "pay10",
+    }
 }
 
 impl ProviderKind {
     /// Every provider the gateway speaks.
     pub const ALL: [ProviderKind; 2] = [ProviderKind::Pockyt, ProviderKind::Pay10];
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            ProviderKind::Pockyt => "pockyt",
-            ProviderKind::Pay10 => "pay10",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "pockyt" => Some(ProviderKind::Pockyt),
-            "pay10" => Some(ProviderKind::Pay10),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for ProviderKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// A stored text that is not one of a type's values.
@@ -47,16 +88,6 @@ impl fmt::Display for ProviderKind {
 pub struct Invalid {
     pub what: &'static str,
     pub value: String,
-}
-
-impl TryFrom<String> for ProviderKind {
-    type Error = Invalid;
-    fn try_from(s: String) -> Result<Self, Invalid> {
-        ProviderKind::parse(&s).ok_or(Invalid {
-            what: "provider",
-            value: s,
-        })
-    }
 }
 
 /// A refund's id: `rf_` and 26 upper-case alphanumerics (a ULID when the
@@ -138,6 +169,25 @@ impl PartialEq<&str> for RefundId {
     }
 }
 
+text_enum! {
+    /// The gateway's reading of a provider answer.
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    Outcome("provider outcome") {
+        Succeeded = "succeeded",
+        Pending = "pending",
+        Failed = "failed",
+        /// Timeout, connection error, 5xx or unreadable body: the refund may or may not have happened.
+        Unknown = "unknown",
+        /// A status query says the provider has no such refund.
+        NotFound = "not_found",
+        /// The provider refused to answer a status query because of our
+        /// credentials or signature (Pay10 "Invalid Hash", Pockyt "data error :
+        /// verifySign"): an operator must fix the account; asking again will not help.
+        Misconfigured = "misconfigured",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,58 +207,5 @@ mod tests {
             assert!(bad.parse::<RefundId>().is_err(), "{bad}");
         }
         assert!(ProviderKind::try_from("stripe".to_string()).is_err());
-    }
-}
-
-/// The gateway's reading of a provider answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Succeeded,
-    Pending,
-    Failed,
-    /// Timeout, connection error, 5xx or unreadable body: the refund may or may not have happened.
-    Unknown,
-    /// A status query says the provider has no such refund.
-    NotFound,
-    /// The provider refused to answer a status query because of our
-    /// credentials or signature (Pay10 "Invalid Hash", Pockyt "data error :
-    /// verifySign"): an operator must fix the account; asking again will not help.
-    Misconfigured,
-}
-
-impl Outcome {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Outcome::Succeeded => "succeeded",
-            Outcome::Pending => "pending",
-            Outcome::Failed => "failed",
-            Outcome::Unknown => "unknown",
-            Outcome::NotFound => "not_found",
-            Outcome::Misconfigured => "misconfigured",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            Outcome::Succeeded,
-            Outcome::Pending,
-            Outcome::Failed,
-            Outcome::Unknown,
-            Outcome::NotFound,
-            Outcome::Misconfigured,
-        ]
-        .into_iter()
-        .find(|o| o.as_str() == s)
-    }
-}
-
-impl TryFrom<String> for Outcome {
-    type Error = Invalid;
-    fn try_from(s: String) -> Result<Self, Invalid> {
-        Outcome::parse(&s).ok_or(Invalid {
-            what: "provider outcome",
-            value: s,
-        })
     }
 }

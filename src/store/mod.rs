@@ -484,6 +484,80 @@ fn push_new_refund_values<'a, DB, T>(
         .push_bind(time(new.created_at));
 }
 
+/// SQL that differs between the databases.
+#[derive(Clone, Copy)]
+pub(crate) struct Dialect {
+    /// The larger of two values: `GREATEST` (Postgres), `MAX` (SQLite).
+    greatest: &'static str,
+    /// How a nullable integer parameter is typed: Postgres must be told.
+    nullable_int: &'static str,
+}
+
+pub(crate) const POSTGRES: Dialect = Dialect {
+    greatest: "GREATEST",
+    nullable_int: "::int8",
+};
+pub(crate) const SQLITE: Dialect = Dialect {
+    greatest: "MAX",
+    nullable_int: "",
+};
+
+/// Reserves a refund's amount against its sale, the rule for both
+/// databases: a new sale row only if the refund alone fits; an existing one
+/// added to only while every reservation plus the refunds made elsewhere
+/// stay within the sale, and only in its currency once the provider
+/// confirmed it. An unconfirmed currency (Pay10: no sale lookup) pins
+/// nothing. (`tests/it/store.rs` runs it on both.)
+fn push_reserve<'a, DB>(
+    q: &mut sqlx::QueryBuilder<'a, DB>,
+    new: &'a RefundRow,
+    sale: &SaleTerms,
+    d: Dialect,
+) where
+    DB: sqlx::Database,
+    &'a String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<Minor>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Minor: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Currency: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    bool: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    q.push(
+        "INSERT INTO sales (account, transaction_no, amount_minor, currency, reserved_minor, \
+         currency_confirmed, external_minor) SELECT ",
+    );
+    q.separated(", ")
+        .push_bind(&new.account)
+        .push_bind(&new.transaction_no)
+        .push_bind(sale.amount_minor)
+        .push_bind(new.currency)
+        .push_bind(new.amount_minor)
+        .push_bind(sale.currency_confirmed)
+        .push_bind(sale.external_minor);
+    q.push(" WHERE ")
+        .push_bind(sale.amount_minor)
+        .push(d.nullable_int)
+        .push(" IS NULL OR ")
+        .push_bind(new.amount_minor)
+        .push(" + ")
+        .push_bind(sale.external_minor)
+        .push(" <= ")
+        .push_bind(sale.amount_minor);
+    let g = d.greatest;
+    q.push(format_args!(
+        " ON CONFLICT (account, transaction_no) DO UPDATE \
+        SET reserved_minor = sales.reserved_minor + excluded.reserved_minor, \
+            amount_minor = COALESCE(sales.amount_minor, excluded.amount_minor), \
+            currency = CASE WHEN sales.currency_confirmed THEN sales.currency ELSE excluded.currency END, \
+            currency_confirmed = sales.currency_confirmed OR excluded.currency_confirmed, \
+            external_minor = {g}(sales.external_minor, excluded.external_minor) \
+        WHERE (NOT sales.currency_confirmed OR sales.currency = excluded.currency) \
+          AND (COALESCE(sales.amount_minor, excluded.amount_minor) IS NULL \
+               OR sales.reserved_minor + excluded.reserved_minor \
+                  + {g}(sales.external_minor, excluded.external_minor) \
+                  <= COALESCE(sales.amount_minor, excluded.amount_minor))"
+    ));
+}
+
 /// The history line a refund is recorded with.
 const RECORDED: &str = "'request', 'pending', 'recorded; amount reserved against the sale'";
 

@@ -9,63 +9,7 @@ use std::collections::BTreeMap;
 use crate::money::{Currency, Minor};
 use crate::types::{Invalid, Outcome, ProviderKind, RefundId};
 
-/// An enum stored as text: its variants with their texts, and `as_str`,
-/// `parse`, `TryFrom<String>` (what the store's codec decodes with),
-/// `Display` and comparison with text.
-macro_rules! text_enum {
-    (
-        $(#[$meta:meta])*
-        $name:ident ($what:literal) {
-            $($(#[$vmeta:meta])* $variant:ident = $text:literal,)*
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name {
-            $($(#[$vmeta])* $variant,)*
-        }
-
-        impl $name {
-            pub fn as_str(&self) -> &'static str {
-                match self {
-                    $($name::$variant => $text,)*
-                }
-            }
-
-            pub fn parse(s: &str) -> Option<Self> {
-                match s {
-                    $($text => Some($name::$variant),)*
-                    _ => None,
-                }
-            }
-        }
-
-        impl TryFrom<String> for $name {
-            type Error = Invalid;
-            fn try_from(s: String) -> Result<Self, Invalid> {
-                $name::parse(&s).ok_or(Invalid { what: $what, value: s })
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl PartialEq<&str> for $name {
-            fn eq(&self, other: &&str) -> bool {
-                self.as_str() == *other
-            }
-        }
-
-        impl PartialEq<str> for $name {
-            fn eq(&self, other: &str) -> bool {
-                self.as_str() == other
-            }
-        }
-    };
-}
+use crate::types::text_enum;
 
 text_enum! {
     /// A refund's status. Only [`crate::refunds::lifecycle`] decides a change.

@@ -16,9 +16,9 @@ use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 
 use super::{
-    probe, push_list_filters, push_new_refund_values, push_update, refusal, Backend, Change,
-    CreateOutcome, EventState, ListFilter, OutboxRow, RefundEvent, RefundRow, Result, SaleTerms,
-    StoreBackend, StoreError, WebhookRow, NEW_REFUND, RECORDED, SELECT_SALE,
+    probe, push_list_filters, push_new_refund_values, push_reserve, push_update, refusal, Backend,
+    Change, CreateOutcome, EventState, ListFilter, OutboxRow, RefundEvent, RefundRow, Result,
+    SaleTerms, StoreBackend, StoreError, WebhookRow, NEW_REFUND, RECORDED, SELECT_SALE,
 };
 
 pub(super) struct PgStore {
@@ -36,48 +36,6 @@ const SELECT_REFUND: &str = "SELECT id, client, account, provider, livemode, sta
 const SELECT_EVENT: &str = "SELECT id, provider, account, dedupe_key, transaction_no, provider_refund_id, \
     provider_reference, amount, outcome, provider_status, fields::text AS fields, refund_id, state, note, \
     rg_ms(received_at) AS received_at, attempts, rg_ms(next_attempt_at) AS next_attempt_at FROM webhook_events";
-
-/// Reserves a refund's amount against its sale. A new sale row only if
-/// the refund alone fits; an existing one added to only while every
-/// reservation plus the refunds made elsewhere stay within the sale, and
-/// only in its currency once the provider confirmed it. An unconfirmed
-/// currency (Pay10: no sale lookup) pins nothing. (SQLite's store states
-/// the same rule in its dialect; `tests/it/store.rs` runs both.)
-fn push_reserve<'a>(q: &mut QueryBuilder<'a, Postgres>, new: &'a RefundRow, sale: &SaleTerms) {
-    q.push(
-        "INSERT INTO sales (account, transaction_no, amount_minor, currency, reserved_minor, \
-         currency_confirmed, external_minor) SELECT ",
-    );
-    q.separated(", ")
-        .push_bind(&new.account)
-        .push_bind(&new.transaction_no)
-        .push_bind(sale.amount_minor)
-        .push_bind(new.currency)
-        .push_bind(new.amount_minor)
-        .push_bind(sale.currency_confirmed)
-        .push_bind(sale.external_minor);
-    q.push(" WHERE ")
-        .push_bind(sale.amount_minor)
-        .push("::int8 IS NULL OR ")
-        .push_bind(new.amount_minor)
-        .push(" + ")
-        .push_bind(sale.external_minor)
-        .push(" <= ")
-        .push_bind(sale.amount_minor);
-    q.push(
-        " ON CONFLICT (account, transaction_no) DO UPDATE \
-        SET reserved_minor = sales.reserved_minor + excluded.reserved_minor, \
-            amount_minor = COALESCE(sales.amount_minor, excluded.amount_minor), \
-            currency = CASE WHEN sales.currency_confirmed THEN sales.currency ELSE excluded.currency END, \
-            currency_confirmed = sales.currency_confirmed OR excluded.currency_confirmed, \
-            external_minor = GREATEST(sales.external_minor, excluded.external_minor) \
-        WHERE (NOT sales.currency_confirmed OR sales.currency = excluded.currency) \
-          AND (COALESCE(sales.amount_minor, excluded.amount_minor) IS NULL \
-               OR sales.reserved_minor + excluded.reserved_minor \
-                  + GREATEST(sales.external_minor, excluded.external_minor) \
-                  <= COALESCE(sales.amount_minor, excluded.amount_minor))",
-    );
-}
 
 /// Unix milliseconds as the instant Postgres stores (clamped to the range
 /// a timestamp can hold; the gateway's clock is far inside it).
@@ -196,7 +154,7 @@ impl PgStore {
         // One statement: the reservation, the refund (only if reserved) and
         // its first history line (only if recorded).
         let mut q = QueryBuilder::<Postgres>::new("WITH reserve AS (");
-        push_reserve(&mut q, new, sale);
+        push_reserve(&mut q, new, sale, super::POSTGRES);
         q.push(" RETURNING 1), ins AS (")
             .push(NEW_REFUND)
             .push("SELECT ");

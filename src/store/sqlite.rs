@@ -15,9 +15,9 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use super::batch::Batcher;
 use super::{
-    probe, push_list_filters, push_new_refund_values, push_update, refusal, Backend, Change,
-    CreateOutcome, EventState, ListFilter, OutboxRow, RefundEvent, RefundRow, Result, SaleTerms,
-    StoreBackend, WebhookRow, NEW_REFUND, RECORDED, SELECT_SALE,
+    probe, push_list_filters, push_new_refund_values, push_reserve, push_update, refusal, Backend,
+    Change, CreateOutcome, EventState, ListFilter, OutboxRow, RefundEvent, RefundRow, Result,
+    SaleTerms, StoreBackend, WebhookRow, NEW_REFUND, RECORDED, SELECT_SALE,
 };
 
 pub(super) struct SqliteStore {
@@ -36,44 +36,6 @@ const SELECT_REFUND: &str = "SELECT id, client, account, provider, livemode, sta
 const SELECT_EVENT: &str = "SELECT id, provider, account, dedupe_key, transaction_no, provider_refund_id, \
     provider_reference, amount, outcome, provider_status, fields, refund_id, state, note, received_at, attempts, \
     next_attempt_at FROM webhook_events";
-
-/// Reserves a refund's amount against its sale: the same rule as the
-/// Postgres store's (`push_reserve` there), in SQLite's 0/1 flags and `MAX`.
-fn push_reserve<'a>(q: &mut QueryBuilder<'a, Sqlite>, new: &'a RefundRow, sale: &SaleTerms) {
-    q.push(
-        "INSERT INTO sales (account, transaction_no, amount_minor, currency, reserved_minor, \
-         currency_confirmed, external_minor) SELECT ",
-    );
-    q.separated(", ")
-        .push_bind(&new.account)
-        .push_bind(&new.transaction_no)
-        .push_bind(sale.amount_minor)
-        .push_bind(new.currency)
-        .push_bind(new.amount_minor)
-        .push_bind(sale.currency_confirmed)
-        .push_bind(sale.external_minor);
-    q.push(" WHERE ")
-        .push_bind(sale.amount_minor)
-        .push(" IS NULL OR ")
-        .push_bind(new.amount_minor)
-        .push(" + ")
-        .push_bind(sale.external_minor)
-        .push(" <= ")
-        .push_bind(sale.amount_minor);
-    q.push(
-        " ON CONFLICT (account, transaction_no) DO UPDATE \
-        SET reserved_minor = sales.reserved_minor + excluded.reserved_minor, \
-            amount_minor = COALESCE(sales.amount_minor, excluded.amount_minor), \
-            currency = CASE WHEN sales.currency_confirmed = 1 THEN sales.currency ELSE excluded.currency END, \
-            currency_confirmed = MAX(sales.currency_confirmed, excluded.currency_confirmed), \
-            external_minor = MAX(sales.external_minor, excluded.external_minor) \
-        WHERE (sales.currency_confirmed = 0 OR sales.currency = excluded.currency) \
-          AND (COALESCE(sales.amount_minor, excluded.amount_minor) IS NULL \
-               OR sales.reserved_minor + excluded.reserved_minor \
-                  + MAX(sales.external_minor, excluded.external_minor) \
-                  <= COALESCE(sales.amount_minor, excluded.amount_minor))",
-    );
-}
 
 /// `$first, $first+1, ...`: `n` bind placeholders for an `IN (...)` list.
 fn placeholders(first: usize, n: usize) -> String {
@@ -284,7 +246,7 @@ impl StoreBackend for SqliteStore {
             .run(move |conn| {
                 Box::pin(async move {
                     let mut q = QueryBuilder::<Sqlite>::new("");
-                    push_reserve(&mut q, &row, &terms);
+                    push_reserve(&mut q, &row, &terms, super::SQLITE);
                     let reserved = q.build().execute(&mut *conn).await?.rows_affected();
                     if reserved == 0 {
                         return Ok((None, false));
