@@ -176,11 +176,12 @@ pub enum Transition<'a> {
     },
 }
 
-/// The receipt a refund's success emails, where email is on.
-#[derive(Debug, Clone)]
-pub struct ReceiptSettings {
-    pub store_name: String,
-    pub time_zone: Option<jiff::tz::TimeZone>,
+/// What the receipt a refund's success emails prints (its account's
+/// settings), where email is on.
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiptSettings<'a> {
+    pub store_name: &'a str,
+    pub time_zone: Option<&'a jiff::tz::TimeZone>,
 }
 
 /// What a transition is decided with besides the row: the shared clock's
@@ -190,7 +191,7 @@ pub struct ReceiptSettings {
 pub struct Context<'a> {
     pub now: i64,
     pub policy: &'a Policy,
-    pub receipt: Option<&'a ReceiptSettings>,
+    pub receipt: Option<ReceiptSettings<'a>>,
 }
 
 /// The change `t` makes to `current`, or `None` when it changes nothing (a
@@ -303,7 +304,7 @@ pub fn transition(
             email = Some(EmailDraft {
                 to: to.clone(),
                 subject: format!("Your refund of {} {}", object.amount, object.currency),
-                body: receipt::text(&object, &settings.store_name, settings.time_zone.as_ref()),
+                body: receipt::text(&object, settings.store_name, settings.time_zone),
             });
         }
     }
@@ -312,7 +313,7 @@ pub fn transition(
         next.response_code = Some(201);
         next.response_body = serde_json::to_string(&RefundObject::from(&next)).ok();
         next.inflight_until = None;
-    } else if !changes_anything(current, &next) && note.is_none() {
+    } else if !changes_anything(current, &mut next) && note.is_none() {
         return Ok(None);
     }
     let mut events = vec![];
@@ -351,10 +352,11 @@ fn bumped(mut row: RefundRow) -> RefundRow {
 }
 
 /// Whether `next` differs from `current` in anything but the update time.
-fn changes_anything(current: &RefundRow, next: &RefundRow) -> bool {
-    let mut same_time = next.clone();
-    same_time.updated_at = current.updated_at;
-    &same_time != current
+fn changes_anything(current: &RefundRow, next: &mut RefundRow) -> bool {
+    let at = std::mem::replace(&mut next.updated_at, current.updated_at);
+    let changed = next != current;
+    next.updated_at = at;
+    changed
 }
 
 /// What a provider's answer (to our call, or a webhook naming this refund)
@@ -1057,13 +1059,13 @@ mod tests {
     fn a_change_carries_its_effects_and_events() {
         let p = policy();
         let receipt = ReceiptSettings {
-            store_name: "Shop".into(),
+            store_name: "Shop",
             time_zone: None,
         };
         let ctx = Context {
             now: 10,
             policy: &p,
-            receipt: Some(&receipt),
+            receipt: Some(receipt),
         };
         let mut r = row("sent", Some(5), 0);
         r.provider = crate::types::ProviderKind::Pay10;

@@ -220,8 +220,6 @@ pub enum Created {
 pub struct AccountHandle {
     pub account: Account,
     pub client: ProviderClient,
-    /// What its refunds' receipts print.
-    pub receipt: ReceiptSettings,
 }
 
 pub struct Gateway {
@@ -283,10 +281,6 @@ impl Gateway {
                 (
                     a.name.clone(),
                     Arc::new(AccountHandle {
-                        receipt: ReceiptSettings {
-                            store_name: a.store_name.clone(),
-                            time_zone: a.time_zone.clone(),
-                        },
                         account: a.clone(),
                         client,
                     }),
@@ -388,7 +382,10 @@ impl Gateway {
             .accounts
             .get(&known.account)
             .filter(|_| self.email_enabled)
-            .map(|h| &h.receipt);
+            .map(|h| ReceiptSettings {
+                store_name: &h.account.store_name,
+                time_zone: h.account.time_zone.as_ref(),
+            });
         let policy = self.reconcile;
         apply_with(&self.store, known, |current| {
             let ctx = Context {
@@ -947,14 +944,6 @@ impl Applied {
             Applied::Changed(c) => Some((*c).into_after()),
             Applied::Unchanged(r) => Some(*r),
             Applied::Refused(_) => None,
-        }
-    }
-
-    /// The change written, if one was.
-    pub fn change(&self) -> Option<&Change> {
-        match self {
-            Applied::Changed(c) => Some(c),
-            _ => None,
         }
     }
 }
