@@ -145,12 +145,12 @@ pub struct FileConfig {
     pub review_after_ms: Option<u64>,
 }
 
-/// An account as the file gives it. The provider's own fields (Pockyt
-/// `merchant_no`, `store_no`, `token`; Pay10 `pay_id`, `salt`,
-/// `encryption_key`) are read and checked by its connector
-/// (`providers/<name>/rules.rs`), which refuses another provider's.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// An account as the file gives it: the fields every account has, and the
+/// provider's own (Pockyt `merchant_no`, `store_no`, `token`; Pay10 `pay_id`,
+/// `salt`, `encryption_key`), which only its connector
+/// (`providers/<name>/rules.rs`) names, reads and checks: it refuses any
+/// field it does not know, so a typo is still an error.
+#[derive(Debug, Default)]
 pub struct AccountEntry {
     pub name: String,
     pub provider: String,
@@ -160,32 +160,56 @@ pub struct AccountEntry {
     pub base_url: Option<String>,
     /// Legacy: `true` means `environment = "production"`; must agree with it.
     pub livemode: Option<bool>,
-    pub merchant_no: Option<String>,
-    pub store_no: Option<String>,
-    pub token: Option<String>,
-    pub pay_id: Option<String>,
-    pub salt: Option<String>,
-    pub encryption_key: Option<String>,
     /// Shown on receipts; defaults to the merchant name.
     pub store_name: Option<String>,
     /// The store's IANA time zone (`Asia/Dubai`): receipts show local time.
     pub time_zone: Option<String>,
+    /// Every other field: the provider's own, for its connector.
+    pub provider_fields: BTreeMap<String, String>,
 }
 
-impl AccountEntry {
-    /// The provider's own fields that are set, for its connector to read.
-    fn provider_fields(&self) -> BTreeMap<String, String> {
-        [
-            ("merchant_no", &self.merchant_no),
-            ("store_no", &self.store_no),
-            ("token", &self.token),
-            ("pay_id", &self.pay_id),
-            ("salt", &self.salt),
-            ("encryption_key", &self.encryption_key),
-        ]
-        .into_iter()
-        .filter_map(|(k, v)| v.clone().map(|v| (k.to_string(), v)))
-        .collect()
+/// Read field by field (not with `serde(flatten)`, which would lose the
+/// line of a value of the wrong type): the common fields by their types,
+/// every other one as text for the connector.
+impl<'de> Deserialize<'de> for AccountEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = AccountEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an account table")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<AccountEntry, A::Error> {
+                use serde::de::Error;
+                let mut a = AccountEntry::default();
+                let (mut name, mut provider) = (None, None);
+                while let Some(key) = map.next_key::<String>()? {
+                    let repeated = match key.as_str() {
+                        "name" => name.replace(map.next_value::<String>()?).is_some(),
+                        "provider" => provider.replace(map.next_value::<String>()?).is_some(),
+                        "environment" => a.environment.replace(map.next_value()?).is_some(),
+                        "base_url" => a.base_url.replace(map.next_value()?).is_some(),
+                        "livemode" => a.livemode.replace(map.next_value()?).is_some(),
+                        "store_name" => a.store_name.replace(map.next_value()?).is_some(),
+                        "time_zone" => a.time_zone.replace(map.next_value()?).is_some(),
+                        _ => {
+                            let value: String = map.next_value()?;
+                            a.provider_fields.insert(key.clone(), value).is_some()
+                        }
+                    };
+                    if repeated {
+                        return Err(A::Error::custom(format!("duplicate field `{key}`")));
+                    }
+                }
+                a.name = name.ok_or_else(|| A::Error::missing_field("name"))?;
+                a.provider = provider.ok_or_else(|| A::Error::missing_field("provider"))?;
+                Ok(a)
+            }
+        }
+        d.deserialize_map(Fields)
     }
 }
 
@@ -702,7 +726,7 @@ fn account_from_entry(i: usize, a: AccountEntry, merchant: &str) -> Result<Accou
     let fields = AccountFields {
         provider,
         base_url,
-        values: a.provider_fields(),
+        values: a.provider_fields,
     };
     let credentials = provider
         .rules()
@@ -1194,7 +1218,8 @@ mod config_table {
         assert!(not_found_after_ms.is_some() && db_max_connections.is_some());
         assert!(merchant_name.is_some() && review_after_ms.is_some() && smtp.is_some());
         assert!(!clients.is_empty() && !operators.is_empty());
-        let mut seen = [false; 11];
+        let mut seen = [false; 5];
+        let mut provider_keys = BTreeSet::new();
         for a in accounts {
             let AccountEntry {
                 name: _,
@@ -1202,25 +1227,14 @@ mod config_table {
                 environment,
                 base_url,
                 livemode,
-                merchant_no,
-                store_no,
-                token,
-                pay_id,
-                salt,
-                encryption_key,
                 store_name,
                 time_zone,
+                provider_fields,
             } = a;
             for (i, set) in [
                 environment.is_some(),
                 base_url.is_some(),
                 livemode.is_some(),
-                merchant_no.is_some(),
-                store_no.is_some(),
-                token.is_some(),
-                pay_id.is_some(),
-                salt.is_some(),
-                encryption_key.is_some(),
                 store_name.is_some(),
                 time_zone.is_some(),
             ]
@@ -1229,11 +1243,20 @@ mod config_table {
             {
                 seen[i] |= set;
             }
+            provider_keys.extend(provider_fields.into_keys());
         }
         assert!(
             seen.iter().all(|s| *s),
             "every account key is in the example: {seen:?}"
         );
+        for p in crate::types::ProviderKind::ALL {
+            for k in p.rules().account_fields() {
+                assert!(
+                    provider_keys.contains(*k),
+                    "{p}'s account field {k} is in the example"
+                );
+            }
+        }
 
         // The README's table lists exactly the example's keys.
         let mut example = BTreeSet::new();

@@ -24,6 +24,9 @@ macro_rules! text_enum {
         }
 
         impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+
             pub fn as_str(&self) -> &'static str {
                 match self {
                     $($name::$variant => $text,)*
@@ -68,18 +71,14 @@ macro_rules! text_enum {
 pub(crate) use text_enum;
 
 text_enum! {
-    /// The provider that took the sale (and so makes its refunds).
+    /// The provider that took the sale (and so makes its refunds). Adding
+    /// one: a line here and its connector (README, "Adding a provider").
     #[derive(Serialize, Deserialize, PartialOrd, Ord)]
     #[serde(rename_all = "lowercase")]
     ProviderKind("provider") {
         Pockyt = "pockyt",
         Pay10 = "pay10",
     }
-}
-
-impl ProviderKind {
-    /// Every provider the gateway speaks.
-    pub const ALL: [ProviderKind; 2] = [ProviderKind::Pockyt, ProviderKind::Pay10];
 }
 
 /// A stored text that is not one of a type's values.
@@ -185,6 +184,106 @@ text_enum! {
         /// credentials or signature (Pay10 "Invalid Hash", Pockyt "data error :
         /// verifySign"): an operator must fix the account; asking again will not help.
         Misconfigured = "misconfigured",
+    }
+}
+
+/// A moment on the gateway's clock (the database's; see `refunds::Clock`),
+/// to the millisecond: stored as Unix milliseconds (UTC) on SQLite and as
+/// `timestamptz` on Postgres, shown as RFC 3339. Arithmetic saturates: a
+/// deadline far in the future stays far in the future.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    pub const EPOCH: Timestamp = Timestamp(0);
+    pub const MAX: Timestamp = Timestamp(i64::MAX);
+
+    pub const fn from_unix_ms(ms: i64) -> Self {
+        Timestamp(ms)
+    }
+
+    /// Milliseconds since 1970-01-01T00:00:00Z.
+    pub const fn unix_ms(self) -> i64 {
+        self.0
+    }
+
+    /// This host's wall clock (only where no database clock applies: the
+    /// clock's first reading, logs).
+    pub fn host_now() -> Self {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    /// How long from `earlier` to this moment (zero when `earlier` is later).
+    pub fn since(self, earlier: Timestamp) -> std::time::Duration {
+        let ms = self.0.saturating_sub(earlier.0).max(0);
+        std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+    }
+
+    /// Milliseconds from `earlier` to this moment (negative when `earlier` is later).
+    pub fn ms_since(self, earlier: Timestamp) -> i64 {
+        self.0.saturating_sub(earlier.0)
+    }
+
+    /// As `time`'s date-time (clamped to years 1970..=9999).
+    pub fn to_offset_date_time(self) -> time::OffsetDateTime {
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000_000).unwrap_or(
+            if self.0 < 0 {
+                time::OffsetDateTime::UNIX_EPOCH
+            } else {
+                time::macros::datetime!(9999-12-31 23:59:59.999 UTC)
+            },
+        )
+    }
+
+    pub fn from_offset_date_time(t: time::OffsetDateTime) -> Self {
+        Timestamp(i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
+    }
+
+    /// RFC 3339 UTC, to the second (the API's times: `2026-12-07T02:06:07Z`).
+    pub fn rfc3339(self) -> String {
+        self.to_offset_date_time()
+            .format(time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
+            ))
+            .unwrap_or_default()
+    }
+
+    /// RFC 3339 UTC, to the millisecond (messages and history lines).
+    pub fn rfc3339_ms(self) -> String {
+        self.to_offset_date_time()
+            .format(time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+            ))
+            .unwrap_or_else(|_| self.0.to_string())
+    }
+}
+
+impl std::ops::Add<std::time::Duration> for Timestamp {
+    type Output = Timestamp;
+    fn add(self, d: std::time::Duration) -> Timestamp {
+        Timestamp(
+            self.0
+                .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
+    }
+}
+
+impl std::ops::Sub<std::time::Duration> for Timestamp {
+    type Output = Timestamp;
+    fn sub(self, d: std::time::Duration) -> Timestamp {
+        Timestamp(
+            self.0
+                .saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.rfc3339_ms())
     }
 }
 

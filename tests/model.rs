@@ -26,7 +26,7 @@ use refund_gateway::providers::ProviderAnswer;
 use refund_gateway::refunds::lifecycle::{transition, Asker, Context, Policy, Transition};
 use refund_gateway::store::{Change, NewRefundRow, RefundRow, Status};
 use refund_gateway::types::Outcome;
-use refund_gateway::types::{ProviderKind, RefundId};
+use refund_gateway::types::{ProviderKind, RefundId, Timestamp};
 use stateright::{Checker, Model, Property};
 
 const SALE: i64 = 100;
@@ -187,7 +187,7 @@ impl World {
         let current = self.rows[i].clone()?;
         let p = policy();
         let ctx = Context {
-            now: self.now(),
+            now: ts(self.now()),
             policy: &p,
             receipt: None,
         };
@@ -209,11 +209,16 @@ impl World {
     }
 }
 
+/// The model's ticks are milliseconds on the shared clock.
+fn ts(ms: i64) -> Timestamp {
+    Timestamp::from_unix_ms(ms)
+}
+
 fn row(i: usize, now: i64) -> RefundRow {
     let id: RefundId = format!("rf_{:026}", i).parse().expect("a refund id");
     RefundRow {
-        inflight_until: Some(now + INFLIGHT),
-        next_check_at: Some(now + INFLIGHT),
+        inflight_until: Some(ts(now + INFLIGHT)),
+        next_check_at: Some(ts(now + INFLIGHT)),
         ..RefundRow::recorded(NewRefundRow {
             id,
             client: "pos".into(),
@@ -225,7 +230,7 @@ fn row(i: usize, now: i64) -> RefundRow {
             transaction_no: "sale".into(),
             provider_reference: format!("REF{i}"),
             request_hash: "h".into(),
-            now,
+            now: ts(now),
         })
     }
 }
@@ -338,7 +343,10 @@ impl Model for Protocol {
                     return None;
                 };
                 let send_by = now + SEND_BUDGET;
-                let claim = Transition::Claimed { version, send_by };
+                let claim = Transition::Claimed {
+                    version,
+                    send_by: ts(send_by),
+                };
                 w.senders[i] = match w.apply(i, claim) {
                     Some(_) => Sender::Claimed { send_by },
                     None => Sender::Done,
@@ -374,7 +382,7 @@ impl Model for Protocol {
             Action::Crash(i) => w.senders[i] = Sender::Crashed,
             Action::ProviderTakesIn(i) => {
                 // The processing window the "never got it" rule rests on.
-                let send_by = w.rows[i].as_ref().and_then(|r| r.send_by)?;
+                let send_by = w.rows[i].as_ref().and_then(|r| r.send_by)?.unix_ms();
                 if now >= send_by + NOT_FOUND_AFTER {
                     return None;
                 }
@@ -415,7 +423,7 @@ impl Model for Protocol {
                 let t = Transition::StatusQueried {
                     answer: &answer,
                     by,
-                    asked_at,
+                    asked_at: ts(asked_at),
                 };
                 w.apply(i, t);
             }
@@ -431,7 +439,7 @@ impl Model for Protocol {
                     reply: &reply,
                     actor: "op",
                     note: "checked",
-                    asked_at,
+                    asked_at: ts(asked_at),
                 };
                 w.apply(i, t);
             }

@@ -78,7 +78,7 @@ pub fn document() -> String {
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Ok((pending, oldest)) = state.gateway.pending_summary().await {
         let age = oldest
-            .map(|t| (state.gateway.clock.now() - t) as f64 / 1000.0)
+            .map(|t| state.gateway.clock.now().since(t).as_secs_f64())
             .unwrap_or(0.0);
         crate::metrics::reconciliation(pending, age);
     }

@@ -11,7 +11,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use super::ApiError;
-use crate::types::RefundId;
+use crate::types::{RefundId, Timestamp};
 
 /// Parses a JSON body into `T`; the first field that does not fit is named.
 pub fn json<T: de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
@@ -275,19 +275,19 @@ impl<'de> Deserialize<'de> for Metadata {
     }
 }
 
-/// A time in a query: RFC 3339, or Unix seconds; read as Unix milliseconds.
-/// `.1` says whether it was given to the whole second (no fraction), so that
-/// an inclusive upper bound covers that second ([`TimeParam::last_ms`]).
+/// A time in a query: RFC 3339, or Unix seconds. `.1` says whether it was
+/// given to the whole second (no fraction), so that an inclusive upper bound
+/// covers that second ([`TimeParam::last`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TimeParam(pub i64, pub bool);
+pub struct TimeParam(pub Timestamp, pub bool);
 
 impl TimeParam {
     /// The last millisecond the time covers: given to the second, the
     /// second's last millisecond (times are shown to the second and stored
     /// to the millisecond); given with a fraction, itself.
-    pub fn last_ms(&self) -> i64 {
+    pub fn last(&self) -> Timestamp {
         if self.1 {
-            self.0.saturating_add(999)
+            self.0 + std::time::Duration::from_millis(999)
         } else {
             self.0
         }
@@ -300,13 +300,16 @@ impl<'de> Deserialize<'de> for TimeParam {
             let digits = v.strip_prefix('-').unwrap_or(&v);
             if (1..=12).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
                 if let Ok(secs) = v.parse::<i64>() {
-                    return Ok(TimeParam(secs.saturating_mul(1000), true));
+                    return Ok(TimeParam(
+                        Timestamp::from_unix_ms(secs.saturating_mul(1000)),
+                        true,
+                    ));
                 }
             }
             time::OffsetDateTime::parse(&v, &time::format_description::well_known::Rfc3339)
                 .map(|t| {
                     TimeParam(
-                        i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
+                        Timestamp::from_offset_date_time(t),
                         t.nanosecond() == 0 && !v.contains('.'),
                     )
                 })

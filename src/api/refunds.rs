@@ -450,7 +450,7 @@ pub(crate) fn events_json(events: Vec<crate::store::RefundEvent>) -> RefundEvent
         data: events
             .into_iter()
             .map(|e| RefundEventObject {
-                at: crate::refunds::object::rfc3339(e.at),
+                at: e.at.rfc3339(),
                 source: e.source.as_str().into(),
                 status: e.status.as_str().into(),
                 previous_status: e.previous_status.map(|s| s.as_str().into()),
@@ -542,7 +542,7 @@ pub async fn list(
         status: q.status,
         provider: q.provider,
         created_from: q.created_from.map(|t| t.0),
-        created_to: q.created_to.map(|t| t.last_ms()),
+        created_to: q.created_to.map(|t| t.last()),
         after,
         needs_review_before: q
             .needs_review

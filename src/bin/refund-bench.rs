@@ -376,15 +376,15 @@ async fn database_floor_probe(
 fn floor_row(n: u64) -> refund_gateway::store::RefundRow {
     use refund_gateway::store::{NewRefundRow, RefundRow};
     use refund_gateway::types::{ProviderKind, RefundId};
-    let now = refund_gateway::refunds::now_ms();
+    let now = refund_gateway::types::Timestamp::host_now();
     let id = RefundId::generate();
     let usd = Currency::from_code("USD").expect("USD is a currency");
     RefundRow {
         settle_currency: Some(usd),
         reference: Some(format!("ref{n}")),
         idempotency_key: Some(id.to_string()),
-        inflight_until: Some(now + 32_000),
-        next_check_at: Some(now + 32_000),
+        inflight_until: Some(now + Duration::from_secs(32)),
+        next_check_at: Some(now + Duration::from_secs(32)),
         ..RefundRow::recorded(NewRefundRow {
             client: "floor".into(),
             account: "floor".into(),

@@ -70,7 +70,10 @@ impl Gateway {
     ) -> Result<usize, crate::store::StoreError> {
         // Email leases span processes: the shared clock (the database's).
         let now = self.clock.now();
-        let due = self.store.claim_emails(now, now + 60_000, 16).await?;
+        let due = self
+            .store
+            .claim_emails(now, now + Duration::from_secs(60), 16)
+            .await?;
         for e in &due {
             let result = mailer.send(e).await;
             let now = self.clock.now();
@@ -83,7 +86,7 @@ impl Gateway {
                 }
                 Err(err) => {
                     let attempts = e.attempts + 1;
-                    let next = (attempts < MAX_ATTEMPTS).then(|| now + RETRY.delay_ms(attempts));
+                    let next = (attempts < MAX_ATTEMPTS).then(|| now + RETRY.delay(attempts));
                     tracing::warn!(refund_id = %e.refund_id, attempts, error = %err, gave_up = next.is_none(), "receipt email failed");
                     self.store
                         .email_attempted(&e.refund_id, now, Some(&err), next)

@@ -48,7 +48,7 @@ use super::receipt;
 use crate::providers::ProviderAnswer;
 use crate::store::{Change, DomainEvent, Status, Submission};
 use crate::store::{Effects, EmailDraft, EventSource, RefundEvent, RefundRow};
-use crate::types::Outcome;
+use crate::types::{Outcome, Timestamp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Decision {
@@ -83,11 +83,10 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// Milliseconds to wait after `attempts` attempts (0: `base`).
-    pub fn delay_ms(&self, attempts: i64) -> i64 {
+    /// How long to wait after `attempts` attempts (0: `base`).
+    pub fn delay(&self, attempts: i64) -> Duration {
         let shift = u32::try_from(attempts.clamp(0, 20)).unwrap_or(20);
-        let d = self.base.saturating_mul(1u32 << shift).min(self.max);
-        i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+        self.base.saturating_mul(1u32 << shift).min(self.max)
     }
 }
 
@@ -109,14 +108,6 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn max_delay_ms(&self) -> i64 {
-        i64::try_from(self.max_delay.as_millis()).unwrap_or(i64::MAX)
-    }
-
-    pub fn not_found_after_ms(&self) -> i64 {
-        i64::try_from(self.not_found_after.as_millis()).unwrap_or(i64::MAX)
-    }
-
     /// The status queries' backoff.
     pub fn backoff(&self) -> Backoff {
         Backoff {
@@ -125,9 +116,9 @@ impl Policy {
         }
     }
 
-    /// Milliseconds to wait before the next check after `attempts` checks.
-    pub fn delay_after(&self, attempts: i64) -> i64 {
-        self.backoff().delay_ms(attempts)
+    /// How long to wait before the next check after `attempts` checks.
+    pub fn delay_after(&self, attempts: i64) -> Duration {
+        self.backoff().delay(attempts)
     }
 }
 
@@ -146,7 +137,7 @@ pub enum Transition<'a> {
     /// The request claims the refund it recorded (at `version`) for sending:
     /// `prepared` → `sent`, to be sent before `send_by` (ms). Only that very
     /// version may be claimed: whoever wrote since decided first.
-    Claimed { version: i64, send_by: i64 },
+    Claimed { version: i64, send_by: Timestamp },
     /// The provider's answer to the request's own call; also stores the
     /// response a replay of the request gets.
     Answered(&'a ProviderAnswer),
@@ -158,7 +149,7 @@ pub enum Transition<'a> {
     StatusQueried {
         answer: &'a ProviderAnswer,
         by: Asker<'a>,
-        asked_at: i64,
+        asked_at: Timestamp,
     },
     /// A verified webhook naming this refund and consistent with it.
     WebhookApplied(&'a ProviderAnswer),
@@ -172,7 +163,7 @@ pub enum Transition<'a> {
         reply: &'a ProviderAnswer,
         actor: &'a str,
         note: &'a str,
-        asked_at: i64,
+        asked_at: Timestamp,
     },
 }
 
@@ -189,7 +180,7 @@ pub struct ReceiptSettings<'a> {
 /// account (`None`: no email).
 #[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {
-    pub now: i64,
+    pub now: Timestamp,
     pub policy: &'a Policy,
     pub receipt: Option<ReceiptSettings<'a>>,
 }
@@ -432,7 +423,7 @@ fn status_query(
     next: &mut RefundRow,
     current: &RefundRow,
     reply: &ProviderAnswer,
-    asked_at: i64,
+    asked_at: Timestamp,
     ctx: &Context<'_>,
 ) {
     let (now, policy) = (ctx.now, ctx.policy);
@@ -469,7 +460,7 @@ fn status_query(
             reply.provider_code.as_deref().unwrap_or(""),
             reply.message.as_deref().unwrap_or("")
         ));
-        next.next_check_at = Some(now.saturating_add(policy.max_delay_ms()));
+        next.next_check_at = Some(now + policy.max_delay);
     }
     if next.status == Status::Pending && next.check_attempts >= i64::from(policy.max_attempts) {
         let reason = format!(
@@ -496,7 +487,7 @@ fn operator_resolution(
     current: &RefundRow,
     target: Status,
     reply: &ProviderAnswer,
-    asked_at: i64,
+    asked_at: Timestamp,
     ctx: &Context<'_>,
 ) -> Result<(), ResolveRefusal> {
     // "No such refund" proves what it proves when the provider said it.
@@ -668,19 +659,19 @@ impl NeverReceived {
 /// to every other.
 pub fn never_received(
     current: &RefundRow,
-    now: i64,
+    now: Timestamp,
     policy: &Policy,
-) -> Result<NeverReceived, Option<i64>> {
+) -> Result<NeverReceived, Option<Timestamp>> {
     match current.submission {
         Submission::Prepared => match current.inflight_until {
-            Some(t) if t >= now => Err(Some(t.saturating_add(1))),
+            Some(t) if t >= now => Err(Some(t + Duration::from_millis(1))),
             _ => Ok(NeverReceived::NotSubmitted),
         },
         Submission::Sent => {
             let Some(send_by) = current.send_by else {
                 return Err(None);
             };
-            let at = send_by.saturating_add(policy.not_found_after_ms());
+            let at = send_by + policy.not_found_after;
             if now >= at {
                 Ok(NeverReceived::NotReceived)
             } else {
@@ -699,8 +690,8 @@ pub enum ResolveRefusal {
     Contradicted(String),
     /// The provider has no such refund yet, but may still receive or apply
     /// it until `at` (ms): the operator may resolve it `failed` from then.
-    #[error("the provider has no record of this refund yet, but it may still be processing it until {} ({} s from now); resolve it as failed after that", fmt_time(*at), secs_until(*at, *now))]
-    ProviderMayStillApply { at: i64, now: i64 },
+    #[error("the provider has no record of this refund yet, but it may still be processing it until {} ({} s from now); resolve it as failed after that", at.rfc3339_ms(), secs_until(*at, *now))]
+    ProviderMayStillApply { at: Timestamp, now: Timestamp },
     #[error("the provider has no record of this refund, but the gateway sent it without a send deadline, so it cannot prove the provider never got it; ask the provider's support")]
     NeverProvable,
 }
@@ -717,7 +708,7 @@ impl ResolveRefusal {
     }
 
     /// When the same resolution may be accepted (ms), where known.
-    pub fn possible_at(&self) -> Option<i64> {
+    pub fn possible_at(&self) -> Option<Timestamp> {
         match self {
             ResolveRefusal::ProviderMayStillApply { at, .. } => Some(*at),
             _ => None,
@@ -725,22 +716,9 @@ impl ResolveRefusal {
     }
 }
 
-/// Whole seconds from `now` to `at` (ms), rounded up, never negative.
-fn secs_until(at: i64, now: i64) -> i64 {
-    (at.saturating_sub(now).max(0) + 999) / 1000
-}
-
-/// An RFC 3339 UTC time, to the millisecond, for messages.
-pub fn fmt_time(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::macros::format_description!(
-                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-            ))
-            .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
+/// Whole seconds from `now` to `at`, rounded up, never negative.
+fn secs_until(at: Timestamp, now: Timestamp) -> i64 {
+    (at.ms_since(now).max(0) + 999) / 1000
 }
 
 #[cfg(test)]
@@ -862,11 +840,15 @@ mod tests {
         );
     }
 
+    fn at(ms: i64) -> Timestamp {
+        Timestamp::from_unix_ms(ms)
+    }
+
     fn row(submission: &str, send_by: Option<i64>, streak: i64) -> RefundRow {
         RefundRow {
             submission: Submission::parse(submission).unwrap(),
-            inflight_until: Some(1_000),
-            send_by,
+            inflight_until: Some(at(1_000)),
+            send_by: send_by.map(at),
             not_found_streak: streak,
             version: 1,
             ..RefundRow::recorded(crate::store::NewRefundRow {
@@ -880,7 +862,7 @@ mod tests {
                 transaction_no: "1".into(),
                 provider_reference: "R".into(),
                 request_hash: "h".into(),
-                now: 0,
+                now: at(0),
             })
         }
     }
@@ -910,7 +892,7 @@ mod tests {
     /// The row after a status query answering `outcome` at `now`.
     fn queried(r: &RefundRow, outcome: Outcome, now: i64, p: &Policy) -> RefundRow {
         let ctx = Context {
-            now,
+            now: at(now),
             policy: p,
             receipt: None,
         };
@@ -918,7 +900,7 @@ mod tests {
         let t = Transition::StatusQueried {
             answer: &answer,
             by: Asker::Reconciliation,
-            asked_at: now,
+            asked_at: at(now),
         };
         match transition(r, &t, &ctx).unwrap() {
             Some(c) => c.into_after(),
@@ -989,10 +971,10 @@ mod tests {
         let stale = Transition::StatusQueried {
             answer: &answer,
             by: Asker::Reconciliation,
-            asked_at: window_over - 1,
+            asked_at: at(window_over - 1),
         };
         let ctx = Context {
-            now: window_over + 3_600_000,
+            now: at(window_over + 3_600_000),
             policy: &p,
             receipt: None,
         };
@@ -1007,7 +989,7 @@ mod tests {
             reply: &answer,
             actor: "op",
             note: "n",
-            asked_at: window_over - 1,
+            asked_at: at(window_over - 1),
         };
         assert!(matches!(
             transition(&r, &resolve, &ctx),
@@ -1016,7 +998,7 @@ mod tests {
         let fresh = Transition::StatusQueried {
             answer: &answer,
             by: Asker::Reconciliation,
-            asked_at: window_over,
+            asked_at: at(window_over),
         };
         let after = transition(&r, &fresh, &ctx).unwrap().unwrap().into_after();
         assert_eq!(
@@ -1029,7 +1011,7 @@ mod tests {
     fn the_sender_abandons_only_a_pending_refund() {
         let p = policy();
         let ctx = Context {
-            now: 5,
+            now: at(5),
             policy: &p,
             receipt: None,
         };
@@ -1063,7 +1045,7 @@ mod tests {
             time_zone: None,
         };
         let ctx = Context {
-            now: 10,
+            now: at(10),
             policy: &p,
             receipt: Some(receipt),
         };
@@ -1095,17 +1077,17 @@ mod tests {
             .unwrap();
         assert_eq!(c2.after().status, Status::Succeeded);
         assert_eq!(c2.effects().events, [DomainEvent::ReviewNeeded]);
-        assert_eq!(c2.after().next_check_at, Some(10));
+        assert_eq!(c2.after().next_check_at, Some(at(10)));
         // A claim applies only to the version its sender wrote.
         let fresh = row("prepared", None, 0);
         let claim = Transition::Claimed {
             version: fresh.version,
-            send_by: 99,
+            send_by: at(99),
         };
         let c3 = transition(&fresh, &claim, &ctx).unwrap().unwrap();
         assert_eq!(
             (c3.after().submission, c3.after().send_by),
-            (Submission::Sent, Some(99))
+            (Submission::Sent, Some(at(99)))
         );
         let moved = RefundRow {
             version: fresh.version + 1,

@@ -24,16 +24,9 @@ use crate::store::{
     Change, CreateOutcome, EventSource, NewRefundRow, RefundEvent, RefundRow, SaleTerms, Status,
     Store, StoreError,
 };
-use crate::types::{ProviderKind, RefundId};
+use crate::types::{ProviderKind, RefundId, Timestamp};
 use lifecycle::{Asker, Context, ReceiptSettings, ResolveRefusal, Transition};
 pub use object::RefundObject;
-
-pub fn now_ms() -> i64 {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
 
 /// The gateway's clock: the database's time.
 ///
@@ -58,8 +51,8 @@ pub struct Clock {
 
 #[derive(Debug)]
 struct ClockInner {
-    /// (database time in ms, the monotonic instant it was taken at).
-    anchor: std::sync::RwLock<(i64, std::time::Instant)>,
+    /// (database time, the monotonic instant it was taken at).
+    anchor: std::sync::RwLock<(Timestamp, std::time::Instant)>,
     /// Played pauses (tests).
     offset_ms: AtomicI64,
     /// How far this host's wall clock is set wrong (tests).
@@ -79,7 +72,7 @@ impl Default for Clock {
     fn default() -> Self {
         Clock {
             inner: Arc::new(ClockInner {
-                anchor: std::sync::RwLock::new((now_ms(), std::time::Instant::now())),
+                anchor: std::sync::RwLock::new((Timestamp::host_now(), std::time::Instant::now())),
                 offset_ms: AtomicI64::new(0),
                 host_error_ms: AtomicI64::new(0),
                 host_skew_ms: AtomicI64::new(0),
@@ -89,13 +82,16 @@ impl Default for Clock {
 }
 
 impl Clock {
-    /// Now, in Unix ms, on the database's clock.
-    pub fn now(&self) -> i64 {
-        let (at_ms, at) = *self.inner.anchor.read().unwrap_or_else(|e| e.into_inner());
+    /// Now, on the database's clock.
+    pub fn now(&self) -> Timestamp {
+        let (anchor, at) = *self.inner.anchor.read().unwrap_or_else(|e| e.into_inner());
         let elapsed = i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX);
-        at_ms
-            .saturating_add(elapsed)
-            .saturating_add(self.inner.offset_ms.load(Ordering::SeqCst))
+        Timestamp::from_unix_ms(
+            anchor
+                .unix_ms()
+                .saturating_add(elapsed)
+                .saturating_add(self.inner.offset_ms.load(Ordering::SeqCst)),
+        )
     }
 
     pub fn advance(&self, by: Duration) {
@@ -104,8 +100,12 @@ impl Clock {
     }
 
     /// This host's wall clock (as the process reads it).
-    pub fn host_now(&self) -> i64 {
-        now_ms().saturating_add(self.inner.host_error_ms.load(Ordering::SeqCst))
+    pub fn host_now(&self) -> Timestamp {
+        Timestamp::from_unix_ms(
+            Timestamp::host_now()
+                .unix_ms()
+                .saturating_add(self.inner.host_error_ms.load(Ordering::SeqCst)),
+        )
     }
 
     /// Plays a host whose wall clock is `by_ms` off (negative: behind), as a
@@ -121,12 +121,12 @@ impl Clock {
         self.inner.host_skew_ms.load(Ordering::SeqCst)
     }
 
-    /// Takes `db_ms` as the time at `at`.
-    fn anchor(&self, db_ms: i64, at: std::time::Instant, host_ms: i64) {
-        *self.inner.anchor.write().unwrap_or_else(|e| e.into_inner()) = (db_ms, at);
+    /// Takes `db` as the time at `at`, when this host's clock read `host`.
+    fn anchor(&self, db: Timestamp, at: std::time::Instant, host: Timestamp) {
+        *self.inner.anchor.write().unwrap_or_else(|e| e.into_inner()) = (db, at);
         self.inner
             .host_skew_ms
-            .store(host_ms.saturating_sub(db_ms), Ordering::SeqCst);
+            .store(host.ms_since(db), Ordering::SeqCst);
     }
 }
 
@@ -330,7 +330,7 @@ impl Gateway {
     pub async fn sync_clock(&self) -> Result<i64, StoreError> {
         let started = std::time::Instant::now();
         let host_before = self.clock.host_now();
-        let db = self.store.database_time_ms().await?;
+        let db = self.store.database_time().await?;
         let rtt = started.elapsed();
         if rtt > Duration::from_secs(1) {
             tracing::warn!(
@@ -339,12 +339,11 @@ impl Gateway {
             );
             return Ok(self.clock.host_skew_ms());
         }
-        let half = i64::try_from((rtt / 2).as_millis()).unwrap_or(0);
-        let host = host_before.saturating_add(half);
-        let db = db.map_or(host, |t| t);
+        let host = host_before + rtt / 2;
+        let db = db.unwrap_or(host);
         let previous = self.clock.host_skew_ms();
         self.clock.anchor(db, started + rtt / 2, host);
-        let skew = host - db;
+        let skew = host.ms_since(db);
         crate::metrics::clock_skew(skew);
         if skew.abs() > CLOCK_SKEW_WARNING_MS && (previous - skew).abs() > CLOCK_SKEW_WARNING_MS / 2
         {
@@ -414,12 +413,11 @@ impl Gateway {
 
     /// How long a first request may hold its idempotency key before another
     /// request may take its refund as abandoned (the process died mid-call).
-    fn inflight_window(&self) -> i64 {
-        i64::try_from((self.provider_timeout * 2 + Duration::from_secs(2)).as_millis())
-            .unwrap_or(i64::MAX)
+    fn inflight_window(&self) -> Duration {
+        self.provider_timeout * 2 + Duration::from_secs(2)
     }
 
-    fn answer_duplicate(existing: RefundRow, req: &NewRefund, now: i64) -> Created {
+    fn answer_duplicate(existing: RefundRow, req: &NewRefund, now: Timestamp) -> Created {
         // Matched by reference when the key (if any) is not the one stored.
         let by_reference = req.idempotency_key.is_none()
             || existing.idempotency_key.as_deref() != req.idempotency_key.as_deref();
@@ -627,7 +625,7 @@ impl Gateway {
         handle: &AccountHandle,
         req: &NewRefund,
         sale: &SaleCheck,
-        now: i64,
+        now: Timestamp,
     ) -> RefundRow {
         RefundRow {
             settle_currency: sale.settle_currency,
@@ -810,7 +808,7 @@ impl Gateway {
     }
 
     /// Pending refunds: how many, and since when the oldest (for the metrics).
-    pub async fn pending_summary(&self) -> Result<(i64, Option<i64>), StoreError> {
+    pub async fn pending_summary(&self) -> Result<(i64, Option<Timestamp>), StoreError> {
         self.store.pending_summary().await
     }
 
@@ -843,8 +841,8 @@ impl Gateway {
     }
 
     /// Pending refunds created before this need review.
-    pub fn review_cutoff(&self) -> i64 {
-        self.clock.now() - i64::try_from(self.review_after.as_millis()).unwrap_or(i64::MAX / 2)
+    pub fn review_cutoff(&self) -> Timestamp {
+        self.clock.now() - self.review_after
     }
 
     /// The reason a refund is in the review queue, if it is.
@@ -921,8 +919,8 @@ impl Gateway {
     }
 
     /// How long after its claim a sender may still call the provider.
-    fn send_budget(&self) -> i64 {
-        i64::try_from(self.provider_timeout.as_millis()).unwrap_or(i64::MAX)
+    fn send_budget(&self) -> Duration {
+        self.provider_timeout
     }
 }
 

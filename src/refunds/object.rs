@@ -48,15 +48,6 @@ pub struct RefundObject {
     pub updated_at: String,
 }
 
-pub fn rfc3339(ms: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    t.format(time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
-    ))
-    .unwrap_or_default()
-}
-
 impl From<&RefundRow> for RefundObject {
     fn from(r: &RefundRow) -> Self {
         RefundObject {
@@ -80,8 +71,8 @@ impl From<&RefundRow> for RefundObject {
             reason: r.reason.clone(),
             receipt_email: r.receipt_email.clone(),
             metadata: r.metadata.clone(),
-            created_at: rfc3339(r.created_at),
-            updated_at: rfc3339(r.updated_at),
+            created_at: r.created_at.rfc3339(),
+            updated_at: r.updated_at.rfc3339(),
         }
     }
 }

@@ -11,8 +11,10 @@ impl Gateway {
     /// One pass: claims due refunds and checks each. Returns how many were checked.
     pub async fn reconcile_due(self: &Arc<Self>) -> Result<usize, StoreError> {
         let now = self.clock.now();
-        let lease = i64::try_from(self.reconcile.lease.as_millis()).unwrap_or(i64::MAX);
-        let due = self.store.claim_due(now, now + lease, 32).await?;
+        let due = self
+            .store
+            .claim_due(now, now + self.reconcile.lease, 32)
+            .await?;
         let n = due.len();
         let mut set = tokio::task::JoinSet::new();
         for row in due {

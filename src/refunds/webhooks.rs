@@ -49,9 +49,9 @@ const MATCH_RETRY: Backoff = Backoff {
     max: Duration::from_secs(2048),
 };
 
-/// Milliseconds before the next matching attempt after `attempts` attempts.
-fn match_delay(attempts: i64) -> i64 {
-    MATCH_RETRY.delay_ms(attempts.clamp(1, 12) - 1)
+/// Before the next matching attempt after `attempts` attempts.
+fn match_delay(attempts: i64) -> Duration {
+    MATCH_RETRY.delay(attempts.clamp(1, 12) - 1)
 }
 
 fn dedupe_key(ev: &WebhookEvent) -> String {
@@ -309,10 +309,9 @@ impl Gateway {
     /// off, and stops after [`MAX_MATCH_ATTEMPTS`].
     pub async fn retry_unmatched_events(&self) -> Result<usize, StoreError> {
         let now = self.clock.now();
-        let lease = i64::try_from(self.reconcile.lease.as_millis()).unwrap_or(i64::MAX);
         let events = self
             .store
-            .claim_unmatched_events(now, now + lease, 50)
+            .claim_unmatched_events(now, now + self.reconcile.lease, 50)
             .await?;
         let mut processed = 0;
         for ev in &events {

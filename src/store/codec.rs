@@ -8,7 +8,7 @@ use sqlx::{Database, Decode, Encode, Type};
 
 use super::model::{EventSource, EventState, Status, Submission};
 use crate::money::{Currency, Minor};
-use crate::types::{Outcome, ProviderKind, RefundId};
+use crate::types::{Outcome, ProviderKind, RefundId, Timestamp};
 
 /// Text columns holding a type with `as_str` and `TryFrom<String>`.
 macro_rules! text_column {
@@ -68,36 +68,48 @@ impl Currency {
 
 text_column!(Currency);
 
-impl<DB: Database> Type<DB> for Minor
-where
-    i64: Type<DB>,
-{
-    fn type_info() -> DB::TypeInfo {
-        <i64 as Type<DB>>::type_info()
-    }
-    fn compatible(ty: &DB::TypeInfo) -> bool {
-        <i64 as Type<DB>>::compatible(ty)
-    }
+/// Integer columns holding a checked or typed integer: `$get` reads it,
+/// `$make` checks a stored value.
+macro_rules! int_column {
+    ($($t:ty => $get:expr, $make:expr;)*) => {$(
+        impl<DB: Database> Type<DB> for $t
+        where
+            i64: Type<DB>,
+        {
+            fn type_info() -> DB::TypeInfo {
+                <i64 as Type<DB>>::type_info()
+            }
+            fn compatible(ty: &DB::TypeInfo) -> bool {
+                <i64 as Type<DB>>::compatible(ty)
+            }
+        }
+
+        impl<'r, DB: Database> Decode<'r, DB> for $t
+        where
+            i64: Decode<'r, DB>,
+        {
+            fn decode(value: <DB as Database>::ValueRef<'r>) -> Result<Self, BoxDynError> {
+                let v = <i64 as Decode<'r, DB>>::decode(value)?;
+                $make(v).map_err(Into::into)
+            }
+        }
+
+        impl<'q, DB: Database> Encode<'q, DB> for $t
+        where
+            i64: Encode<'q, DB>,
+        {
+            fn encode_by_ref(
+                &self,
+                buf: &mut <DB as Database>::ArgumentBuffer<'q>,
+            ) -> Result<IsNull, BoxDynError> {
+                <i64 as Encode<'q, DB>>::encode($get(self), buf)
+            }
+        }
+    )*};
 }
 
-impl<'r, DB: Database> Decode<'r, DB> for Minor
-where
-    i64: Decode<'r, DB>,
-{
-    fn decode(value: <DB as Database>::ValueRef<'r>) -> Result<Self, BoxDynError> {
-        let v = <i64 as Decode<'r, DB>>::decode(value)?;
-        Ok(Minor::try_from(v)?)
-    }
-}
-
-impl<'q, DB: Database> Encode<'q, DB> for Minor
-where
-    i64: Encode<'q, DB>,
-{
-    fn encode_by_ref(
-        &self,
-        buf: &mut <DB as Database>::ArgumentBuffer<'q>,
-    ) -> Result<IsNull, BoxDynError> {
-        <i64 as Encode<'q, DB>>::encode(self.get(), buf)
-    }
+int_column! {
+    Minor => Minor::get, Minor::try_from;
+    // Read as Unix milliseconds on both databases (Postgres through `rg_ms`).
+    Timestamp => |t: &Timestamp| t.unix_ms(), |v| Ok::<_, std::convert::Infallible>(Timestamp::from_unix_ms(v));
 }

@@ -26,7 +26,7 @@ mod sqlite;
 pub use model::*;
 
 use crate::money::{Currency, Minor};
-use crate::types::{ProviderKind, RefundId};
+use crate::types::{ProviderKind, RefundId, Timestamp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -124,10 +124,10 @@ pub trait StoreBackend: Send + Sync + 'static {
     /// The database server's clock (Unix ms), where it has its own: the one
     /// clock every gateway process on this database goes by. `None`: the
     /// database runs on this host (SQLite), whose clock it is.
-    async fn database_time_ms(&self) -> Result<Option<i64>>;
+    async fn database_time(&self) -> Result<Option<Timestamp>>;
     /// Writes one row, as a refund write would: a database that answers
     /// reads but cannot take writes (its disk full) fails this.
-    async fn write_probe(&self, now: i64) -> Result<()>;
+    async fn write_probe(&self, now: Timestamp) -> Result<()>;
     async fn close(&self);
 
     /// The refund a repeated request (same key or same `refund_reference`) refers to.
@@ -161,11 +161,16 @@ pub trait StoreBackend: Send + Sync + 'static {
     async fn list_refunds(&self, client: Option<&str>, f: &ListFilter) -> Result<Vec<RefundRow>>;
     /// Claims up to `limit` pending refunds due for a status check, leased to
     /// this process until `lease_until`.
-    async fn claim_due(&self, now: i64, lease_until: i64, limit: i64) -> Result<Vec<RefundRow>>;
+    async fn claim_due(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<RefundRow>>;
     /// How many refunds need a person: flagged, or pending since before `before`.
-    async fn review_count(&self, before: i64) -> Result<i64>;
+    async fn review_count(&self, before: Timestamp) -> Result<i64>;
     /// Number of pending refunds and the creation time of the oldest.
-    async fn pending_summary(&self) -> Result<(i64, Option<i64>)>;
+    async fn pending_summary(&self) -> Result<(i64, Option<Timestamp>)>;
 
     /// Stores a verified webhook; `false` if the same event was stored before.
     async fn insert_event(&self, e: &WebhookRow) -> Result<bool>;
@@ -197,13 +202,13 @@ pub trait StoreBackend: Send + Sync + 'static {
         transaction_no: &str,
     ) -> Result<Vec<RefundRow>>;
     /// Makes pending refunds due for a status query now.
-    async fn check_now(&self, ids: &[String], now: i64) -> Result<()>;
+    async fn check_now(&self, ids: &[String], now: Timestamp) -> Result<()>;
     /// Claims unmatched events due for another matching attempt, and events
     /// left `received` for 30 s (their processing was cut off), leased.
     async fn claim_unmatched_events(
         &self,
-        now: i64,
-        lease_until: i64,
+        now: Timestamp,
+        lease_until: Timestamp,
         limit: i64,
     ) -> Result<Vec<WebhookRow>>;
     /// A matching attempt that found nothing: the next attempt time (`None`
@@ -213,22 +218,27 @@ pub trait StoreBackend: Send + Sync + 'static {
         id: &str,
         state: EventState,
         attempts: i64,
-        next_attempt_at: Option<i64>,
+        next_attempt_at: Option<Timestamp>,
         note: &str,
     ) -> Result<()>;
     async fn events_for_refund(&self, refund_id: &str) -> Result<Vec<WebhookRow>>;
     async fn events_by_state(&self, state: EventState) -> Result<Vec<WebhookRow>>;
 
     /// Claims due receipt emails with a lease, so one process sends each.
-    async fn claim_emails(&self, now: i64, lease_until: i64, limit: i64) -> Result<Vec<OutboxRow>>;
+    async fn claim_emails(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>>;
     /// A send attempt: sent, or failed with the next attempt time (`None`
     /// gives up and marks the email abandoned).
     async fn email_attempted(
         &self,
         refund_id: &str,
-        now: i64,
+        now: Timestamp,
         error: Option<&str>,
-        next_attempt_at: Option<i64>,
+        next_attempt_at: Option<Timestamp>,
     ) -> Result<()>;
     async fn outbox_entry(&self, refund_id: &str) -> Result<Option<OutboxRow>>;
 }
@@ -294,7 +304,7 @@ fn push_list_filters<'a, DB, T>(
     q: &mut sqlx::QueryBuilder<'a, DB>,
     client: Option<&'a str>,
     f: &'a ListFilter,
-    time: impl Fn(i64) -> T,
+    time: impl Fn(Timestamp) -> T,
 ) where
     DB: sqlx::Database,
     &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
@@ -355,7 +365,7 @@ fn push_list_filters<'a, DB, T>(
 fn push_update<'a, DB, T>(
     q: &mut sqlx::QueryBuilder<'a, DB>,
     c: &'a Change,
-    time: impl Fn(i64) -> T,
+    time: impl Fn(Timestamp) -> T,
 ) where
     DB: sqlx::Database,
     &'a RefundId: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
@@ -440,7 +450,7 @@ const NEW_REFUND: &str = "INSERT INTO refunds (id, client, account, provider, li
 fn push_new_refund_values<'a, DB, T>(
     q: &mut sqlx::QueryBuilder<'a, DB>,
     new: &'a RefundRow,
-    time: impl Fn(i64) -> T,
+    time: impl Fn(Timestamp) -> T,
 ) where
     DB: sqlx::Database,
     &'a RefundId: sqlx::Encode<'a, DB> + sqlx::Type<DB>,

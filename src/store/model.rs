@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use crate::money::{Currency, Minor};
-use crate::types::{Invalid, Outcome, ProviderKind, RefundId};
+use crate::types::{Invalid, Outcome, ProviderKind, RefundId, Timestamp};
 
 use crate::types::text_enum;
 
@@ -77,7 +77,7 @@ text_enum! {
 /// One line of a refund's history, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, sqlx::FromRow)]
 pub struct RefundEvent {
-    pub at: i64,
+    pub at: Timestamp,
     pub source: EventSource,
     pub status: Status,
     pub previous_status: Option<Status>,
@@ -120,19 +120,19 @@ pub struct RefundRow {
     pub submission: Submission,
     pub response_code: Option<i64>,
     pub response_body: Option<String>,
-    pub inflight_until: Option<i64>,
+    pub inflight_until: Option<Timestamp>,
     pub check_attempts: i64,
-    pub next_check_at: Option<i64>,
-    pub lease_until: Option<i64>,
+    pub next_check_at: Option<Timestamp>,
+    pub lease_until: Option<Timestamp>,
     pub review_reason: Option<String>,
     /// Set by the send claim: a sender still holding the call after this time
     /// abandons it, so after it (plus the provider's processing window) a
     /// refund the provider has never heard of provably never reached it.
-    pub send_by: Option<i64>,
+    pub send_by: Option<Timestamp>,
     /// Consecutive status queries that found no such refund at the provider.
     pub not_found_streak: i64,
-    pub created_at: i64,
-    pub updated_at: i64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
     /// Bumped by every write; updates apply only to the version they read.
     pub version: i64,
 }
@@ -256,10 +256,10 @@ pub struct WebhookRow {
     pub refund_id: Option<String>,
     pub state: EventState,
     pub note: Option<String>,
-    pub received_at: i64,
+    pub received_at: Timestamp,
     /// Matching attempts so far (unmatched events back off, then stop).
     pub attempts: i64,
-    pub next_attempt_at: Option<i64>,
+    pub next_attempt_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -280,13 +280,13 @@ pub struct ListFilter {
     pub refund_reference: Option<String>,
     pub status: Option<Status>,
     pub provider: Option<ProviderKind>,
-    pub created_from: Option<i64>,
-    pub created_to: Option<i64>,
+    pub created_from: Option<Timestamp>,
+    pub created_to: Option<Timestamp>,
     /// Keyset cursor: (created_at, id) of the `starting_after` refund.
-    pub after: Option<(i64, RefundId)>,
+    pub after: Option<(Timestamp, RefundId)>,
     /// Only refunds that need a person: flagged for review, or pending
     /// since before this time.
-    pub needs_review_before: Option<i64>,
+    pub needs_review_before: Option<Timestamp>,
     pub limit: i64,
 }
 
@@ -304,7 +304,7 @@ pub struct NewRefundRow {
     pub transaction_no: String,
     pub provider_reference: String,
     pub request_hash: String,
-    pub now: i64,
+    pub now: Timestamp,
 }
 
 impl RefundRow {

@@ -15,6 +15,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 
+use crate::types::Timestamp;
+
 use super::{
     probe, push_list_filters, push_new_refund_values, push_reserve, push_update, refusal, Backend,
     Change, CreateOutcome, EventState, ListFilter, OutboxRow, RefundEvent, RefundRow, Result,
@@ -39,12 +41,8 @@ const SELECT_EVENT: &str = "SELECT id, provider, account, dedupe_key, transactio
 
 /// Unix milliseconds as the instant Postgres stores (clamped to the range
 /// a timestamp can hold; the gateway's clock is far inside it).
-fn ts(ms: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(if ms < 0 {
-        OffsetDateTime::UNIX_EPOCH
-    } else {
-        time::macros::datetime!(9999-12-31 23:59:59.999 UTC)
-    })
+fn ts(t: Timestamp) -> OffsetDateTime {
+    t.to_offset_date_time()
 }
 
 const INSERT_HISTORY: &str =
@@ -134,8 +132,8 @@ impl PgStore {
         table: &str,
         key: &str,
         pick: &str,
-        now: i64,
-        lease_until: i64,
+        now: Timestamp,
+        lease_until: Timestamp,
         limit: i64,
     ) -> Result<Vec<String>> {
         let sql = format!(
@@ -242,7 +240,7 @@ impl StoreBackend for PgStore {
         Ok(())
     }
 
-    async fn write_probe(&self, _now: i64) -> Result<()> {
+    async fn write_probe(&self, _now: Timestamp) -> Result<()> {
         sqlx::query(
             "INSERT INTO readiness_probe (id, checked_at) VALUES (1, clock_timestamp()) \
              ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
@@ -252,12 +250,12 @@ impl StoreBackend for PgStore {
         Ok(())
     }
 
-    async fn database_time_ms(&self) -> Result<Option<i64>> {
+    async fn database_time(&self) -> Result<Option<Timestamp>> {
         let ms: i64 =
             sqlx::query_scalar("SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::int8")
                 .fetch_one(&self.pool)
                 .await?;
-        Ok(Some(ms))
+        Ok(Some(Timestamp::from_unix_ms(ms)))
     }
 
     async fn close(&self) {
@@ -330,7 +328,12 @@ impl StoreBackend for PgStore {
         Ok(q.build_query_as().fetch_all(&self.pool).await?)
     }
 
-    async fn claim_due(&self, now: i64, lease_until: i64, limit: i64) -> Result<Vec<RefundRow>> {
+    async fn claim_due(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<RefundRow>> {
         let ids = self
             .lease(
                 "refunds",
@@ -351,7 +354,7 @@ impl StoreBackend for PgStore {
         .await?)
     }
 
-    async fn review_count(&self, before: i64) -> Result<i64> {
+    async fn review_count(&self, before: Timestamp) -> Result<i64> {
         Ok(sqlx::query_scalar(
             "SELECT COUNT(*) FROM refunds WHERE review_reason IS NOT NULL OR (status = 'pending' AND created_at <= $1)",
         )
@@ -360,7 +363,7 @@ impl StoreBackend for PgStore {
         .await?)
     }
 
-    async fn pending_summary(&self) -> Result<(i64, Option<i64>)> {
+    async fn pending_summary(&self) -> Result<(i64, Option<Timestamp>)> {
         Ok(sqlx::query_as(
             "SELECT COUNT(*), rg_ms(MIN(created_at)) FROM refunds WHERE status = 'pending'",
         )
@@ -466,7 +469,7 @@ impl StoreBackend for PgStore {
         .await?)
     }
 
-    async fn check_now(&self, ids: &[String], now: i64) -> Result<()> {
+    async fn check_now(&self, ids: &[String], now: Timestamp) -> Result<()> {
         sqlx::query(
             "UPDATE refunds SET next_check_at = $2 WHERE id = ANY($1) AND status = 'pending'",
         )
@@ -479,8 +482,8 @@ impl StoreBackend for PgStore {
 
     async fn claim_unmatched_events(
         &self,
-        now: i64,
-        lease_until: i64,
+        now: Timestamp,
+        lease_until: Timestamp,
         limit: i64,
     ) -> Result<Vec<WebhookRow>> {
         let ids = self
@@ -509,7 +512,7 @@ impl StoreBackend for PgStore {
         id: &str,
         state: EventState,
         attempts: i64,
-        next_attempt_at: Option<i64>,
+        next_attempt_at: Option<Timestamp>,
         note: &str,
     ) -> Result<()> {
         sqlx::query(
@@ -543,7 +546,12 @@ impl StoreBackend for PgStore {
         .await?)
     }
 
-    async fn claim_emails(&self, now: i64, lease_until: i64, limit: i64) -> Result<Vec<OutboxRow>> {
+    async fn claim_emails(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>> {
         let ids = self
             .lease(
                 "email_outbox",
@@ -567,9 +575,9 @@ impl StoreBackend for PgStore {
     async fn email_attempted(
         &self,
         refund_id: &str,
-        now: i64,
+        now: Timestamp,
         error: Option<&str>,
-        next_attempt_at: Option<i64>,
+        next_attempt_at: Option<Timestamp>,
     ) -> Result<()> {
         let (state, next) = match (error, next_attempt_at) {
             (None, _) => ("sent", now),

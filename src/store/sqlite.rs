@@ -19,6 +19,7 @@ use super::{
     Change, CreateOutcome, EventState, ListFilter, OutboxRow, RefundEvent, RefundRow, Result,
     SaleTerms, StoreBackend, WebhookRow, NEW_REFUND, RECORDED, SELECT_SALE,
 };
+use crate::types::Timestamp;
 
 pub(super) struct SqliteStore {
     pool: SqlitePool,
@@ -134,8 +135,8 @@ impl SqliteStore {
         table: &str,
         key: &str,
         pick: &str,
-        now: i64,
-        lease_until: i64,
+        now: Timestamp,
+        lease_until: Timestamp,
         limit: i64,
     ) -> Result<Vec<T>>
     where
@@ -188,7 +189,7 @@ impl StoreBackend for SqliteStore {
         Ok(())
     }
 
-    async fn write_probe(&self, now: i64) -> Result<()> {
+    async fn write_probe(&self, now: Timestamp) -> Result<()> {
         // Through the group commit, like every refund write.
         self.batch
             .run(move |conn| {
@@ -206,7 +207,7 @@ impl StoreBackend for SqliteStore {
             .await
     }
 
-    async fn database_time_ms(&self) -> Result<Option<i64>> {
+    async fn database_time(&self) -> Result<Option<Timestamp>> {
         // An SQLite file is shared only by processes of one host: the
         // database's clock is the host's.
         Ok(None)
@@ -335,7 +336,12 @@ impl StoreBackend for SqliteStore {
         Ok(q.build_query_as().fetch_all(&self.pool).await?)
     }
 
-    async fn claim_due(&self, now: i64, lease_until: i64, limit: i64) -> Result<Vec<RefundRow>> {
+    async fn claim_due(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<RefundRow>> {
         let mut rows: Vec<RefundRow> = self
             .lease(
                 "refunds",
@@ -351,7 +357,7 @@ impl StoreBackend for SqliteStore {
         Ok(rows)
     }
 
-    async fn review_count(&self, before: i64) -> Result<i64> {
+    async fn review_count(&self, before: Timestamp) -> Result<i64> {
         Ok(sqlx::query_scalar(
             "SELECT COUNT(*) FROM refunds WHERE review_reason IS NOT NULL OR (status = 'pending' AND created_at <= $1)",
         )
@@ -360,7 +366,7 @@ impl StoreBackend for SqliteStore {
         .await?)
     }
 
-    async fn pending_summary(&self) -> Result<(i64, Option<i64>)> {
+    async fn pending_summary(&self) -> Result<(i64, Option<Timestamp>)> {
         Ok(
             sqlx::query_as(
                 "SELECT COUNT(*), MIN(created_at) FROM refunds WHERE status = 'pending'",
@@ -477,7 +483,7 @@ impl StoreBackend for SqliteStore {
         .await?)
     }
 
-    async fn check_now(&self, ids: &[String], now: i64) -> Result<()> {
+    async fn check_now(&self, ids: &[String], now: Timestamp) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -496,8 +502,8 @@ impl StoreBackend for SqliteStore {
 
     async fn claim_unmatched_events(
         &self,
-        now: i64,
-        lease_until: i64,
+        now: Timestamp,
+        lease_until: Timestamp,
         limit: i64,
     ) -> Result<Vec<WebhookRow>> {
         let mut rows: Vec<WebhookRow> = self
@@ -522,7 +528,7 @@ impl StoreBackend for SqliteStore {
         id: &str,
         state: EventState,
         attempts: i64,
-        next_attempt_at: Option<i64>,
+        next_attempt_at: Option<Timestamp>,
         note: &str,
     ) -> Result<()> {
         let _gate = self.gate().await;
@@ -557,7 +563,12 @@ impl StoreBackend for SqliteStore {
         .await?)
     }
 
-    async fn claim_emails(&self, now: i64, lease_until: i64, limit: i64) -> Result<Vec<OutboxRow>> {
+    async fn claim_emails(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>> {
         self.lease(
             "email_outbox",
             "refund_id",
@@ -573,9 +584,9 @@ impl StoreBackend for SqliteStore {
     async fn email_attempted(
         &self,
         refund_id: &str,
-        now: i64,
+        now: Timestamp,
         error: Option<&str>,
-        next_attempt_at: Option<i64>,
+        next_attempt_at: Option<Timestamp>,
     ) -> Result<()> {
         let _gate = self.gate().await;
         let (state, next) = match (error, next_attempt_at) {

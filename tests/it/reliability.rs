@@ -143,10 +143,10 @@ async fn reconciliation_leases_are_exclusive(db: Db) {
     let b = refund_gateway::store::Store::connect(&url, 4)
         .await
         .unwrap();
-    let now = refund_gateway::refunds::now_ms();
+    let now = refund_gateway::types::Timestamp::host_now();
     for i in 0..60 {
         let row = refund_gateway::store::RefundRow {
-            next_check_at: Some(now - 1),
+            next_check_at: Some(now - ms(1)),
             ..stored_refund(
                 &format!("rf_lease_{i}"),
                 "acct",
@@ -165,8 +165,8 @@ async fn reconciliation_leases_are_exclusive(db: Db) {
             let mut got = vec![];
             for _ in 0..40 {
                 rounds.wait().await;
-                let now = refund_gateway::refunds::now_ms();
-                let batch = s.claim_due(now, now + 60_000, 3).await.unwrap();
+                let now = refund_gateway::types::Timestamp::host_now();
+                let batch = s.claim_due(now, now + ms(60_000), 3).await.unwrap();
                 got.extend(batch.into_iter().map(|r| r.id));
             }
             got

@@ -12,7 +12,7 @@ use refund_gateway::store::{
     Change, CreateOutcome, EventSource, ListFilter, RefundRow, SaleTerms, Status, Store, Submission,
 };
 use refund_gateway::types::Outcome;
-use refund_gateway::types::ProviderKind;
+use refund_gateway::types::{ProviderKind, Timestamp};
 
 fn policy() -> Policy {
     refund_gateway::gateway_settings(&refund_gateway::config::Config::demo(
@@ -23,7 +23,7 @@ fn policy() -> Policy {
 }
 
 /// The change the lifecycle decides for `t` on `current` at `now`.
-fn decided(current: &RefundRow, t: Transition<'_>, now: i64) -> Option<Change> {
+fn decided(current: &RefundRow, t: Transition<'_>, now: Timestamp) -> Option<Change> {
     let p = policy();
     let ctx = Context {
         now,
@@ -38,7 +38,7 @@ fn claim(r: &RefundRow) -> Change {
         r,
         Transition::Claimed {
             version: r.version,
-            send_by: r.created_at + 1,
+            send_by: r.created_at + ms(1),
         },
         r.created_at,
     )
@@ -106,7 +106,7 @@ async fn writes_are_compare_and_swap(db: Db) {
         Ok(decided(
             current,
             Transition::WebhookApplied(&succeeded),
-            current.updated_at + 1,
+            current.updated_at + ms(1),
         ))
     })
     .await
@@ -207,8 +207,8 @@ async fn list_filters_select_what_they_say(db: Db) {
     let base = 1_700_000_000_000;
     for i in 0..6i64 {
         let r = RefundRow {
-            created_at: base + i * 1_000,
-            updated_at: base + i * 1_000,
+            created_at: at(base + i * 1_000),
+            updated_at: at(base + i * 1_000),
             provider: if i % 2 == 0 {
                 ProviderKind::Pockyt
             } else {
@@ -271,8 +271,8 @@ async fn list_filters_select_what_they_say(db: Db) {
     );
     assert_eq!(
         list(ListFilter {
-            created_from: Some(base + 1_000),
-            created_to: Some(base + 3_000),
+            created_from: Some(at(base + 1_000)),
+            created_to: Some(at(base + 3_000)),
             ..all.clone()
         })
         .await,
@@ -281,7 +281,7 @@ async fn list_filters_select_what_they_say(db: Db) {
     );
     assert_eq!(
         list(ListFilter {
-            after: Some((base + 3_000, test_refund_id("list3"))),
+            after: Some((at(base + 3_000), test_refund_id("list3"))),
             limit: 2,
             ..all.clone()
         })
@@ -299,7 +299,7 @@ async fn list_filters_select_what_they_say(db: Db) {
     );
     assert_eq!(
         list(ListFilter {
-            needs_review_before: Some(base - 1),
+            needs_review_before: Some(at(base - 1)),
             ..all.clone()
         })
         .await,
@@ -310,8 +310,8 @@ async fn list_filters_select_what_they_say(db: Db) {
         s.list_refunds(Some("someone-else"), &all).await.unwrap(),
         vec![]
     );
-    assert_eq!(s.review_count(base + 1_500).await.unwrap(), 3);
-    assert_eq!(s.pending_summary().await.unwrap(), (6, Some(base)));
+    assert_eq!(s.review_count(at(base + 1_500)).await.unwrap(), 3);
+    assert_eq!(s.pending_summary().await.unwrap(), (6, Some(at(base))));
     s.close().await;
 }
 
@@ -320,8 +320,8 @@ async fn list_filters_select_what_they_say(db: Db) {
 async fn cut_off_webhooks_are_claimed_again(db: Db) {
     use refund_gateway::store::{EventState, WebhookRow};
     let s = store(db).await;
-    let now = refund_gateway::refunds::now_ms();
-    let event = |id: &str, received_at: i64| WebhookRow {
+    let now = refund_gateway::types::Timestamp::host_now();
+    let event = |id: &str, received_at: Timestamp| WebhookRow {
         id: id.into(),
         provider: ProviderKind::Pockyt,
         account: "acct".into(),
@@ -341,21 +341,21 @@ async fn cut_off_webhooks_are_claimed_again(db: Db) {
         next_attempt_at: None,
     };
     assert!(s
-        .insert_event(&event("evt_old", now - 60_000))
+        .insert_event(&event("evt_old", now - ms(60_000)))
         .await
         .unwrap());
     assert!(s
-        .insert_event(&event("evt_new", now - 1_000))
+        .insert_event(&event("evt_new", now - ms(1_000)))
         .await
         .unwrap());
     let claimed = s
-        .claim_unmatched_events(now, now + 30_000, 10)
+        .claim_unmatched_events(now, now + ms(30_000), 10)
         .await
         .unwrap();
     let ids: Vec<&str> = claimed.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids, ["evt_old"], "the cut-off one only");
     let again = s
-        .claim_unmatched_events(now, now + 30_000, 10)
+        .claim_unmatched_events(now, now + ms(30_000), 10)
         .await
         .unwrap();
     assert!(again.is_empty(), "leased: one process at a time");

@@ -79,7 +79,7 @@ async fn old_database_upgrades_in_place(db: Db) {
             pending.not_found_streak,
             pending.version
         ),
-        ("pending", Some(2000), 0, 1),
+        ("pending", Some(at(2000)), 0, 1),
         "a sent refund gets its send deadline from its last write"
     );
     let failed = store
@@ -95,7 +95,7 @@ async fn old_database_upgrades_in_place(db: Db) {
         .unwrap();
     assert_eq!(
         (waiting.len(), waiting[0].next_attempt_at),
-        (1, Some(5000)),
+        (1, Some(at(5000))),
         "an unmatched webhook is due for matching at once"
     );
     // Only a confirmed currency stays pinned: the Pay10 sale's USD came from a
@@ -151,10 +151,10 @@ async fn database_before_native_types_upgrades_in_place(db: Db) {
     assert_eq!(
         (r.created_at, r.updated_at, r.send_by, r.next_check_at),
         (
-            1700000000123,
-            1700000000456,
-            Some(1700000000999),
-            Some(1700000000500)
+            at(1700000000123),
+            at(1700000000456),
+            Some(at(1700000000999)),
+            Some(at(1700000000500))
         ),
         "times keep their millisecond"
     );
@@ -170,7 +170,7 @@ async fn database_before_native_types_upgrades_in_place(db: Db) {
     );
     assert_eq!((r.not_found_streak, r.version), (2, 3));
     let history = store.refund_events(&r.id).await.unwrap();
-    assert_eq!((history.len(), history[0].at), (1, 1700000000123));
+    assert_eq!((history.len(), history[0].at), (1, at(1700000000123)));
     let waiting = store
         .events_by_state(refund_gateway::store::EventState::Unmatched)
         .await
@@ -181,7 +181,7 @@ async fn database_before_native_types_upgrades_in_place(db: Db) {
             waiting[0].next_attempt_at,
             waiting[0].attempts
         ),
-        (1700000000789, Some(1700000001789), 2)
+        (at(1700000000789), Some(at(1700000001789)), 2)
     );
     // The confirmed sale still holds: 250 reserved + 300 elsewhere of 10000,
     // so 9450 more fit and one minor unit more does not.

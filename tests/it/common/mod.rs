@@ -572,6 +572,16 @@ pub async fn outage_drill(
 
 /// A refund id for a test row, made from a readable name (`rf_early` →
 /// `rf_…000EARLY`): the same name gives the same id.
+/// A moment `ms` milliseconds after the Unix epoch.
+pub fn at(ms: i64) -> refund_gateway::types::Timestamp {
+    refund_gateway::types::Timestamp::from_unix_ms(ms)
+}
+
+/// `n` milliseconds.
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
 pub fn test_refund_id(name: &str) -> refund_gateway::types::RefundId {
     let body: String = name
         .trim_start_matches("rf_")
@@ -612,7 +622,7 @@ pub fn stored_refund(
             transaction_no: transaction_no.into(),
             provider_reference: provider_reference.into(),
             request_hash: "h".into(),
-            now: refund_gateway::refunds::now_ms(),
+            now: refund_gateway::types::Timestamp::host_now(),
         })
     }
 }
