@@ -972,7 +972,10 @@ mod tests {
     #[test]
     fn secrets_are_trimmed_and_empty_ones_refused() {
         let c = load(&GOOD.replace("token = \"secret\"", "token = \"  secret\\n\"")).unwrap();
-        let AccountCredentials::Pockyt(p) = &c.accounts[0].credentials else {
+        let Some(p) = c.accounts[0]
+            .credentials
+            .downcast_ref::<crate::providers::pockyt::PockytAccount>()
+        else {
             panic!("pockyt first")
         };
         use secrecy::ExposeSecret;
@@ -998,7 +1001,10 @@ mod tests {
             .replace("base_url = \"https://pg.pay10.ae\"\n", "");
         let c = load(&sandbox).unwrap();
         assert!(c.accounts.iter().all(|a| !a.livemode));
-        let AccountCredentials::Pockyt(p) = &c.accounts[0].credentials else {
+        let Some(p) = c.accounts[0]
+            .credentials
+            .downcast_ref::<crate::providers::pockyt::PockytAccount>()
+        else {
             panic!()
         };
         assert_eq!(

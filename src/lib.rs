@@ -123,7 +123,7 @@ pub fn demo_accounts(config: &mut Config, sandbox_base: &str) {
             notice: None,
             store_name: config.merchant_name.clone(),
             time_zone: None,
-            credentials: AccountCredentials::Pockyt(PockytAccount {
+            credentials: AccountCredentials::new(PockytAccount {
                 base_url: format!("{base}/sandbox/pockyt"),
                 merchant_no: sb.pockyt_merchant_no.clone(),
                 store_no: sb.pockyt_store_no.clone(),
@@ -136,7 +136,7 @@ pub fn demo_accounts(config: &mut Config, sandbox_base: &str) {
             notice: None,
             store_name: config.merchant_name.clone(),
             time_zone: None,
-            credentials: AccountCredentials::Pay10(Pay10Account {
+            credentials: AccountCredentials::new(Pay10Account {
                 base_url: format!("{base}/sandbox/pay10"),
                 pay_id: sb.pay10_pay_id.clone(),
                 salt: SecretString::from(sb.pay10_salt.clone()),

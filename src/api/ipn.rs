@@ -187,12 +187,32 @@ pub async fn pay10_account(
     handle(state, ProviderKind::Pay10, Some(account), body).await
 }
 
-/// The providers' webhook routes (one per provider, and one per account).
+/// `POST /ipn/{provider}`: any registered provider's webhooks (each is
+/// documented above with its own body).
+async fn any_provider(
+    State(state): State<AppState>,
+    Path(provider): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let provider = ProviderKind::parse(&provider).ok_or_else(|| ApiError::not_found("provider"))?;
+    handle(state, provider, None, body).await
+}
+
+/// `POST /ipn/{provider}/{account}`.
+async fn any_provider_account(
+    State(state): State<AppState>,
+    Path((provider, account)): Path<(String, String)>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let provider = ProviderKind::parse(&provider).ok_or_else(|| ApiError::not_found("provider"))?;
+    handle(state, provider, Some(account), body).await
+}
+
+/// The providers' webhook routes: one per provider, and one per account,
+/// for every provider the gateway speaks (a new connector needs no route).
 pub fn routes() -> axum::Router<AppState> {
     use axum::routing::post;
     axum::Router::new()
-        .route("/ipn/pockyt", post(pockyt))
-        .route("/ipn/pockyt/{account}", post(pockyt_account))
-        .route("/ipn/pay10", post(pay10))
-        .route("/ipn/pay10/{account}", post(pay10_account))
+        .route("/ipn/{provider}", post(any_provider))
+        .route("/ipn/{provider}/{account}", post(any_provider_account))
 }

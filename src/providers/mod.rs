@@ -1,11 +1,14 @@
-//! The provider layer: one interface ([`ProviderClient`]) over the Pockyt and
-//! Pay10 adapters. Providers know nothing of HTTP handlers or the store.
+//! The provider layer: one interface ([`ProviderClient`]) over the
+//! connectors (`pockyt/`, `pay10/`), each of which implements [`Rules`],
+//! [`Credentials`] and [`Connector`]. Providers know nothing of HTTP
+//! handlers or the store.
 
 pub mod pairs;
 pub mod pay10;
 pub mod pockyt;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
@@ -64,27 +67,61 @@ pub trait Rules: Sync {
     fn account(&self, fields: &AccountFields) -> Result<AccountCredentials, FieldError>;
 }
 
-/// A provider account's credentials, tagged by provider.
-#[derive(Debug, Clone)]
-pub enum AccountCredentials {
-    Pockyt(pockyt::PockytAccount),
-    Pay10(pay10::Pay10Account),
+/// A provider account's credentials, as its connector read them from the
+/// configuration (`Rules::account`).
+pub trait Credentials: Send + Sync + std::fmt::Debug + std::any::Any {
+    fn provider(&self) -> ProviderKind;
+    /// The provider's API root for this account.
+    fn base_url(&self) -> &str;
+    /// The account's client, on the process's one HTTP client.
+    fn connect(&self, http: reqwest::Client) -> Arc<dyn Connector>;
+    /// For tests and tools that need the connector's own type.
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
+/// One account's credentials, whichever provider's.
+#[derive(Debug, Clone)]
+pub struct AccountCredentials(Arc<dyn Credentials>);
+
 impl AccountCredentials {
+    pub fn new(c: impl Credentials) -> Self {
+        AccountCredentials(Arc::new(c))
+    }
+
     pub fn provider(&self) -> ProviderKind {
-        match self {
-            AccountCredentials::Pockyt(_) => ProviderKind::Pockyt,
-            AccountCredentials::Pay10(_) => ProviderKind::Pay10,
-        }
+        self.0.provider()
     }
 
     pub fn base_url(&self) -> &str {
-        match self {
-            AccountCredentials::Pockyt(p) => &p.base_url,
-            AccountCredentials::Pay10(p) => &p.base_url,
-        }
+        self.0.base_url()
     }
+
+    /// The connector's own credentials type, if it is `T`.
+    pub fn downcast_ref<T: 'static>(&self) -> Option<&T> {
+        self.0.as_any().downcast_ref()
+    }
+}
+
+/// What a connector does for one account: the provider's calls and its
+/// webhook check (`providers/<name>/mod.rs`). [`ProviderClient`] adds the
+/// metrics and the stored-text limits around it.
+#[async_trait::async_trait]
+pub trait Connector: Send + Sync + std::fmt::Debug {
+    fn provider(&self) -> ProviderKind;
+    /// Looks the original sale up; `None`: the provider has no sale query
+    /// (see [`Rules::has_sale_lookup`]).
+    async fn lookup_sale(
+        &self,
+        transaction_no: Option<&str>,
+        reference: Option<&str>,
+    ) -> Option<SaleLookup>;
+    async fn refund(&self, call: &RefundCall) -> ProviderAnswer;
+    async fn refund_status(&self, query: &StatusQuery) -> ProviderAnswer;
+    /// SHA-256 over everything that verifies this account's webhooks: two
+    /// accounts with the same digest verify the same webhooks.
+    fn webhook_credentials_digest(&self) -> [u8; 32];
+    /// Checks a webhook body's signature and reads what it covers.
+    fn verify_webhook(&self, body: &[u8]) -> Result<WebhookEvent, WebhookError>;
 }
 
 /// A configuration field a connector refused: which, and why.
@@ -398,43 +435,32 @@ pub enum WebhookError {
 
 /// One configured provider account, ready to call.
 #[derive(Debug, Clone)]
-pub enum ProviderClient {
-    Pockyt(pockyt::PockytClient),
-    Pay10(pay10::Pay10Client),
-}
+pub struct ProviderClient(Arc<dyn Connector>);
 
 impl ProviderClient {
     /// The client of an account, on the process's one HTTP client.
     pub fn new(http: reqwest::Client, credentials: &AccountCredentials) -> Self {
-        match credentials {
-            AccountCredentials::Pockyt(p) => {
-                ProviderClient::Pockyt(pockyt::PockytClient::new(http, p.clone()))
-            }
-            AccountCredentials::Pay10(p) => {
-                ProviderClient::Pay10(pay10::Pay10Client::new(http, p.clone()))
-            }
-        }
+        ProviderClient(credentials.0.connect(http))
+    }
+
+    /// A connector built by hand (tests).
+    pub fn from_connector(c: impl Connector + 'static) -> Self {
+        ProviderClient(Arc::new(c))
     }
 
     pub fn kind(&self) -> ProviderKind {
-        match self {
-            ProviderClient::Pockyt(_) => ProviderKind::Pockyt,
-            ProviderClient::Pay10(_) => ProviderKind::Pay10,
-        }
+        self.0.provider()
     }
 
-    /// Looks the original sale up where the provider can (Pockyt); `None` for Pay10,
-    /// which has no sale query in its refund API.
+    /// Looks the original sale up where the provider can; `None` where it
+    /// has no sale query (Pay10's refund API has none).
     pub async fn lookup_sale(
         &self,
         transaction_no: Option<&str>,
         reference: Option<&str>,
     ) -> Option<SaleLookup> {
         let started = Instant::now();
-        let found = match self {
-            ProviderClient::Pockyt(c) => c.lookup_sale(transaction_no, reference).await,
-            ProviderClient::Pay10(_) => return None,
-        };
+        let found = self.0.lookup_sale(transaction_no, reference).await?;
         let outcome = match &found {
             SaleLookup::Found(_) => "found",
             SaleLookup::NotFound => "not_found",
@@ -457,10 +483,7 @@ impl ProviderClient {
 
     pub async fn refund(&self, call: &RefundCall) -> ProviderAnswer {
         let started = Instant::now();
-        let answer = match self {
-            ProviderClient::Pockyt(c) => c.refund(call).await,
-            ProviderClient::Pay10(c) => c.refund(call).await,
-        };
+        let answer = self.0.refund(call).await;
         crate::metrics::provider_call(
             self.kind().as_str(),
             "refund",
@@ -472,10 +495,7 @@ impl ProviderClient {
 
     pub async fn refund_status(&self, query: &StatusQuery) -> ProviderAnswer {
         let started = Instant::now();
-        let answer = match self {
-            ProviderClient::Pockyt(c) => c.refund_status(query).await,
-            ProviderClient::Pay10(c) => c.refund_status(query).await,
-        };
+        let answer = self.0.refund_status(query).await;
         crate::metrics::provider_call(
             self.kind().as_str(),
             "refund_status",
@@ -485,28 +505,28 @@ impl ProviderClient {
         answer.stored()
     }
 
-    /// Whether two accounts hold the very same credentials (so a webhook that
-    /// one of them verifies, the other verifies too).
+    /// Whether two accounts hold the very same webhook credentials (so a
+    /// webhook that one of them verifies, the other verifies too).
     pub fn same_credentials(&self, other: &ProviderClient) -> bool {
-        use secrecy::ExposeSecret;
-        match (self, other) {
-            (ProviderClient::Pockyt(a), ProviderClient::Pockyt(b)) => {
-                let (a, b) = (a.account(), b.account());
-                a.merchant_no == b.merchant_no
-                    && a.store_no == b.store_no
-                    && a.token.expose_secret() == b.token.expose_secret()
-            }
-            (ProviderClient::Pay10(a), ProviderClient::Pay10(b)) => a.same_credentials(b),
-            _ => false,
-        }
+        self.kind() == other.kind()
+            && self.0.webhook_credentials_digest() == other.0.webhook_credentials_digest()
     }
 
     pub fn verify_webhook(&self, body: &[u8]) -> Result<WebhookEvent, WebhookError> {
-        match self {
-            ProviderClient::Pockyt(c) => c.verify_ipn(body),
-            ProviderClient::Pay10(c) => c.verify_webhook(body),
-        }
+        self.0.verify_webhook(body)
     }
+}
+
+/// SHA-256 over `parts`, each length-prefixed (so no two lists of parts
+/// collide): what [`Connector::webhook_credentials_digest`] returns.
+pub fn credentials_digest(parts: &[&[u8]]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    h.finalize().into()
 }
 
 /// Reads a JSON value that providers send either as a string or as a number.

@@ -186,7 +186,7 @@ async fn pockyt_pending_then_success() {
     assert_eq!(client.refund(&c).await.outcome, Outcome::Pending);
     let q = query_for(&c);
     assert_eq!(client.refund_status(&q).await.outcome, Outcome::Pending);
-    let outcome = settle(&ProviderClient::Pockyt(client.clone()), &q).await;
+    let outcome = settle(&ProviderClient::from_connector(client.clone()), &q).await;
     assert_eq!(outcome, Outcome::Succeeded);
 }
 
@@ -321,7 +321,7 @@ async fn pay10_pending_then_success() {
         (Outcome::Pending, Some("REFUND_INITIATED"))
     );
     let q = query_for(&c);
-    let outcome = settle(&ProviderClient::Pay10(client.clone()), &q).await;
+    let outcome = settle(&ProviderClient::from_connector(client.clone()), &q).await;
     assert_eq!(outcome, Outcome::Succeeded);
 }
 

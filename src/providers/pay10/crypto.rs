@@ -50,10 +50,9 @@ impl EncryptionKey {
         Ok(Self(bytes))
     }
 
-    /// Compares two keys in constant time.
-    pub fn same_as(&self, other: &EncryptionKey) -> bool {
-        use subtle::ConstantTimeEq;
-        self.0.ct_eq(&other.0).into()
+    /// The key's bytes, for the credentials digest only.
+    pub(in crate::providers::pay10) fn bytes(&self) -> &[u8; 32] {
+        &self.0
     }
 
     fn iv(&self) -> [u8; 16] {

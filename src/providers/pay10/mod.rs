@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{
-    join_url, Outcome, ProviderAnswer, ProviderKind, RefundCall, StatusQuery, WebhookError,
-    WebhookEvent,
+    credentials_digest, join_url, Connector, Credentials, Outcome, ProviderAnswer, ProviderKind,
+    RefundCall, SaleLookup, StatusQuery, WebhookError, WebhookEvent,
 };
 use crypto::EncryptionKey;
 use wire::{EncEnvelope, RequeryRequest};
@@ -59,14 +59,6 @@ impl Pay10Client {
 
     pub fn account(&self) -> &Pay10Account {
         &self.account
-    }
-
-    /// Same PAY_ID, salt and key.
-    pub fn same_credentials(&self, other: &Pay10Client) -> bool {
-        let (a, b) = (&self.account, &other.account);
-        a.pay_id == b.pay_id
-            && a.salt.expose_secret() == b.salt.expose_secret()
-            && a.key.same_as(&b.key)
     }
 
     async fn post(&self, path: &str, body: &impl serde::Serialize) -> Result<Vec<u8>, String> {
@@ -220,6 +212,58 @@ impl Pay10Client {
 
     pub fn verify_webhook(&self, body: &[u8]) -> Result<WebhookEvent, WebhookError> {
         parse_webhook(body, self.account.salt.expose_secret())
+    }
+}
+
+impl Credentials for Pay10Account {
+    fn provider(&self) -> ProviderKind {
+        ProviderKind::Pay10
+    }
+
+    fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    fn connect(&self, http: reqwest::Client) -> std::sync::Arc<dyn Connector> {
+        std::sync::Arc::new(Pay10Client::new(http, self.clone()))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+#[async_trait::async_trait]
+impl Connector for Pay10Client {
+    fn provider(&self) -> ProviderKind {
+        ProviderKind::Pay10
+    }
+
+    /// Pay10's refund API has no sale query.
+    async fn lookup_sale(&self, _: Option<&str>, _: Option<&str>) -> Option<SaleLookup> {
+        None
+    }
+
+    async fn refund(&self, call: &RefundCall) -> ProviderAnswer {
+        Pay10Client::refund(self, call).await
+    }
+
+    async fn refund_status(&self, query: &StatusQuery) -> ProviderAnswer {
+        Pay10Client::refund_status(self, query).await
+    }
+
+    /// PAY_ID, salt and key.
+    fn webhook_credentials_digest(&self) -> [u8; 32] {
+        let a = &self.account;
+        credentials_digest(&[
+            a.pay_id.as_bytes(),
+            a.salt.expose_secret().as_bytes(),
+            a.key.bytes(),
+        ])
+    }
+
+    fn verify_webhook(&self, body: &[u8]) -> Result<WebhookEvent, WebhookError> {
+        Pay10Client::verify_webhook(self, body)
     }
 }
 

@@ -147,7 +147,7 @@ impl Rules for Pay10 {
             return Err(FieldError::new("pay_id", "must be 16 digits"));
         }
         let key = fields.secret("encryption_key")?;
-        Ok(AccountCredentials::Pay10(Pay10Account {
+        Ok(AccountCredentials::new(Pay10Account {
             base_url: fields.base_url.clone(),
             pay_id,
             salt: SecretString::from(fields.secret("salt")?),

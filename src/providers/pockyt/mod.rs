@@ -12,8 +12,8 @@ use serde_json::{Map, Value};
 
 use super::pairs::PairError;
 use super::{
-    join_url, ListedRefund, Outcome, ProviderAnswer, ProviderKind, RefundCall, SaleInfo,
-    SaleLookup, StatusQuery, WebhookError, WebhookEvent,
+    credentials_digest, join_url, Connector, Credentials, ListedRefund, Outcome, ProviderAnswer,
+    ProviderKind, RefundCall, SaleInfo, SaleLookup, StatusQuery, WebhookError, WebhookEvent,
 };
 use wire::{Envelope, RefundResult, TranQueryResult, RET_SUCCESS};
 
@@ -302,6 +302,61 @@ impl PockytClient {
     /// Parses a form-encoded IPN and checks its `verifySign`.
     pub fn verify_ipn(&self, body: &[u8]) -> Result<WebhookEvent, WebhookError> {
         parse_ipn(body, self.account.token.expose_secret())
+    }
+}
+
+impl Credentials for PockytAccount {
+    fn provider(&self) -> ProviderKind {
+        ProviderKind::Pockyt
+    }
+
+    fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    fn connect(&self, http: reqwest::Client) -> std::sync::Arc<dyn Connector> {
+        std::sync::Arc::new(PockytClient::new(http, self.clone()))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+#[async_trait::async_trait]
+impl Connector for PockytClient {
+    fn provider(&self) -> ProviderKind {
+        ProviderKind::Pockyt
+    }
+
+    async fn lookup_sale(
+        &self,
+        transaction_no: Option<&str>,
+        reference: Option<&str>,
+    ) -> Option<SaleLookup> {
+        Some(PockytClient::lookup_sale(self, transaction_no, reference).await)
+    }
+
+    async fn refund(&self, call: &RefundCall) -> ProviderAnswer {
+        PockytClient::refund(self, call).await
+    }
+
+    async fn refund_status(&self, query: &StatusQuery) -> ProviderAnswer {
+        PockytClient::refund_status(self, query).await
+    }
+
+    /// merchantNo, storeNo and token.
+    fn webhook_credentials_digest(&self) -> [u8; 32] {
+        let a = &self.account;
+        credentials_digest(&[
+            a.merchant_no.as_bytes(),
+            a.store_no.as_bytes(),
+            a.token.expose_secret().as_bytes(),
+        ])
+    }
+
+    fn verify_webhook(&self, body: &[u8]) -> Result<WebhookEvent, WebhookError> {
+        self.verify_ipn(body)
     }
 }
 

@@ -125,7 +125,7 @@ impl Rules for Pockyt {
 
     fn account(&self, fields: &AccountFields) -> Result<AccountCredentials, FieldError> {
         fields.only(self.account_fields())?;
-        Ok(AccountCredentials::Pockyt(PockytAccount {
+        Ok(AccountCredentials::new(PockytAccount {
             base_url: fields.base_url.clone(),
             merchant_no: fields.required("merchant_no")?,
             store_no: fields.required("store_no")?,
