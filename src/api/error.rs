@@ -10,6 +10,30 @@ use serde::Serialize;
 use crate::refunds::Refusal;
 use crate::store::StoreError;
 
+/// The refusals of every POS endpoint that takes a client key.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // documents the answers; the key check produces them
+pub enum PosKeyRefusals {
+    /// `unauthorized`
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Problem),
+    /// `wrong_key_role`: a valid operator key; the POS API needs a client key
+    #[response(status = 403, content_type = "application/problem+json")]
+    WrongKeyRole(Problem),
+}
+
+/// The refusals of every operator endpoint.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // documents the answers; the key check produces them
+pub enum OperatorKeyRefusals {
+    /// `unauthorized`
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Problem),
+    /// `wrong_key_role`: a valid POS key; operator routes need an operator key
+    #[response(status = 403, content_type = "application/problem+json")]
+    WrongKeyRole(Problem),
+}
+
 /// An RFC 9457 problem document. `code` is stable and machine-readable.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[schema(example = json!({"type": "https://refund-gateway.dev/problems/amount-exceeds-refundable", "title": "Unprocessable Entity", "status": 422, "detail": "the refund exceeds the refundable amount (6.00 USD left)", "code": "amount_exceeds_refundable"}))]

@@ -59,8 +59,7 @@ pub async fn review(
     params(("id" = String, Path, description = "Refund id")),
     responses(
         (status = 200, description = "Every change of the refund, in order", body = RefundEvents),
-        (status = 401, description = "`unauthorized`", body = super::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "`wrong_key_role`: a valid POS key; operator routes need an operator key", body = super::error::Problem, content_type = "application/problem+json"),
+        super::error::OperatorKeyRefusals,
         (status = 404, description = "`not_found`", body = super::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -89,8 +88,7 @@ pub async fn events(
     params(("id" = String, Path, description = "Refund id")),
     responses(
         (status = 200, description = "The provider was asked now; its answer is applied and recorded with the operator's name", body = RefundObject),
-        (status = 401, description = "`unauthorized`", body = super::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "`wrong_key_role`: a valid POS key; operator routes need an operator key", body = super::error::Problem, content_type = "application/problem+json"),
+        super::error::OperatorKeyRefusals,
         (status = 404, description = "`not_found`", body = super::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -141,8 +139,7 @@ pub enum FinalStatus {
     responses(
         (status = 200, description = "Resolved; the provider's answer, the operator and the note are in the refund's history", body = RefundObject),
         (status = 400, description = "`invalid_request` (with `errors`) or `malformed_json`", body = super::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`", body = super::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "`wrong_key_role`: a valid POS key; operator routes need an operator key", body = super::error::Problem, content_type = "application/problem+json"),
+        super::error::OperatorKeyRefusals,
         (status = 404, description = "`not_found`", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "`resolution_refused`: the provider, asked now, does not confirm it, or the refund is already final", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 415, description = "`unsupported_media_type`: send application/json", body = super::error::Problem, content_type = "application/problem+json"),

@@ -390,8 +390,7 @@ pub async fn create(
     responses(
         (status = 200, description = "The refund", body = RefundObject),
         (status = 400, description = "`invalid_request` (a bad `sync` value) or `invalid_query`", body = super::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`", body = super::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "`wrong_key_role`: a valid operator key; the POS API needs a client key", body = super::error::Problem, content_type = "application/problem+json"),
+        super::error::PosKeyRefusals,
         (status = 404, description = "`not_found` (also for another client's refund)", body = super::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -472,8 +471,7 @@ pub(crate) fn events_json(events: Vec<crate::store::RefundEvent>) -> RefundEvent
     params(("id" = String, Path, description = "Refund id")),
     responses(
         (status = 200, description = "Every change of the refund in order, with its source (the same story the operator sees)", body = RefundEvents),
-        (status = 401, description = "`unauthorized`", body = super::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "`wrong_key_role`: a valid operator key; the POS API needs a client key", body = super::error::Problem, content_type = "application/problem+json"),
+        super::error::PosKeyRefusals,
         (status = 404, description = "`not_found`", body = super::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -511,8 +509,7 @@ pub struct RefundList {
     responses(
         (status = 200, description = "The client's refunds, newest first", body = RefundList),
         (status = 400, description = "`invalid_request` (with `errors`)", body = super::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`", body = super::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "`wrong_key_role`: a valid operator key; the POS API needs a client key", body = super::error::Problem, content_type = "application/problem+json"),
+        super::error::PosKeyRefusals,
     ),
     security(("bearer" = []))
 )]
@@ -572,8 +569,7 @@ pub async fn list(
     responses(
         (status = 200, description = "A customer receipt: `text/plain` for 40-column POS printers by default, `text/html` when Accept asks for it",
             content((String = "text/plain"), (String = "text/html"))),
-        (status = 401, description = "`unauthorized`", body = super::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "`wrong_key_role`: a valid operator key; the POS API needs a client key", body = super::error::Problem, content_type = "application/problem+json"),
+        super::error::PosKeyRefusals,
         (status = 404, description = "`not_found`", body = super::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
