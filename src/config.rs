@@ -143,6 +143,8 @@ pub struct FileConfig {
     pub operators: Vec<OperatorEntry>,
     /// A refund pending this long joins the review queue.
     pub review_after_ms: Option<u64>,
+    /// How long the POS's events are kept (feed and redelivery); default 30.
+    pub events_retention_days: Option<u64>,
 }
 
 /// An account as the file gives it: the fields every account has, and the
@@ -297,6 +299,74 @@ pub struct ClientEntry {
     /// stored); a list of them while a key is rotated.
     pub api_key_sha256: KeyHashes,
     pub accounts: Vec<String>,
+    /// Where the client's refund events are sent (Standard Webhooks).
+    #[serde(default)]
+    pub webhooks: Vec<WebhookEntry>,
+}
+
+/// A client's webhook endpoint as the file gives it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEntry {
+    pub url: String,
+    /// `whsec_…` secrets (or `env:VARIABLE`): the first signs; during a
+    /// rotation each listed secret signs.
+    pub secrets: Vec<String>,
+    /// Event types sent (default: every type).
+    pub events: Option<Vec<String>>,
+}
+
+/// A Standard Webhooks signing secret: `whsec_` and the base64 of 24 to 64
+/// random bytes (`refund-gateway keys webhook-secret` makes one).
+#[derive(Clone)]
+pub struct WebhookSecret(std::sync::Arc<secrecy::SecretBox<Vec<u8>>>);
+
+impl WebhookSecret {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        use base64::Engine;
+        let b64 = text
+            .strip_prefix("whsec_")
+            .ok_or("must start with whsec_ (make one with `refund-gateway keys webhook-secret`)")?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|_| "is not whsec_ and base64")?;
+        if !(24..=64).contains(&bytes.len()) {
+            return Err(format!(
+                "holds {} bytes; a secret is 24 to 64 random bytes",
+                bytes.len()
+            ));
+        }
+        Ok(WebhookSecret(std::sync::Arc::new(secrecy::SecretBox::new(
+            Box::new(bytes),
+        ))))
+    }
+
+    /// The HMAC key.
+    pub fn key(&self) -> &[u8] {
+        use secrecy::ExposeSecret;
+        self.0.expose_secret()
+    }
+}
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSecret([redacted])")
+    }
+}
+
+/// A client's webhook endpoint: where its events go, signed.
+#[derive(Debug, Clone)]
+pub struct WebhookEndpoint {
+    pub url: String,
+    pub secrets: Vec<WebhookSecret>,
+    /// `None`: every event type.
+    pub events: Option<std::collections::BTreeSet<crate::types::DomainEvent>>,
+}
+
+impl WebhookEndpoint {
+    pub fn wants(&self, kind: crate::types::DomainEvent) -> bool {
+        self.events.as_ref().is_none_or(|e| e.contains(&kind))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -325,6 +395,9 @@ pub struct Client {
     pub key_hashes: Vec<[u8; 32]>,
     /// Account name per provider (at most one each).
     pub accounts: BTreeMap<ProviderKind, String>,
+    /// Where its refund events are sent; `{n}` in the operator API is the
+    /// position here (0 first).
+    pub webhooks: Vec<WebhookEndpoint>,
 }
 
 /// Demo mode: the sandbox and a demo client, no configuration needed.
@@ -342,6 +415,10 @@ pub struct Demo {
     pub sandbox_slow_response: Duration,
     /// How long a magic-`94` refund stays pending in the in-process sandbox.
     pub sandbox_pending_delay: Duration,
+    /// The demo client's webhook endpoint (`REFUND_GATEWAY_DEMO_WEBHOOK_URL`)
+    /// and its secret (`REFUND_GATEWAY_DEMO_WEBHOOK_SECRET`, else generated;
+    /// printed in the banner).
+    pub webhook: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -375,6 +452,10 @@ pub struct Config {
     pub smtp: Option<Smtp>,
     /// How often the email worker looks for due receipts.
     pub email_interval: Duration,
+    /// How often the webhook worker looks for events to deliver.
+    pub webhook_interval: Duration,
+    /// How long events are kept (`events_retention_days`).
+    pub events_retention: Duration,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -437,6 +518,13 @@ impl Config {
                 demo.operator_key = k;
             }
             demo.external_sandbox = env("REFUND_GATEWAY_SANDBOX_URL");
+            if let Some(url) = env("REFUND_GATEWAY_DEMO_WEBHOOK_URL") {
+                let secret = env("REFUND_GATEWAY_DEMO_WEBHOOK_SECRET")
+                    .unwrap_or_else(crate::tools::webhook_secret);
+                WebhookSecret::parse(&secret)
+                    .map_err(|e| invalid("REFUND_GATEWAY_DEMO_WEBHOOK_SECRET", e))?;
+                demo.webhook = Some((url, secret));
+            }
         }
         cfg.validate()?;
         Ok(cfg)
@@ -492,6 +580,10 @@ impl Config {
         Ok(Config {
             smtp,
             email_interval: Duration::from_secs(1),
+            webhook_interval: Duration::from_millis(250),
+            events_retention: Duration::from_secs(
+                86_400 * f.events_retention_days.unwrap_or(30).max(1),
+            ),
             listen: f.listen.unwrap_or_else(|| DEFAULT_LISTEN.into()),
             public_url: f.public_url,
             database_url: f
@@ -526,6 +618,7 @@ impl Config {
                 sandbox_ipns: true,
                 sandbox_slow_response: Duration::from_secs(20),
                 sandbox_pending_delay: Duration::from_secs(1),
+                webhook: None,
             }),
             reconcile_interval: Duration::from_millis(500),
             reconcile_max_attempts: 30,
@@ -779,10 +872,71 @@ fn client_from_entry(
             ));
         }
     }
+    let mut webhooks = Vec::new();
+    for (n, w) in c.webhooks.into_iter().enumerate() {
+        let g = |name: &str| f(&format!("webhooks[{n}].{name}"));
+        let parsed = url::Url::parse(&w.url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+            .ok_or_else(|| invalid(g("url"), "must be an http(s) URL"))?;
+        if webhooks
+            .iter()
+            .any(|e: &WebhookEndpoint| e.url == parsed.as_str())
+        {
+            return Err(invalid(g("url"), "is listed twice for this client"));
+        }
+        if w.secrets.is_empty() {
+            return Err(invalid(
+                g("secrets"),
+                "needs at least one whsec_ secret (refund-gateway keys webhook-secret)",
+            ));
+        }
+        let mut secrets = Vec::new();
+        for (k, text) in w.secrets.iter().enumerate() {
+            let text = match text.strip_prefix("env:") {
+                Some(var) => std::env::var(var).map_err(|_| {
+                    invalid(
+                        g(&format!("secrets[{k}]")),
+                        format!("environment variable {var} is not set"),
+                    )
+                })?,
+                None => text.clone(),
+            };
+            secrets.push(
+                WebhookSecret::parse(&text).map_err(|e| invalid(g(&format!("secrets[{k}]")), e))?,
+            );
+        }
+        let events = match w.events {
+            None => None,
+            Some(names) => {
+                let mut set = std::collections::BTreeSet::new();
+                for name in names {
+                    let kind = crate::types::DomainEvent::parse(&name).ok_or_else(|| {
+                        let all: Vec<&str> = crate::types::DomainEvent::ALL
+                            .iter()
+                            .map(|e| e.as_str())
+                            .collect();
+                        invalid(
+                            g("events"),
+                            format!("{name:?} is not an event type ({})", all.join(", ")),
+                        )
+                    })?;
+                    set.insert(kind);
+                }
+                Some(set)
+            }
+        };
+        webhooks.push(WebhookEndpoint {
+            url: parsed.to_string(),
+            secrets,
+            events,
+        });
+    }
     Ok(Client {
         name: c.name,
         key_hashes,
         accounts: map,
+        webhooks,
     })
 }
 
@@ -1126,6 +1280,10 @@ mod example_file {
         std::env::set_var("POCKYT_TOKEN", "t");
         std::env::set_var("PAY10_SALT", "s");
         std::env::set_var("PAY10_ENCRYPTION_KEY", "0123456789abcdef0123456789abcdef");
+        std::env::set_var(
+            "STORE42_WEBHOOK_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        );
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
         let c = super::Config::load(&super::Overrides {
             config_file: Some(path.into()),
@@ -1216,7 +1374,9 @@ mod config_table {
             clients,
             operators,
             review_after_ms,
+            events_retention_days,
         } = f;
+        assert!(events_retention_days.is_some());
         assert!(listen.is_some() && public_url.is_some() && database_url.is_some());
         assert!(provider_connect_timeout_ms.is_some() && provider_timeout_ms.is_some());
         assert!(request_timeout_ms.is_some() && max_connections.is_some());

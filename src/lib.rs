@@ -41,6 +41,7 @@ pub fn app(state: AppState, sandbox: Option<&Sandbox>, request_timeout: Duration
     let mut router = Router::new()
         .merge(api::refunds::routes())
         .merge(api::operator::routes())
+        .merge(api::events::routes())
         .merge(api::ipn::routes())
         .merge(api::health::routes())
         .merge(api::docs::routes())
@@ -95,6 +96,7 @@ pub fn gateway_settings(c: &Config) -> refunds::GatewaySettings {
             lease: c.http.timeout * 2 + Duration::from_secs(5),
             not_found_after: c.reconcile_not_found_after,
             not_found_checks: c.reconcile_not_found_checks.max(1),
+            review_after: c.review_after,
         },
         merchant_name: c.merchant_name.clone(),
         review_after: c.review_after,
@@ -159,6 +161,17 @@ pub fn demo_accounts(config: &mut Config, sandbox_base: &str) {
             ]
             .into_iter()
             .collect(),
+            webhooks: demo
+                .webhook
+                .iter()
+                .filter_map(|(url, secret)| {
+                    Some(config::WebhookEndpoint {
+                        url: url.clone(),
+                        secrets: vec![config::WebhookSecret::parse(secret).ok()?],
+                        events: None,
+                    })
+                })
+                .collect(),
         },
     );
     if demo.operator_key != demo.api_key {
@@ -316,10 +329,16 @@ impl Application {
     pub fn banner(&self) -> Option<String> {
         let demo = self.config.demo.as_ref()?;
         let base = format!("http://{}", self.addr);
+        let webhook = match &demo.webhook {
+            Some((url, secret)) => {
+                format!("  demo webhooks (Standard Webhooks) to {url}, signing secret: {secret}\n")
+            }
+            None => String::new(),
+        };
         Some(format!(
             "\n  refund-gateway DEMO MODE (sandbox providers, livemode=false)\n  \
              listening on {base}  database {db}\n  demo API key (POS): {key}\n  \
-             demo operator key (review queue, `refund-gateway refunds`): {op}\n\n  \
+             demo operator key (review queue, `refund-gateway refunds`): {op}\n{webhook}\n  \
              try it:\n  curl -s -X POST {base}/v1/refunds \\\n    -H 'Authorization: Bearer {key}' \\\n    \
              -H 'Content-Type: application/json' -H 'Idempotency-Key: demo-1' \\\n    \
              -d '{{\"provider\":\"pockyt\",\"transaction_no\":\"{tx}\",\"amount\":\"1.00\",\"currency\":\"USD\"}}'\n",
@@ -336,10 +355,18 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut workers = vec![tokio::spawn(refunds::reconcile::run(
-            self.gateway.clone(),
-            stop_rx.clone(),
-        ))];
+        let mut workers = vec![
+            tokio::spawn(refunds::reconcile::run(
+                self.gateway.clone(),
+                stop_rx.clone(),
+            )),
+            tokio::spawn(refunds::outgoing::run(
+                self.gateway.clone(),
+                self.config.webhook_interval,
+                self.config.events_retention,
+                stop_rx.clone(),
+            )),
+        ];
         if let Some(smtp) = &self.config.smtp {
             match refunds::email::Mailer::new(smtp) {
                 Ok(mailer) => workers.push(tokio::spawn(refunds::email::run(

@@ -78,7 +78,8 @@ enum Command {
     /// Print the OpenAPI document (the committed openapi/refund-gateway.json).
     Openapi,
     /// Operator actions over the operator API: the review queue, a refund's
-    /// history, asking the provider now, resolving with a note.
+    /// history, asking the provider now, resolving with a note, webhook
+    /// deliveries.
     Refunds {
         /// The gateway's base URL.
         #[arg(
@@ -155,6 +156,20 @@ enum RefundsAction {
         #[arg(long)]
         note: String,
     },
+    /// Outgoing webhook deliveries to POS endpoints, with every attempt.
+    Deliveries {
+        /// `pending`, `delivered` or `failed`.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this client's.
+        #[arg(long)]
+        client: Option<String>,
+    },
+    /// Deliver an event (`evt_...`) again to every endpoint that takes it.
+    Redeliver { event_id: String },
+    /// Enable a client's webhook endpoint disabled by a `410 Gone` (`n`:
+    /// its position under the client, 0 first).
+    EnableEndpoint { client: String, n: usize },
 }
 
 #[derive(Subcommand)]
@@ -178,6 +193,9 @@ enum KeysCommand {
         #[arg(long, value_delimiter = ',', conflicts_with = "operator")]
         accounts: Vec<String>,
     },
+    /// Make a Standard Webhooks signing secret (`whsec_...`) for a client's
+    /// webhook endpoint ([[clients.webhooks]] secrets).
+    WebhookSecret,
 }
 
 #[derive(Subcommand)]
@@ -260,6 +278,9 @@ fn main() -> ExitCode {
                 (None, None) => Err("give --client NAME or --operator NAME".into()),
             })
         }
+        Some(Command::Keys {
+            command: KeysCommand::WebhookSecret,
+        }) => return print_tool(tools::new_webhook_secret()),
         Some(Command::Openapi) => {
             print!("{}", refund_gateway::api::docs::document());
             return ExitCode::SUCCESS;
@@ -367,6 +388,15 @@ fn operator_cli(url: &str, key: &str, action: RefundsAction) -> ExitCode {
         RefundsAction::Resolve { id, status, note } => http
             .post(format!("{base}/v1/operator/refunds/{id}/resolve"))
             .json(&serde_json::json!({"status": status, "note": note})),
+        RefundsAction::Deliveries { state, client } => http
+            .get(format!("{base}/v1/operator/webhook-deliveries"))
+            .query(&[("state", state), ("client", client)]),
+        RefundsAction::Redeliver { event_id } => {
+            http.post(format!("{base}/v1/operator/events/{event_id}/redeliver"))
+        }
+        RefundsAction::EnableEndpoint { client, n } => http.post(format!(
+            "{base}/v1/operator/webhook-endpoints/{client}/{n}/enable"
+        )),
     };
     let answer = rt.block_on(async {
         let r = req.bearer_auth(key).send().await?;

@@ -81,6 +81,20 @@ fn describe() {
         "refund_gateway_connections_shed_total",
         "Connections refused with 503 at the connection cap while every open one was busy"
     );
+    describe_histogram!(
+        "refund_gateway_webhook_delivery_attempt_duration_seconds",
+        Unit::Seconds,
+        "Outgoing webhook attempts to POS endpoints and their duration, by outcome (delivered, retry, failed, gone)"
+    );
+    describe_gauge!(
+        "refund_gateway_webhook_oldest_undelivered_age_seconds",
+        Unit::Seconds,
+        "Age of the oldest event not yet delivered to every endpoint (0: none waiting)"
+    );
+    describe_gauge!(
+        "refund_gateway_webhook_endpoints_disabled",
+        "POS webhook endpoints disabled by a 410 Gone (an operator re-enables them)"
+    );
     describe_gauge!(
         "refund_gateway_host_clock_skew_seconds",
         Unit::Seconds,
@@ -150,4 +164,18 @@ pub fn review_queue(n: i64) {
 /// time sync is broken).
 pub fn clock_skew(skew_ms: i64) {
     metrics::gauge!("refund_gateway_host_clock_skew_seconds").set(skew_ms as f64 / 1000.0);
+}
+
+/// One outgoing webhook attempt and what it came to.
+pub fn webhook_delivery(outcome: &'static str, took: std::time::Duration) {
+    metrics::histogram!("refund_gateway_webhook_delivery_attempt_duration_seconds", "outcome" => outcome)
+        .record(took.as_secs_f64());
+}
+
+/// The outgoing webhooks' backlog: the oldest undelivered event's age, and
+/// the endpoints disabled by a 410.
+pub fn webhook_backlog(oldest_age_seconds: f64, disabled: usize) {
+    metrics::gauge!("refund_gateway_webhook_oldest_undelivered_age_seconds")
+        .set(oldest_age_seconds);
+    metrics::gauge!("refund_gateway_webhook_endpoints_disabled").set(disabled as f64);
 }

@@ -105,9 +105,40 @@ pub fn new_operator_key(name: &str) -> Result<String, String> {
     ))
 }
 
+/// A fresh Standard Webhooks signing secret: `whsec_` and the base64 of 32
+/// random bytes from the OS.
+pub fn webhook_secret() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+/// [`webhook_secret`] with the config lines that use it.
+pub fn new_webhook_secret() -> Result<String, String> {
+    Ok(format!(
+        "# Webhook signing secret: give it to the POS's receiver (it verifies with it), and list it\n\
+         # under the client's [[clients.webhooks]] as secrets = [\"...\"].\n\
+         {}",
+        webhook_secret()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fresh_webhook_secret_is_valid() {
+        let s = webhook_secret();
+        let parsed = crate::config::WebhookSecret::parse(&s).unwrap();
+        assert_eq!(parsed.key().len(), 32);
+        assert_ne!(s, webhook_secret());
+    }
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()

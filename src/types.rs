@@ -287,6 +287,20 @@ impl fmt::Display for Timestamp {
     }
 }
 
+text_enum! {
+    /// A domain event: what the POS is told of about a refund (Standard
+    /// Webhooks event types).
+    #[derive(PartialOrd, Ord)]
+    DomainEvent("event type") {
+        /// Recorded, with its first answer.
+        Created = "refund.created",
+        Succeeded = "refund.succeeded",
+        Failed = "refund.failed",
+        /// Flagged for a person.
+        ReviewNeeded = "refund.review_needed",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,6 +53,8 @@ fn policy() -> Policy {
         lease: Duration::from_millis(10),
         not_found_after: Duration::from_millis(NOT_FOUND_AFTER as u64),
         not_found_checks: 1,
+        // Beyond the model's times: no review events in the bounded world.
+        review_after: Duration::from_secs(3600),
     }
 }
 

@@ -26,6 +26,10 @@ use super::AppState;
         super::operator::events,
         super::operator::sync,
         super::operator::resolve,
+        super::events::feed,
+        super::events::deliveries,
+        super::events::redeliver,
+        super::events::enable_endpoint,
         super::ipn::pockyt,
         super::ipn::pockyt_account,
         super::ipn::pay10,
@@ -34,10 +38,11 @@ use super::AppState;
         super::health::readyz,
         metrics,
     ),
-    components(schemas(crate::refunds::RefundObject, super::refunds::CreateRefundBody, super::refunds::RefundList, super::error::Problem, super::ipn::PockytIpn, super::ipn::Pay10Webhook, super::refunds::RefundEvents, super::refunds::RefundEventObject, super::operator::ReviewQueue, super::operator::ResolveBody)),
+    components(schemas(crate::refunds::RefundObject, super::refunds::CreateRefundBody, super::refunds::RefundList, super::error::Problem, super::ipn::PockytIpn, super::ipn::Pay10Webhook, super::refunds::RefundEvents, super::refunds::RefundEventObject, super::operator::ReviewQueue, super::operator::ResolveBody, super::events::EventObject, super::events::EventList, super::events::DeliveryList, super::events::DeliveryObject, super::events::AttemptObject, super::events::ActionResult, WebhookEventBody)),
     modifiers(&BearerAuth),
     tags(
         (name = "refunds", description = "Create, read and list refunds; receipts"),
+        (name = "events", description = "Your refund events: the feed, and the webhooks the gateway sends you (Standard Webhooks)"),
         (name = "webhooks", description = "Provider IPNs (authenticated by the provider's signature)"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
@@ -61,13 +66,53 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The document as committed in `openapi/refund-gateway.json`.
+/// The document as committed in `openapi/refund-gateway.json`, with the
+/// events the gateway sends to POS endpoints as OpenAPI 3.1 `webhooks`
+/// (utoipa has no attribute for them; they are added here).
 pub fn document() -> String {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
-    let mut s = doc.to_pretty_json().expect("the document serialises");
+    let mut v = serde_json::to_value(&doc).expect("the document serialises");
+    let header = |name: &str, description: &str| {
+        serde_json::json!({"name": name, "in": "header", "required": true,
+            "description": description, "schema": {"type": "string"}})
+    };
+    let mut hooks = serde_json::Map::new();
+    for kind in crate::types::DomainEvent::ALL {
+        hooks.insert(kind.as_str().to_string(), serde_json::json!({"post": {
+            "summary": format!("`{}`, sent to your endpoint", kind.as_str()),
+            "description": "Standard Webhooks 1.0: verify `webhook-signature` with your `whsec_` secret (any Standard Webhooks library), de-duplicate on `webhook-id`, answer 2xx within 15 s. Retried on Standard Webhooks' schedule otherwise; `410 Gone` disables the endpoint.",
+            "tags": ["events"],
+            "parameters": [
+                header("webhook-id", "The event id (`evt_...`): the same on every attempt"),
+                header("webhook-timestamp", "The attempt's Unix seconds"),
+                header("webhook-signature", "`v1,<base64 HMAC-SHA256 of id.timestamp.body>`, one per configured secret, space-separated"),
+            ],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WebhookEventBody"}}}},
+            "responses": {
+                "2XX": {"description": "Delivered"},
+                "410": {"description": "Gone: the endpoint is disabled until an operator enables it"},
+                "default": {"description": "Not delivered: retried on the schedule"},
+            },
+        }}));
+    }
+    v["webhooks"] = serde_json::Value::Object(hooks);
+    let mut s = serde_json::to_string_pretty(&v).expect("the document serialises");
     s.push('\n');
     s
+}
+
+/// The body of every webhook the gateway sends (see `webhooks`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // describes the wire format; `refunds::outgoing::body` writes it
+pub struct WebhookEventBody {
+    /// `refund.created`, `refund.succeeded`, `refund.failed` or `refund.review_needed`.
+    #[schema(rename = "type", example = "refund.succeeded")]
+    kind: String,
+    /// RFC 3339, to the millisecond: when the change happened.
+    timestamp: String,
+    /// The refund as the change left it.
+    data: crate::refunds::RefundObject,
 }
 
 /// Prometheus text exposition.
@@ -84,6 +129,9 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     }
     if let Ok(n) = state.gateway.review_count().await {
         crate::metrics::review_queue(n);
+    }
+    if let Err(e) = state.gateway.webhook_metrics().await {
+        tracing::warn!(error = %e, "webhook metrics could not be read");
     }
     let handle = crate::metrics::handle();
     handle.run_upkeep();

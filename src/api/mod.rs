@@ -3,6 +3,7 @@
 
 pub mod docs;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod ipn;
 pub mod operator;

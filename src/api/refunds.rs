@@ -112,6 +112,19 @@ pub struct ListQuery {
 #[derive(Debug, Deserialize)]
 struct GetQuery {
     sync: Option<Flag>,
+    wait: Option<Text<8>>,
+}
+
+/// `wait`: whole seconds, 0 to 30.
+fn wait_secs(w: Option<Text<8>>) -> Result<Option<std::time::Duration>, ApiError> {
+    let Some(w) = w else { return Ok(None) };
+    match w.0.parse::<u64>() {
+        Ok(n) if n <= 30 => Ok(Some(std::time::Duration::from_secs(n))),
+        _ => Err(ApiError::validation(BTreeMap::from([(
+            "wait".to_string(),
+            vec!["must be whole seconds from 0 to 30".to_string()],
+        )]))),
+    }
 }
 
 #[derive(Serialize)]
@@ -386,6 +399,7 @@ pub async fn create(
     params(
         ("id" = String, Path, description = "Refund id (`rf_...`)"),
         ("sync" = Option<bool>, Query, description = "Ask the provider for the current status first (`true` or `false`)"),
+        ("wait" = Option<u32>, Query, minimum = 0, maximum = 30, description = "Seconds (0-30) to wait for a pending refund to become final: the answer comes as soon as it is (whichever gateway process learns it), or with its current state when the wait ends"),
     ),
     responses(
         (status = 200, description = "The refund", body = RefundObject),
@@ -409,10 +423,17 @@ pub async fn get_one(
         .refund(&client.name, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("refund"))?;
+    let wait = wait_secs(q.wait)?;
     let row = if sync && row.status == Status::Pending {
         state.gateway.sync(&row).await?
     } else {
         row
+    };
+    let row = match wait {
+        Some(w) if row.status == Status::Pending => {
+            state.gateway.wait_for_final(&client.name, row, w).await?
+        }
+        _ => row,
     };
     Ok(Json(state.gateway.render(&row)))
 }

@@ -21,10 +21,7 @@ const MAX_ATTEMPTS: i64 = 8;
 
 /// After a failed send: 2 s, 4 s, ... (the `attempts`-th failure waits
 /// `1 s << attempts`), at most 512 s.
-const RETRY: Backoff = Backoff {
-    base: Duration::from_secs(1),
-    max: Duration::from_secs(512),
-};
+const RETRY: Backoff = Backoff::exponential(Duration::from_secs(1), Duration::from_secs(512));
 
 pub struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,

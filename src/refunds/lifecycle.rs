@@ -46,9 +46,9 @@ use std::time::Duration;
 use super::object::RefundObject;
 use super::receipt;
 use crate::providers::ProviderAnswer;
-use crate::store::{Change, DomainEvent, Status, Submission};
+use crate::store::{Change, PendingReason, Status, Submission};
 use crate::store::{Effects, EmailDraft, EventSource, RefundEvent, RefundRow};
-use crate::types::{Outcome, Timestamp};
+use crate::types::{DomainEvent, Outcome, Timestamp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Decision {
@@ -73,18 +73,33 @@ pub fn decide(current: Status, outcome: Outcome) -> Decision {
     }
 }
 
-/// One backoff rule (exponential from `base`, capped at `max`) for every
-/// retry the gateway schedules: status queries, webhook matching, receipt
-/// emails.
+/// One backoff rule for every retry the gateway schedules: status queries,
+/// webhook matching, receipt emails (exponential from `base`, capped at
+/// `max`) and outgoing POS webhooks (a fixed schedule, `steps`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
     pub base: Duration,
     pub max: Duration,
+    /// A fixed schedule instead, when not empty: the wait after the
+    /// `n`-th attempt is `steps[n]` (the last repeats).
+    pub steps: &'static [Duration],
 }
 
 impl Backoff {
-    /// How long to wait after `attempts` attempts (0: `base`).
+    pub const fn exponential(base: Duration, max: Duration) -> Self {
+        Backoff {
+            base,
+            max,
+            steps: &[],
+        }
+    }
+
+    /// How long to wait after `attempts` attempts (exponential: 0 gives `base`).
     pub fn delay(&self, attempts: i64) -> Duration {
+        if let Some(last) = self.steps.last() {
+            let i = usize::try_from(attempts.max(0)).unwrap_or(usize::MAX);
+            return *self.steps.get(i).unwrap_or(last);
+        }
         let shift = u32::try_from(attempts.clamp(0, 20)).unwrap_or(20);
         self.base.saturating_mul(1u32 << shift).min(self.max)
     }
@@ -105,15 +120,14 @@ pub struct Policy {
     pub not_found_after: Duration,
     /// "No such refund" answers in a row needed to fail a sent refund.
     pub not_found_checks: u32,
+    /// A refund pending this long needs a person (`refund.review_needed`).
+    pub review_after: Duration,
 }
 
 impl Policy {
     /// The status queries' backoff.
     pub fn backoff(&self) -> Backoff {
-        Backoff {
-            base: self.base_delay,
-            max: self.max_delay,
-        }
+        Backoff::exponential(self.base_delay, self.max_delay)
     }
 
     /// How long to wait before the next check after `attempts` checks.
@@ -195,7 +209,9 @@ pub fn transition(
 ) -> Result<Option<Change>, ResolveRefusal> {
     let now = ctx.now;
     let mut next = current.clone();
-    next.updated_at = now;
+    // Never earlier than the last change: a refund's events keep their order
+    // whichever process (and clock) writes the next one.
+    next.updated_at = now.max(current.updated_at);
     let mut note = None;
     let (source, actor) = match *t {
         Transition::Claimed { version, send_by } => {
@@ -286,6 +302,17 @@ pub fn transition(
             (EventSource::Operator, Some(actor))
         }
     };
+    // What the provider said, when this transition is its answer to us.
+    let heard = match *t {
+        Transition::Answered(a) | Transition::StatusQueried { answer: a, .. } => Some(a),
+        Transition::WebhookApplied(a) => Some(a),
+        _ => None,
+    };
+    next.pending_reason = match (next.status, heard) {
+        (Status::Pending, Some(a)) => Some(pending_reason(a)),
+        (Status::Pending, None) => current.pending_reason,
+        _ => None,
+    };
     let request_write = matches!(t, Transition::Answered(_) | Transition::SenderAbandoned);
     let succeeded_now = current.status != Status::Succeeded && next.status == Status::Succeeded;
     let mut email = None;
@@ -321,9 +348,37 @@ pub fn transition(
     }
     if next.review_reason.is_some() && next.review_reason != current.review_reason {
         events.push(DomainEvent::ReviewNeeded);
+    } else if next.status == Status::Pending && next.review_reason.is_none() {
+        // Pending past the review threshold: told once, by the first
+        // write after it (a refund's writes are in time order).
+        let due = current.created_at + ctx.policy.review_after;
+        if current.updated_at < due && next.updated_at >= due {
+            events.push(DomainEvent::ReviewNeeded);
+        }
     }
-    let history = history_line(current, &next, source, actor, note);
+    // Every answer to a call or a status query is in the history, also
+    // when it changes nothing else (a 503, a "still pending").
+    let asked = match *t {
+        Transition::Answered(a) | Transition::StatusQueried { answer: a, .. } => Some(a),
+        _ => None,
+    };
+    let history = history_line(current, &next, source, actor, note).or_else(|| {
+        asked.map(|a| RefundEvent {
+            at: next.updated_at,
+            source,
+            status: next.status,
+            previous_status: Some(current.status),
+            provider_code: a.provider_code.clone(),
+            provider_status: a.provider_status.clone(),
+            detail: Some(answer_detail(a)),
+            actor: actor.map(str::to_string),
+        })
+    });
+    let event_data = (!events.is_empty())
+        .then(|| serde_json::to_string(&RefundObject::from(&next)).ok())
+        .flatten();
     let effects = Effects {
+        event_data,
         releases_reservation: current.status != Status::Failed && next.status == Status::Failed,
         confirms_sale: succeeded_now && !current.provider.has_sale_lookup(),
         email,
@@ -335,6 +390,36 @@ pub fn transition(
         bumped(next),
         effects,
     )))
+}
+
+/// Why a refund the provider's answer leaves pending is pending.
+fn pending_reason(a: &ProviderAnswer) -> PendingReason {
+    match a.outcome {
+        Outcome::Pending | Outcome::Succeeded | Outcome::Failed => {
+            PendingReason::AwaitingProviderConfirmation
+        }
+        Outcome::NotFound => PendingReason::NoRecordAtProviderYet,
+        Outcome::Misconfigured => PendingReason::ProviderRefusedCredentials,
+        // The adapters say "unreachable" when no connection could be made.
+        Outcome::Unknown
+            if a.message
+                .as_deref()
+                .is_some_and(|m| m.contains("unreachable")) =>
+        {
+            PendingReason::ProviderUnreachable
+        }
+        Outcome::Unknown => PendingReason::OutcomeUnknown,
+    }
+}
+
+/// A provider's answer in words, for the history.
+fn answer_detail(a: &ProviderAnswer) -> String {
+    let mut d = format!("provider answered {}", a.outcome.as_str());
+    if let Some(m) = a.message.as_deref().filter(|m| !m.is_empty()) {
+        d.push_str(": ");
+        d.push_str(m);
+    }
+    d
 }
 
 fn bumped(mut row: RefundRow) -> RefundRow {
@@ -886,6 +971,7 @@ mod tests {
             lease: Duration::from_secs(35),
             not_found_after: Duration::from_secs(60),
             not_found_checks: 3,
+            review_after: Duration::from_secs(3600),
         }
     }
 

@@ -4,6 +4,7 @@
 pub mod email;
 pub mod lifecycle;
 pub mod object;
+pub mod outgoing;
 pub mod receipt;
 pub mod reconcile;
 pub mod webhooks;
@@ -60,6 +61,10 @@ struct ClockInner {
     /// The host's clock minus the database's, as last measured.
     host_skew_ms: AtomicI64,
 }
+
+/// How often a request waiting for a refund's outcome re-reads it (a change
+/// by this process wakes it at once).
+pub const WAIT_POLL: Duration = Duration::from_millis(500);
 
 /// How often each process re-reads the database's clock.
 pub const CLOCK_SYNC_INTERVAL: Duration = Duration::from_secs(30);
@@ -241,6 +246,9 @@ pub struct Gateway {
     /// For each account, the accounts with the very same credentials (itself
     /// included, sorted): a webhook one of them verifies, all of them verify.
     credential_groups: HashMap<String, Vec<String>>,
+    /// The ids of refunds this process changed, for waiting requests
+    /// ([`Gateway::wait_for_final`]).
+    changes: tokio::sync::broadcast::Sender<RefundId>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -312,7 +320,49 @@ impl Gateway {
             operators: settings.operators.into_iter().map(Arc::new).collect(),
             review_after: settings.review_after,
             email_enabled: settings.email_enabled,
+            changes: tokio::sync::broadcast::channel(1024).0,
         }
+    }
+
+    /// The refund `row` once it is final, or as it is when `wait` has
+    /// passed. A change by this process wakes the wait at once; one by
+    /// another process is seen by a re-read every [`WAIT_POLL`] (one short
+    /// indexed read; no database connection is held while waiting).
+    pub async fn wait_for_final(
+        &self,
+        client: &str,
+        mut row: RefundRow,
+        wait: Duration,
+    ) -> Result<RefundRow, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut changes = self.changes.subscribe();
+        while row.status == Status::Pending {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let until = (now + WAIT_POLL).min(deadline);
+            let id = row.id.clone();
+            let _ = tokio::time::timeout_at(until, async {
+                loop {
+                    match changes.recv().await {
+                        Ok(changed) if changed == id => return,
+                        Ok(_) => {}
+                        // Missed some: re-read to be sure.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await
+                        }
+                    }
+                }
+            })
+            .await;
+            match self.store.get_refund(client, &row.id).await? {
+                Some(r) => row = r,
+                None => break,
+            }
+        }
+        Ok(row)
     }
 
     /// The gateway with `hook` called at every [`Step`] of a request (the
@@ -386,7 +436,7 @@ impl Gateway {
                 time_zone: h.account.time_zone.as_ref(),
             });
         let policy = self.reconcile;
-        apply_with(&self.store, known, |current| {
+        let applied = apply_with(&self.store, known, |current| {
             let ctx = Context {
                 now: self.clock.now(),
                 policy: &policy,
@@ -394,7 +444,12 @@ impl Gateway {
             };
             lifecycle::transition(current, &t, &ctx)
         })
-        .await
+        .await?;
+        if let Applied::Changed(c) = &applied {
+            // Nobody waiting is fine (no receiver).
+            let _ = self.changes.send(c.after().id.clone());
+        }
+        Ok(applied)
     }
 
     /// The accounts sharing `account`'s credentials (at least `account`).

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::RefundRow;
+use crate::store::{PendingReason, RefundRow, Status};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[schema(example = json!({"id": "rf_01JD3X2Q8K4M5N6P7R8S9T0V1W", "object": "refund", "livemode": false, "provider": "pockyt",
@@ -41,6 +41,18 @@ pub struct RefundObject {
     pub failure_message: Option<String>,
     /// Why the refund needs a person, when it does (see the review queue).
     pub review_reason: Option<String>,
+    /// While `pending`, why: `awaiting_provider_confirmation` (the provider
+    /// accepted it and will confirm), `outcome_unknown` (a timeout, 5xx or
+    /// unreadable answer: it may or may not have happened),
+    /// `provider_unreachable`, `no_record_at_provider_yet`,
+    /// `provider_refused_credentials` (an operator must fix the account).
+    /// `null` once final.
+    #[serde(default)]
+    pub pending_reason: Option<String>,
+    /// While `pending`, when the gateway next asks the provider (RFC 3339);
+    /// `null` once final.
+    #[serde(default)]
+    pub next_check_at: Option<String>,
     pub reason: Option<String>,
     pub receipt_email: Option<String>,
     pub metadata: BTreeMap<String, String>,
@@ -68,6 +80,17 @@ impl From<&RefundRow> for RefundObject {
             failure_code: r.failure_code.clone(),
             failure_message: r.failure_message.clone(),
             review_reason: r.review_reason.clone(),
+            pending_reason: (r.status == Status::Pending).then(|| {
+                r.pending_reason
+                    // Recorded, with no answer yet: being sent.
+                    .unwrap_or(PendingReason::OutcomeUnknown)
+                    .as_str()
+                    .to_string()
+            }),
+            next_check_at: r
+                .next_check_at
+                .filter(|_| r.status == Status::Pending)
+                .map(|t| t.rfc3339()),
             reason: r.reason.clone(),
             receipt_email: r.receipt_email.clone(),
             metadata: r.metadata.clone(),

@@ -212,6 +212,8 @@ mod tests {
             object: "refund".into(),
             livemode: false,
             review_reason: None,
+            pending_reason: None,
+            next_check_at: None,
             provider: "pockyt".into(),
             status: "succeeded".into(),
             amount: "10.50".into(),

@@ -44,10 +44,8 @@ pub enum WebhookFailure {
 const MAX_MATCH_ATTEMPTS: i64 = 12;
 
 /// Before the next matching attempt: 1 s after the first, doubling.
-const MATCH_RETRY: Backoff = Backoff {
-    base: Duration::from_secs(1),
-    max: Duration::from_secs(2048),
-};
+const MATCH_RETRY: Backoff =
+    Backoff::exponential(Duration::from_secs(1), Duration::from_secs(2048));
 
 /// Before the next matching attempt after `attempts` attempts.
 fn match_delay(attempts: i64) -> Duration {

@@ -6,9 +6,9 @@ use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::{Database, Decode, Encode, Type};
 
-use super::model::{EventSource, EventState, Status, Submission};
+use super::model::{DeliveryState, EventSource, EventState, PendingReason, Status, Submission};
 use crate::money::{Currency, Minor};
-use crate::types::{Outcome, ProviderKind, RefundId, Timestamp};
+use crate::types::{DomainEvent, Outcome, ProviderKind, RefundId, Timestamp};
 
 /// Text columns holding a type with `as_str` and `TryFrom<String>`.
 macro_rules! text_column {
@@ -50,6 +50,9 @@ macro_rules! text_column {
 }
 
 text_column!(
+    PendingReason,
+    DomainEvent,
+    DeliveryState,
     Status,
     Submission,
     EventSource,

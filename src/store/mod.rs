@@ -19,6 +19,8 @@ use std::time::Duration;
 
 mod batch;
 mod codec;
+mod events;
+pub use events::EventStore;
 mod model;
 mod postgres;
 mod sqlite;
@@ -120,6 +122,8 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 #[async_trait::async_trait]
 pub trait StoreBackend: Send + Sync + 'static {
     fn backend(&self) -> Backend;
+    /// The POS's events and their webhook deliveries.
+    fn events(&self) -> &dyn EventStore;
     async fn ping(&self) -> Result<()>;
     /// The database server's clock (Unix ms), where it has its own: the one
     /// clock every gateway process on this database goes by. `None`: the
@@ -372,6 +376,7 @@ fn push_update<'a, DB, T>(
     &'a Option<String>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     Option<i64>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     Status: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<PendingReason>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     Submission: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     T: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
@@ -409,6 +414,9 @@ fn push_update<'a, DB, T>(
         if val != old {
             q.push(format_args!(", {col} = ")).push_bind(val);
         }
+    }
+    if a.pending_reason != was.pending_reason {
+        q.push(", pending_reason = ").push_bind(a.pending_reason);
     }
     if a.response_code != was.response_code {
         q.push(", response_code = ").push_bind(a.response_code);
@@ -501,16 +509,38 @@ pub(crate) struct Dialect {
     greatest: &'static str,
     /// How a nullable integer parameter is typed: Postgres must be told.
     nullable_int: &'static str,
+    /// Reads a time column as Unix ms (Postgres stores `timestamptz`).
+    read_ms: &'static str,
+    /// Writes a Unix ms parameter into a time column.
+    write_ts: &'static str,
+    /// Row locks a picking subquery takes, skipping rows another process
+    /// is taking (Postgres); SQLite's writer lock already serializes.
+    skip_locked: &'static str,
 }
 
 pub(crate) const POSTGRES: Dialect = Dialect {
     greatest: "GREATEST",
     nullable_int: "::int8",
+    read_ms: "rg_ms",
+    write_ts: "rg_ts",
+    skip_locked: " FOR UPDATE SKIP LOCKED",
 };
 pub(crate) const SQLITE: Dialect = Dialect {
     greatest: "MAX",
     nullable_int: "",
+    read_ms: "",
+    write_ts: "",
+    skip_locked: "",
 };
+
+impl Dialect {
+    /// `sql` with `@ms(x)` read as Unix ms and `@ts(x)` written as a time,
+    /// the way this database stores times.
+    pub(crate) fn times(&self, sql: &str) -> String {
+        sql.replace("@ms(", &format!("{}(", self.read_ms))
+            .replace("@ts(", &format!("{}(", self.write_ts))
+    }
+}
 
 /// Reserves a refund's amount against its sale, the rule for both
 /// databases: a new sale row only if the refund alone fits; an existing one

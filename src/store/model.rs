@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use crate::money::{Currency, Minor};
-use crate::types::{Invalid, Outcome, ProviderKind, RefundId, Timestamp};
+use crate::types::{DomainEvent, Invalid, Outcome, ProviderKind, RefundId, Timestamp};
 
 use crate::types::text_enum;
 
@@ -125,6 +125,8 @@ pub struct RefundRow {
     pub next_check_at: Option<Timestamp>,
     pub lease_until: Option<Timestamp>,
     pub review_reason: Option<String>,
+    /// Why it is still pending (set with each answer while it is).
+    pub pending_reason: Option<PendingReason>,
     /// Set by the send claim: a sender still holding the call after this time
     /// abandons it, so after it (plus the provider's processing window) a
     /// refund the provider has never heard of provably never reached it.
@@ -186,6 +188,8 @@ pub struct Effects {
     pub email: Option<EmailDraft>,
     /// What the POS is told of, in order.
     pub events: Vec<DomainEvent>,
+    /// The refund object (JSON) after the change: the events' `data`.
+    pub event_data: Option<String>,
 }
 
 impl Change {
@@ -216,18 +220,10 @@ impl Change {
         let e = &self.effects;
         !(e.releases_reservation || e.confirms_sale || e.email.is_some())
     }
-}
-
-text_enum! {
-    /// A domain event: what the POS is told of about a refund (Standard
-    /// Webhooks event types).
-    DomainEvent("domain event") {
-        /// Recorded, with its first answer.
-        Created = "refund.created",
-        Succeeded = "refund.succeeded",
-        Failed = "refund.failed",
-        /// Flagged for a person.
-        ReviewNeeded = "refund.review_needed",
+    /// The domain events to record with the change: (type, data).
+    pub fn pos_events(&self) -> impl Iterator<Item = (DomainEvent, &str)> {
+        let data = self.effects.event_data.as_deref().unwrap_or("{}");
+        self.effects.events.iter().map(move |e| (*e, data))
     }
 }
 
@@ -260,6 +256,119 @@ pub struct WebhookRow {
     /// Matching attempts so far (unmatched events back off, then stop).
     pub attempts: i64,
     pub next_attempt_at: Option<Timestamp>,
+}
+
+text_enum! {
+    /// Why a refund is pending, and so what happens next.
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "snake_case")]
+    PendingReason("pending reason") {
+        /// The provider accepted it and will confirm it (webhook or status query).
+        AwaitingProviderConfirmation = "awaiting_provider_confirmation",
+        /// No usable answer (a timeout, a 5xx, an unreadable body): it may or
+        /// may not have happened; the gateway asks until it knows.
+        OutcomeUnknown = "outcome_unknown",
+        /// The provider could not be reached; the gateway asks again.
+        ProviderUnreachable = "provider_unreachable",
+        /// Asked, the provider has no record of it yet (it may still be
+        /// processing it).
+        NoRecordAtProviderYet = "no_record_at_provider_yet",
+        /// The provider refuses our credentials for status queries: an
+        /// operator must fix the account.
+        ProviderRefusedCredentials = "provider_refused_credentials",
+    }
+}
+
+/// A domain event as stored: what the POS's events feed shows and its
+/// webhooks carry. `data` is the refund object (JSON) as the change left it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PosEventRow {
+    /// `evt_` and a ULID: the Standard Webhooks `webhook-id`.
+    pub id: String,
+    /// The feed position (`None` until the sequencer has placed it).
+    pub seq: Option<i64>,
+    pub client: String,
+    pub refund_id: String,
+    #[sqlx(rename = "type")]
+    pub kind: DomainEvent,
+    pub created_at: Timestamp,
+    pub data: String,
+}
+
+text_enum! {
+    /// Where a webhook delivery stands.
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "lowercase")]
+    DeliveryState("delivery state") {
+        /// Not yet answered with a 2xx; attempted again on the schedule.
+        Pending = "pending",
+        Delivered = "delivered",
+        /// Every attempt of the schedule failed (an operator may redeliver).
+        Failed = "failed",
+    }
+}
+
+/// One event for one receiving endpoint, with its event.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DeliveryRow {
+    pub id: String,
+    pub event_id: String,
+    pub client: String,
+    /// The endpoint's URL.
+    pub endpoint: String,
+    pub refund_id: String,
+    pub seq: i64,
+    pub state: DeliveryState,
+    pub attempts: i64,
+    pub next_attempt_at: Timestamp,
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: Timestamp,
+    pub delivered_at: Option<Timestamp>,
+    pub event_type: DomainEvent,
+    pub event_created_at: Timestamp,
+    pub data: String,
+}
+
+/// One delivery attempt: the HTTP status, or the error (no answer).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DeliveryAttempt {
+    pub delivery_id: String,
+    pub at: Timestamp,
+    pub http_status: Option<i64>,
+    pub error: Option<String>,
+    pub duration_ms: i64,
+}
+
+/// What an attempt leaves a delivery as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryNext {
+    Delivered,
+    /// Attempted again at this time.
+    Retry(Timestamp),
+    /// The schedule is exhausted.
+    Failed,
+    /// The endpoint answered `410 Gone`: disabled; the delivery waits.
+    Disabled,
+}
+
+/// A delivery to create: an event for an endpoint that subscribes to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    pub event_id: String,
+    pub client: String,
+    pub endpoint: String,
+    pub refund_id: String,
+    pub seq: i64,
+}
+
+/// An endpoint disabled by a `410 Gone`.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DisabledEndpoint {
+    pub client: String,
+    pub endpoint: String,
+    pub disabled_at: Timestamp,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -343,6 +452,7 @@ impl RefundRow {
             next_check_at: None,
             lease_until: None,
             review_reason: None,
+            pending_reason: None,
             send_by: None,
             not_found_streak: 0,
             created_at: n.now,

@@ -15,6 +15,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 
+use super::events::{push_event_values, INSERT_EVENTS};
 use crate::types::Timestamp;
 
 use super::{
@@ -25,6 +26,7 @@ use super::{
 
 pub(super) struct PgStore {
     pool: PgPool,
+    events: super::events::EventsOn<Postgres>,
 }
 
 const SELECT_REFUND: &str = "SELECT id, client, account, provider, livemode, status, amount_minor, currency, \
@@ -32,7 +34,7 @@ const SELECT_REFUND: &str = "SELECT id, client, account, provider, livemode, sta
     provider_status, provider_code, provider_message, failure_code, failure_message, reason, receipt_email, \
     metadata, idempotency_key, request_hash, submission, response_code, response_body, \
     rg_ms(inflight_until) AS inflight_until, check_attempts, rg_ms(next_check_at) AS next_check_at, \
-    rg_ms(lease_until) AS lease_until, review_reason, rg_ms(send_by) AS send_by, not_found_streak, \
+    rg_ms(lease_until) AS lease_until, review_reason, pending_reason, rg_ms(send_by) AS send_by, not_found_streak, \
     rg_ms(created_at) AS created_at, rg_ms(updated_at) AS updated_at, version FROM refunds";
 
 const SELECT_EVENT: &str = "SELECT id, provider, account, dedupe_key, transaction_no, provider_refund_id, \
@@ -87,7 +89,17 @@ impl PgStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            events: super::events::EventsOn {
+                pool: pool.clone(),
+                d: super::POSTGRES,
+                // One sequencer at a time across processes (the key is
+                // arbitrary, the gateway's own).
+                sequencer_lock: "SELECT pg_advisory_xact_lock(7270020)",
+                gate: None,
+            },
+            pool,
+        })
     }
 
     async fn write_side_effects(conn: &mut PgConnection, c: &Change) -> Result<()> {
@@ -189,21 +201,36 @@ impl PgStore {
     async fn apply_change_once(&self, c: &Change) -> Result<bool> {
         let mut q = QueryBuilder::<Postgres>::new("");
         if c.is_single_write() {
-            // One statement: the update, and its history line only if it applied.
-            match &c.effects().history {
-                None => push_update(&mut q, c, ts),
-                Some(e) => {
+            // One statement: the update, and its history line and events
+            // only if it applied.
+            let events = c.effects().events.len() as u64;
+            match (&c.effects().history, events) {
+                (None, 0) => push_update(&mut q, c, ts),
+                (history, _) => {
                     q.push("WITH u AS (");
                     push_update(&mut q, c, ts);
-                    q.push(" RETURNING id) ")
-                        .push(INSERT_HISTORY)
-                        .push("SELECT id, ");
-                    push_history_values(&mut q, e);
-                    q.push(" FROM u");
+                    q.push(" RETURNING id)");
+                    if let Some(e) = history {
+                        q.push(if events > 0 { ", h AS (" } else { " " })
+                            .push(INSERT_HISTORY)
+                            .push("SELECT id, ");
+                        push_history_values(&mut q, e);
+                        q.push(" FROM u");
+                        if events > 0 {
+                            q.push(")");
+                        }
+                    }
+                    if events > 0 {
+                        q.push(" ").push(INSERT_EVENTS).push("SELECT * FROM (");
+                        push_event_values(&mut q, c, super::POSTGRES);
+                        q.push(") AS v WHERE EXISTS (SELECT 1 FROM u)");
+                    }
                 }
             }
-            let n = q.build().execute(&self.pool).await?;
-            return Ok(n.rows_affected() == 1);
+            let n = q.build().execute(&self.pool).await?.rows_affected();
+            // The last statement's rows: the update's, or else the history
+            // line's, or else the events'.
+            return Ok(n == events.max(1));
         }
         let mut tx = self.pool.begin().await?;
         // Locks in the order the record statement takes them (the sale,
@@ -224,6 +251,10 @@ impl PgStore {
         if let Some(e) = &c.effects().history {
             insert_history(&mut tx, &c.current().id, e).await?;
         }
+        let mut q = QueryBuilder::<Postgres>::new(INSERT_EVENTS);
+        if push_event_values(&mut q, c, super::POSTGRES) {
+            q.build().execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(true)
     }
@@ -231,6 +262,10 @@ impl PgStore {
 
 #[async_trait]
 impl StoreBackend for PgStore {
+    fn events(&self) -> &dyn super::events::EventStore {
+        &self.events
+    }
+
     fn backend(&self) -> Backend {
         Backend::Postgres
     }

@@ -14,6 +14,7 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::{Mutex, MutexGuard};
 
 use super::batch::Batcher;
+use super::events::{push_event_values, INSERT_EVENTS};
 use super::{
     probe, push_list_filters, push_new_refund_values, push_reserve, push_update, refusal, Backend,
     Change, CreateOutcome, EventState, ListFilter, OutboxRow, RefundEvent, RefundRow, Result,
@@ -25,13 +26,14 @@ pub(super) struct SqliteStore {
     pool: SqlitePool,
     gate: Arc<Mutex<()>>,
     batch: Batcher,
+    events: super::events::EventsOn<Sqlite>,
 }
 
 const SELECT_REFUND: &str = "SELECT id, client, account, provider, livemode, status, amount_minor, currency, \
     settle_currency, transaction_no, reference, refund_reference, provider_reference, provider_refund_id, \
     provider_status, provider_code, provider_message, failure_code, failure_message, reason, receipt_email, \
     metadata, idempotency_key, request_hash, submission, response_code, response_body, inflight_until, \
-    check_attempts, next_check_at, lease_until, review_reason, send_by, not_found_streak, created_at, updated_at, \
+    check_attempts, next_check_at, lease_until, review_reason, pending_reason, send_by, not_found_streak, created_at, updated_at, \
     version FROM refunds";
 
 const SELECT_EVENT: &str = "SELECT id, provider, account, dedupe_key, transaction_no, provider_refund_id, \
@@ -72,6 +74,12 @@ impl SqliteStore {
         let gate = Arc::new(Mutex::new(()));
         Ok(SqliteStore {
             batch: Batcher::spawn(pool.clone(), gate.clone()),
+            events: super::events::EventsOn {
+                pool: pool.clone(),
+                d: super::SQLITE,
+                sequencer_lock: "",
+                gate: Some(gate.clone()),
+            },
             gate,
             pool,
         })
@@ -122,6 +130,10 @@ impl SqliteStore {
         }
         if let Some(e) = &effects.history {
             insert_history(conn, &current.id, e).await?;
+        }
+        let mut q = QueryBuilder::<Sqlite>::new(INSERT_EVENTS);
+        if push_event_values(&mut q, c, super::SQLITE) {
+            q.build().execute(&mut *conn).await?;
         }
         Ok(true)
     }
@@ -180,6 +192,10 @@ async fn insert_history(
 
 #[async_trait]
 impl StoreBackend for SqliteStore {
+    fn events(&self) -> &dyn super::events::EventStore {
+        &self.events
+    }
+
     fn backend(&self) -> Backend {
         Backend::Sqlite
     }

@@ -17,6 +17,7 @@ mod operations;
 mod operator;
 mod outcomes;
 mod outsiders;
+mod pos_events;
 mod postgres_restart;
 mod providers;
 mod refunds;

@@ -66,6 +66,8 @@ impl Pay10Client {
         let resp = self.http.post(&url).json(body).send().await.map_err(|e| {
             let kind = if e.is_timeout() {
                 "timeout"
+            } else if e.is_connect() {
+                "unreachable"
             } else {
                 "transport error"
             };

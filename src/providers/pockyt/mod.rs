@@ -90,6 +90,8 @@ impl PockytClient {
             Err(e) => {
                 let kind = if e.is_timeout() {
                     "timeout"
+                } else if e.is_connect() {
+                    "unreachable"
                 } else {
                     "transport error"
                 };

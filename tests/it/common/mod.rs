@@ -195,6 +195,7 @@ pub fn test_config(db_url: &str) -> Config {
         accounts: [(ProviderKind::Pockyt, "pockyt-sandbox".to_string())]
             .into_iter()
             .collect(),
+        webhooks: vec![],
     });
     c
 }
