@@ -59,6 +59,12 @@ struct Args {
     db: Option<String>,
     #[arg(long, hide = true)]
     sandbox_url: Option<String>,
+    /// Configure a webhook endpoint for the benchmark's client: a local
+    /// receiver (its own process) answering 204 to every event.
+    #[arg(long)]
+    webhook: bool,
+    #[arg(long, hide = true)]
+    webhook_url: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -71,6 +77,7 @@ fn main() -> ExitCode {
         match args.internal_role.as_deref() {
             Some("sandbox") => run_sandbox(&args).await,
             Some("gateway") => run_gateway(&args).await,
+            Some("receiver") => run_receiver(&args).await,
             _ => run_bench(args).await,
         }
     });
@@ -95,12 +102,25 @@ async fn run_sandbox(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A POS's webhook receiver: 204 to everything.
+async fn run_receiver(args: &Args) -> anyhow::Result<()> {
+    let listener =
+        tokio::net::TcpListener::bind(args.listen.as_deref().unwrap_or("127.0.0.1:0")).await?;
+    let app = axum::Router::new().fallback(|| async { axum::http::StatusCode::NO_CONTENT });
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
 /// The gateway exactly as `refund-gateway` serves it in demo mode, pointed at the sandbox process.
 async fn run_gateway(args: &Args) -> anyhow::Result<()> {
     let mut config = Config::demo(args.db.as_deref().unwrap_or("sqlite://bench.db"), KEY);
     config.listen = args.listen.clone().unwrap_or_else(|| "127.0.0.1:0".into());
     if let Some(d) = config.demo.as_mut() {
         d.external_sandbox = args.sandbox_url.clone();
+        d.webhook = args
+            .webhook_url
+            .clone()
+            .map(|url| (url, refund_gateway::tools::webhook_secret()));
     }
     let app = refund_gateway::Application::build(config).await?;
     app.run_until(refund_gateway::shutdown_signal()).await?;
@@ -445,17 +465,25 @@ async fn run_bench(args: Args) -> anyhow::Result<()> {
         "sandbox",
         &["--listen".into(), format!("127.0.0.1:{sb_port}")],
     )?;
-    let gateway = spawn_role(
-        "gateway",
-        &[
-            "--listen".into(),
-            format!("127.0.0.1:{gw_port}"),
-            "--db".into(),
-            db.clone(),
-            "--sandbox-url".into(),
-            sandbox_url.clone(),
-        ],
-    )?;
+    let mut gateway_args = vec![
+        "--listen".into(),
+        format!("127.0.0.1:{gw_port}"),
+        "--db".into(),
+        db.clone(),
+        "--sandbox-url".into(),
+        sandbox_url.clone(),
+    ];
+    let _receiver = if args.webhook {
+        let port = free_port();
+        gateway_args.extend(["--webhook-url".into(), format!("http://127.0.0.1:{port}/")]);
+        Some(spawn_role(
+            "receiver",
+            &["--listen".into(), format!("127.0.0.1:{port}")],
+        )?)
+    } else {
+        None
+    };
+    let gateway = spawn_role("gateway", &gateway_args)?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency.max(64) * 2)
         .build()?;
@@ -470,8 +498,15 @@ async fn run_bench(args: Args) -> anyhow::Result<()> {
     sales.fill(20_000).await?;
     let duration = Duration::from_secs(args.duration);
     eprintln!(
-        "refund-bench: {} backend, concurrency {}, {} s per phase",
-        args.backend, args.concurrency, args.duration
+        "refund-bench: {} backend, concurrency {}, {} s per phase{}",
+        args.backend,
+        args.concurrency,
+        args.duration,
+        if args.webhook {
+            ", webhook endpoint configured (a local receiver)"
+        } else {
+            ""
+        }
     );
 
     // Warm-up (connections, caches), not measured.
