@@ -142,12 +142,19 @@ async fn attempt(
     let call = async {
         let mut resp = sent.await.map_err(|e| describe(&e))?;
         let status = resp.status().as_u16();
-        // Read a little of the answer (a slow drip is cut at the timeout).
+        // Read a little of the answer: an answer is complete when its body
+        // ends or its first KiB has come; a slow drip is cut at the timeout,
+        // and is no delivery.
         let mut read = 0usize;
         while read < MAX_ANSWER_BYTES {
             match resp.chunk().await {
                 Ok(Some(c)) => read += c.len(),
-                Ok(None) | Err(_) => break,
+                Ok(None) => break,
+                Err(e) if e.is_timeout() => return Err(format!(
+                    "no complete answer within {} s (status {status} sent, then the body stalled)",
+                    ATTEMPT_TIMEOUT.as_secs()
+                )),
+                Err(_) => return Err(format!("the answer broke off (status {status})")),
             }
         }
         Ok::<u16, String>(status)

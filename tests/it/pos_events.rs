@@ -639,6 +639,64 @@ both_backends!(
     a_wait_times_out_with_the_current_state,
 );
 
+/// A receiver that answers 200 and then drips its body is cut at the
+/// attempt's timeout: not delivered, tried again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_drip_receiver_is_cut_at_the_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 8192];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n")
+                    .await;
+                for _ in 0..100 {
+                    if sock.write_all(b"x").await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+        }
+    });
+    let app = spawn_with(config_with(
+        &fresh_db(Db::Sqlite).await,
+        &[(&url, &[SECRET])],
+    ))
+    .await;
+    refund(&app, "1.00").await;
+    let started = std::time::Instant::now();
+    let attempt = eventually(Duration::from_secs(40), || async {
+        let l = ops(&app, "GET", "/v1/operator/webhook-deliveries?state=pending").await;
+        let a = l.body["data"].as_array().and_then(|d| {
+            d.iter()
+                .find_map(|d| d["attempt_log"].as_array()?.first().cloned())
+        });
+        (a.is_some(), a.unwrap_or_default())
+    })
+    .await;
+    assert!(
+        attempt["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no complete answer"),
+        "{attempt}"
+    );
+    assert!(
+        attempt["http_status"].is_null(),
+        "a 200 that never finishes is no delivery"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    app.stop().await;
+}
+
 #[test]
 fn a_secret_is_never_shown() {
     let s = refund_gateway::config::WebhookSecret::parse(SECRET).unwrap();
