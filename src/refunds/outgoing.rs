@@ -150,10 +150,12 @@ async fn attempt(
             match resp.chunk().await {
                 Ok(Some(c)) => read += c.len(),
                 Ok(None) => break,
-                Err(e) if e.is_timeout() => return Err(format!(
+                Err(e) if e.is_timeout() => {
+                    return Err(format!(
                     "no complete answer within {} s (status {status} sent, then the body stalled)",
                     ATTEMPT_TIMEOUT.as_secs()
-                )),
+                ))
+                }
                 Err(_) => return Err(format!("the answer broke off (status {status})")),
             }
         }
