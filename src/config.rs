@@ -329,7 +329,7 @@ impl WebhookSecret {
             .ok_or("must start with whsec_ (make one with `refund-gateway keys webhook-secret`)")?;
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(b64.trim())
-            .map_err(|_| "is not whsec_ and base64")?;
+            .map_err(|_| "is not whsec_ followed by standard base64 (with its = padding)")?;
         if !(24..=64).contains(&bytes.len()) {
             return Err(format!(
                 "holds {} bytes; a secret is 24 to 64 random bytes",
@@ -352,6 +352,15 @@ impl std::fmt::Debug for WebhookSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("WebhookSecret([redacted])")
     }
+}
+
+/// A webhook endpoint's URL, checked: http(s) with a host.
+fn webhook_url(text: &str) -> Result<String, &'static str> {
+    url::Url::parse(text.trim())
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        .map(|u| u.to_string())
+        .ok_or("must be an http(s) URL with a host")
 }
 
 /// A client's webhook endpoint: where its events go, signed.
@@ -519,11 +528,15 @@ impl Config {
             }
             demo.external_sandbox = env("REFUND_GATEWAY_SANDBOX_URL");
             if let Some(url) = env("REFUND_GATEWAY_DEMO_WEBHOOK_URL") {
-                let secret = env("REFUND_GATEWAY_DEMO_WEBHOOK_SECRET")
-                    .unwrap_or_else(crate::tools::webhook_secret);
+                let parsed =
+                    webhook_url(&url).map_err(|e| invalid("REFUND_GATEWAY_DEMO_WEBHOOK_URL", e))?;
+                let secret = match std::env::var("REFUND_GATEWAY_DEMO_WEBHOOK_SECRET") {
+                    Ok(s) => s.trim().to_string(),
+                    Err(_) => crate::tools::webhook_secret(),
+                };
                 WebhookSecret::parse(&secret)
                     .map_err(|e| invalid("REFUND_GATEWAY_DEMO_WEBHOOK_SECRET", e))?;
-                demo.webhook = Some((url, secret));
+                demo.webhook = Some((parsed, secret));
             }
         }
         cfg.validate()?;
@@ -875,14 +888,8 @@ fn client_from_entry(
     let mut webhooks = Vec::new();
     for (n, w) in c.webhooks.into_iter().enumerate() {
         let g = |name: &str| f(&format!("webhooks[{n}].{name}"));
-        let parsed = url::Url::parse(&w.url)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
-            .ok_or_else(|| invalid(g("url"), "must be an http(s) URL"))?;
-        if webhooks
-            .iter()
-            .any(|e: &WebhookEndpoint| e.url == parsed.as_str())
-        {
+        let parsed = webhook_url(&w.url).map_err(|e| invalid(g("url"), e))?;
+        if webhooks.iter().any(|e: &WebhookEndpoint| e.url == parsed) {
             return Err(invalid(g("url"), "is listed twice for this client"));
         }
         if w.secrets.is_empty() {
@@ -927,7 +934,7 @@ fn client_from_entry(
             }
         };
         webhooks.push(WebhookEndpoint {
-            url: parsed.to_string(),
+            url: parsed,
             secrets,
             events,
         });

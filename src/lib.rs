@@ -331,7 +331,10 @@ impl Application {
         let base = format!("http://{}", self.addr);
         let webhook = match &demo.webhook {
             Some((url, secret)) => {
-                format!("  demo webhooks (Standard Webhooks) to {url}, signing secret: {secret}\n")
+                format!(
+                    "  demo webhooks (Standard Webhooks) to {}, signing secret: {secret}\n",
+                    refunds::outgoing::shown_url(url)
+                )
             }
             None => String::new(),
         };
@@ -380,6 +383,12 @@ impl Application {
                 }
             }
         }
+        let gateway = self.gateway.clone();
+        let shutdown = async move {
+            shutdown.await;
+            // Waiting requests answer now, so draining is not held up.
+            gateway.stop_waiting();
+        };
         let served = server::serve(
             self.listener,
             self.router,

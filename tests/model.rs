@@ -192,6 +192,7 @@ impl World {
             now: ts(self.now()),
             policy: &p,
             receipt: None,
+            deliver_events: false,
         };
         let change = transition(&current, &t, &ctx).ok()??;
         assert_eq!(change.current(), &current);

@@ -63,3 +63,8 @@ CREATE TABLE webhook_endpoints_disabled (
 
 -- Why a pending refund is pending (the refund object's `pending_reason`).
 ALTER TABLE refunds ADD COLUMN pending_reason TEXT;
+-- Whether the refund's `refund.created` is recorded (its first change
+-- after the send claim records it, whatever that change is). Refunds from
+-- before this migration count as announced: they are not announced again.
+ALTER TABLE refunds ADD COLUMN announced INTEGER NOT NULL DEFAULT 0;
+UPDATE refunds SET announced = 1;

@@ -168,6 +168,7 @@ pub struct DeliveryObject {
     pub client: String,
     /// The endpoint's position among the client's `[[clients.webhooks]]` (0 first), if still configured.
     pub endpoint: Option<usize>,
+    /// Its URL, without credentials or query (either may hold a token).
     pub url: String,
     /// `pending`, `delivered` or `failed`.
     pub state: String,
@@ -279,7 +280,7 @@ fn delivery_object(
         refund_id: d.refund_id.clone(),
         client: d.client.clone(),
         endpoint,
-        url: d.endpoint.clone(),
+        url: crate::refunds::outgoing::shown_url(&d.endpoint),
         state: d.state.as_str().into(),
         attempts: d.attempts,
         next_attempt_at: (d.state == DeliveryState::Pending)
@@ -357,7 +358,14 @@ pub async fn enable_endpoint(
         .clients
         .iter()
         .find(|c| c.name == client)
-        .and_then(|c| c.webhooks.get(n.parse::<usize>().ok()?))
+        .and_then(|c| {
+            // Digits only, no leading zeros: `n` names one endpoint one way.
+            let canonical = !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_digit())
+                && (n == "0" || !n.starts_with('0'));
+            c.webhooks
+                .get(n.parse::<usize>().ok().filter(|_| canonical)?)
+        })
         .map(|w| w.url.clone())
         .ok_or_else(|| ApiError::not_found("webhook endpoint"))?;
     let now = state.gateway.clock.now();
@@ -367,7 +375,7 @@ pub async fn enable_endpoint(
         .events()
         .enable(&client, &url, now)
         .await?;
-    tracing::info!(operator = %op.name, %client, endpoint = %url, was_disabled, "webhook endpoint enabled");
+    tracing::info!(operator = %op.name, %client, endpoint = %crate::refunds::outgoing::shown_url(&url), was_disabled, "webhook endpoint enabled");
     Ok(Json(ActionResult {
         result: if was_disabled {
             "endpoint_enabled"

@@ -108,8 +108,10 @@ pub struct ListQuery {
     needs_review: Option<Flag>,
 }
 
-/// The query of `GET /v1/refunds/{id}` (other parameters are ignored).
+/// The query of `GET /v1/refunds/{id}` (an unknown parameter is refused,
+/// as on the list).
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct GetQuery {
     sync: Option<Flag>,
     wait: Option<Text<8>>,

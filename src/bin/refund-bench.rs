@@ -368,6 +368,7 @@ async fn database_floor_probe(
         now: row.created_at,
         policy,
         receipt: None,
+        deliver_events: false,
     };
     let claim = Transition::Claimed {
         version: row.version,

@@ -190,13 +190,15 @@ pub struct ReceiptSettings<'a> {
 }
 
 /// What a transition is decided with besides the row: the shared clock's
-/// now (ms), the timing policy, and the receipt settings of the refund's
-/// account (`None`: no email).
+/// now, the timing policy, the receipt settings of the refund's account
+/// (`None`: no email), and whether its client has webhook endpoints (its
+/// events are then to be delivered; the feed has them either way).
 #[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {
     pub now: Timestamp,
     pub policy: &'a Policy,
     pub receipt: Option<ReceiptSettings<'a>>,
+    pub deliver_events: bool,
 }
 
 /// The change `t` makes to `current`, or `None` when it changes nothing (a
@@ -314,6 +316,12 @@ pub fn transition(
         _ => None,
     };
     let request_write = matches!(t, Transition::Answered(_) | Transition::SenderAbandoned);
+    // The POS hears of a refund first by `refund.created`, from the first
+    // change after the send claim, whichever it is (the request's answer,
+    // or a webhook or status query that got there first, or the decision
+    // after a crash).
+    let announce = !current.announced && !matches!(t, Transition::Claimed { .. });
+    next.announced = current.announced || announce;
     let succeeded_now = current.status != Status::Succeeded && next.status == Status::Succeeded;
     let mut email = None;
     if succeeded_now {
@@ -335,7 +343,7 @@ pub fn transition(
         return Ok(None);
     }
     let mut events = vec![];
-    if request_write {
+    if announce {
         events.push(DomainEvent::Created);
     }
     if current.status != next.status {
@@ -374,11 +382,17 @@ pub fn transition(
             actor: actor.map(str::to_string),
         })
     });
-    let event_data = (!events.is_empty())
-        .then(|| serde_json::to_string(&RefundObject::from(&next)).ok())
-        .flatten();
+    let event_data = if events.is_empty() {
+        None
+    } else if request_write {
+        // The same object the response holds: serialised once.
+        next.response_body.clone()
+    } else {
+        serde_json::to_string(&RefundObject::from(&next)).ok()
+    };
     let effects = Effects {
         event_data,
+        deliver_events: ctx.deliver_events,
         releases_reservation: current.status != Status::Failed && next.status == Status::Failed,
         confirms_sale: succeeded_now && !current.provider.has_sale_lookup(),
         email,
@@ -981,6 +995,7 @@ mod tests {
             now: at(now),
             policy: p,
             receipt: None,
+            deliver_events: false,
         };
         let answer = reply(outcome);
         let t = Transition::StatusQueried {
@@ -1063,6 +1078,7 @@ mod tests {
             now: at(window_over + 3_600_000),
             policy: &p,
             receipt: None,
+            deliver_events: false,
         };
         let after = transition(&r, &stale, &ctx).unwrap().unwrap().into_after();
         assert_eq!(
@@ -1100,6 +1116,7 @@ mod tests {
             now: at(5),
             policy: &p,
             receipt: None,
+            deliver_events: false,
         };
         let r = row("sent", Some(1), 0);
         let c = transition(&r, &Transition::SenderAbandoned, &ctx)
@@ -1134,6 +1151,7 @@ mod tests {
             now: at(10),
             policy: &p,
             receipt: Some(receipt),
+            deliver_events: false,
         };
         let mut r = row("sent", Some(5), 0);
         r.provider = crate::types::ProviderKind::Pay10;
@@ -1148,7 +1166,11 @@ mod tests {
             "Pay10 has no sale lookup: the success pins it"
         );
         assert!(c.effects().email.is_some() && !c.is_single_write());
-        assert_eq!(c.effects().events, [DomainEvent::Succeeded]);
+        assert_eq!(
+            c.effects().events,
+            [DomainEvent::Created, DomainEvent::Succeeded],
+            "a webhook that settles a refund before its own answer announces it first"
+        );
         assert_eq!(
             c.effects().history.as_ref().unwrap().source,
             EventSource::Webhook

@@ -249,6 +249,8 @@ pub struct Gateway {
     /// The ids of refunds this process changed, for waiting requests
     /// ([`Gateway::wait_for_final`]).
     changes: tokio::sync::broadcast::Sender<RefundId>,
+    /// Set when the process stops: waiting requests answer at once.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -321,7 +323,14 @@ impl Gateway {
             review_after: settings.review_after,
             email_enabled: settings.email_enabled,
             changes: tokio::sync::broadcast::channel(1024).0,
+            stopping: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// The process is stopping: requests waiting for an outcome answer
+    /// with the refund as it is (so a graceful stop is not held up).
+    pub fn stop_waiting(&self) {
+        self.stopping.send_replace(true);
     }
 
     /// The refund `row` once it is final, or as it is when `wait` has
@@ -336,23 +345,29 @@ impl Gateway {
     ) -> Result<RefundRow, StoreError> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut changes = self.changes.subscribe();
+        let mut stopping = self.stopping.subscribe();
         while row.status == Status::Pending {
             let now = tokio::time::Instant::now();
-            if now >= deadline {
+            if now >= deadline || *stopping.borrow() {
                 break;
             }
             let until = (now + WAIT_POLL).min(deadline);
             let id = row.id.clone();
+            let stop = stopping.changed();
             let _ = tokio::time::timeout_at(until, async {
+                tokio::pin!(stop);
                 loop {
-                    match changes.recv().await {
-                        Ok(changed) if changed == id => return,
-                        Ok(_) => {}
-                        // Missed some: re-read to be sure.
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                            std::future::pending::<()>().await
-                        }
+                    tokio::select! {
+                        _ = &mut stop => return,
+                        got = changes.recv() => match got {
+                            Ok(changed) if changed == id => return,
+                            Ok(_) => {}
+                            // Missed some: re-read to be sure.
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                                std::future::pending::<()>().await
+                            }
+                        },
                     }
                 }
             })
@@ -436,11 +451,16 @@ impl Gateway {
                 time_zone: h.account.time_zone.as_ref(),
             });
         let policy = self.reconcile;
+        let deliver_events = self
+            .clients
+            .iter()
+            .any(|c| c.name == known.client && !c.webhooks.is_empty());
         let applied = apply_with(&self.store, known, |current| {
             let ctx = Context {
                 now: self.clock.now(),
                 policy: &policy,
                 receipt,
+                deliver_events,
             };
             lifecycle::transition(current, &t, &ctx)
         })

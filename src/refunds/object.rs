@@ -41,7 +41,8 @@ pub struct RefundObject {
     pub failure_message: Option<String>,
     /// Why the refund needs a person, when it does (see the review queue).
     pub review_reason: Option<String>,
-    /// While `pending`, why: `awaiting_provider_confirmation` (the provider
+    /// While `pending`, why: `being_sent` (no answer yet),
+    /// `awaiting_provider_confirmation` (the provider
     /// accepted it and will confirm), `outcome_unknown` (a timeout, 5xx or
     /// unreadable answer: it may or may not have happened),
     /// `provider_unreachable`, `no_record_at_provider_yet`,
@@ -82,8 +83,8 @@ impl From<&RefundRow> for RefundObject {
             review_reason: r.review_reason.clone(),
             pending_reason: (r.status == Status::Pending).then(|| {
                 r.pending_reason
-                    // Recorded, with no answer yet: being sent.
-                    .unwrap_or(PendingReason::OutcomeUnknown)
+                    // Recorded, with no answer yet.
+                    .unwrap_or(PendingReason::BeingSent)
                     .as_str()
                     .to_string()
             }),

@@ -61,8 +61,11 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How much of a receiver's answer is read (it is only shown to operators).
 pub const MAX_ANSWER_BYTES: usize = 1024;
 
-/// Attempts in flight in one process, and to one endpoint.
-pub const IN_FLIGHT: usize = 32;
+/// Attempts in flight in one process, and to one endpoint: it takes 64
+/// endpoints hanging at once to hold up the others for one timeout (each
+/// attempt is a task and a socket; a hanging endpoint's next attempts wait
+/// on the schedule).
+pub const IN_FLIGHT: usize = 256;
 pub const PER_ENDPOINT: usize = 4;
 
 /// A lease outlives an attempt (so no other process takes it mid-attempt).
@@ -194,19 +197,60 @@ fn describe(e: &reqwest::Error) -> String {
     what.to_string()
 }
 
+/// An endpoint's URL as logs and operators see it: without credentials in
+/// the user part and without the query (either may hold a token).
+pub fn shown_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let hidden = !u.username().is_empty() || u.password().is_some() || u.query().is_some();
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            let mut s = u.to_string();
+            if hidden {
+                s.push_str(" (credentials or query hidden)");
+            }
+            s
+        }
+        Err(_) => "(unparsable URL)".into(),
+    }
+}
+
 /// Up to a tenth more or less (so retries of many deliveries spread out).
 fn jittered(d: Duration) -> Duration {
     use rand::Rng;
     d.mul_f64(rand::thread_rng().gen_range(0.9..=1.1))
 }
 
-/// This process's attempts in flight, per endpoint.
+/// This process's attempts in flight, per endpoint, and their leases.
 #[derive(Default)]
 pub struct InFlight {
     per_endpoint: Mutex<HashMap<String, usize>>,
+    /// Delivery id → the lease token it was claimed with.
+    leases: Mutex<HashMap<String, String>>,
 }
 
 impl InFlight {
+    fn hold(&self, id: &str, token: &str) {
+        let mut m = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert(id.to_string(), token.to_string());
+    }
+
+    fn drop_lease(&self, id: &str) {
+        let mut m = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        m.remove(id);
+    }
+
+    /// The leases still held, by token (at shutdown: given back).
+    fn held(&self) -> HashMap<String, Vec<String>> {
+        let m = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let mut by_token: HashMap<String, Vec<String>> = HashMap::new();
+        for (id, token) in m.iter() {
+            by_token.entry(token.clone()).or_default().push(id.clone());
+        }
+        by_token
+    }
+
     fn take(&self, endpoint: &str) -> bool {
         let mut m = self.per_endpoint.lock().unwrap_or_else(|e| e.into_inner());
         let n = m.entry(endpoint.to_string()).or_default();
@@ -299,10 +343,12 @@ impl Gateway {
                 continue;
             };
             started += 1;
+            in_flight.hold(&d.id, &token);
             let (this, http, token, in_flight) =
                 (self.clone(), http.clone(), token.clone(), in_flight.clone());
             tokio::spawn(async move {
                 this.attempt_delivery(&http, &d, &token).await;
+                in_flight.drop_lease(&d.id);
                 in_flight.give_back(&d.endpoint);
                 drop(permit);
             });
@@ -360,7 +406,7 @@ impl Gateway {
         };
         let events = self.store.events();
         if next == DeliveryNext::Disabled {
-            tracing::error!(client = %d.client, endpoint = %d.endpoint, "webhook endpoint answered 410 Gone: disabled until an operator enables it");
+            tracing::error!(client = %d.client, endpoint = %shown_url(&d.endpoint), "webhook endpoint answered 410 Gone: disabled until an operator enables it");
             if let Err(e) = events
                 .disable(&d.client, &d.endpoint, at, "answered 410 Gone")
                 .await
@@ -368,9 +414,9 @@ impl Gateway {
                 tracing::warn!(error = %e, "could not record the disabled endpoint");
             }
         } else if next == DeliveryNext::Failed {
-            tracing::error!(client = %d.client, endpoint = %d.endpoint, event = %d.event_id, "webhook delivery failed after every attempt; an operator may redeliver it");
+            tracing::error!(client = %d.client, endpoint = %shown_url(&d.endpoint), event = %d.event_id, "webhook delivery failed after every attempt; an operator may redeliver it");
         } else if let DeliveryNext::Retry(_) = next {
-            tracing::warn!(client = %d.client, endpoint = %d.endpoint, event = %d.event_id, status = ?answer.status, error = ?answer.error, attempts, "webhook attempt failed; retrying on the schedule");
+            tracing::warn!(client = %d.client, endpoint = %shown_url(&d.endpoint), event = %d.event_id, status = ?answer.status, error = ?answer.error, attempts, "webhook attempt failed; retrying on the schedule");
         }
         match events.attempted(token, &a, next).await {
             Ok(true) => {}
@@ -419,6 +465,13 @@ pub async fn run(
             }
         }
         if !super::wait_for_next_pass(interval, &mut shutdown).await {
+            // Attempts cut off by the stop are not recorded; their leases
+            // are given back so that the next process tries them at once.
+            for (token, ids) in in_flight.held() {
+                if let Err(e) = gateway.store.events().release(&token, &ids).await {
+                    tracing::warn!(error = %e, "could not give back webhook leases at shutdown");
+                }
+            }
             return;
         }
     }

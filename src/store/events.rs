@@ -23,7 +23,7 @@ pub(super) fn new_event_id() -> String {
 
 /// The columns of a new event, for [`push_event_values`].
 pub(super) const INSERT_EVENTS: &str = "INSERT INTO pos_events (id, client, refund_id, \
-    refund_version, ordinal, type, created_at, data) ";
+    refund_version, ordinal, type, created_at, data, fanned_out) ";
 
 /// The `VALUES` rows of the change's events (`None` when it has none).
 /// Postgres: a time is written through `rg_ts`.
@@ -60,7 +60,12 @@ where
             .push_bind(after.updated_at)
             .push("), ")
             .push_bind(data)
-            .push(")");
+            // Nothing to fan out for a client without endpoints.
+            .push(if c.effects().deliver_events {
+                ", 0)"
+            } else {
+                ", 1)"
+            });
     }
     any
 }
@@ -315,32 +320,59 @@ where
         let _gate = self.gate().await;
         let mut tx = self.pool.begin().await?;
         let conn: &mut DB::Connection = &mut tx;
-        let insert = self.sql(
-            "INSERT INTO webhook_deliveries (id, event_id, client, endpoint, refund_id, seq, state, \
-             attempts, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, @ts($7), @ts($7)) \
-             ON CONFLICT (event_id, endpoint) DO NOTHING",
-        );
-        for n in deliveries {
-            sqlx::query(&insert)
-                .bind(format!("dlv_{}", ulid::Ulid::new()))
-                .bind(n.event_id.as_str())
-                .bind(n.client.as_str())
-                .bind(n.endpoint.as_str())
-                .bind(n.refund_id.as_str())
-                .bind(n.seq)
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
+        // A few statements for the whole batch, not one per row (the
+        // placeholders are generated here, row by row).
+        let ts = self.d.write_ts;
+        for chunk in deliveries.chunks(100) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|r| {
+                    let b = r * 7;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${}, 'pending', 0, {ts}(${}), {ts}(${}))",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6,
+                        b + 7,
+                        b + 7
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO webhook_deliveries (id, event_id, client, endpoint, refund_id, seq, \
+                 state, attempts, next_attempt_at, created_at) VALUES {} \
+                 ON CONFLICT (event_id, endpoint) DO NOTHING",
+                rows.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for n in chunk {
+                q = q
+                    .bind(format!("dlv_{}", ulid::Ulid::new()))
+                    .bind(n.event_id.as_str())
+                    .bind(n.client.as_str())
+                    .bind(n.endpoint.as_str())
+                    .bind(n.refund_id.as_str())
+                    .bind(n.seq)
+                    .bind(now);
+            }
+            q.execute(&mut *conn).await?;
         }
-        for id in events {
-            sqlx::query("UPDATE pos_events SET fanned_out = 1 WHERE id = $1")
-                .bind(id.as_str())
-                .execute(&mut *conn)
-                .await?;
+        for chunk in events.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|k| format!("${k}")).collect();
+            let sql = format!(
+                "UPDATE pos_events SET fanned_out = 1 WHERE id IN ({})",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            q.execute(&mut *conn).await?;
         }
-        let out = ();
         tx.commit().await?;
-        Ok(out)
+        Ok(())
     }
 
     async fn claim(
@@ -394,15 +426,40 @@ where
         a: &DeliveryAttempt,
         next: DeliveryNext,
     ) -> Result<bool> {
-        let _gate = self.gate().await;
-        let mut tx = self.pool.begin().await?;
-        let conn: &mut DB::Connection = &mut tx;
         let (state, next_at, delivered) = match next {
             DeliveryNext::Delivered => (DeliveryState::Delivered, None, Some(a.at)),
             DeliveryNext::Retry(at) => (DeliveryState::Pending, Some(at), None),
             DeliveryNext::Failed => (DeliveryState::Failed, None, None),
             DeliveryNext::Disabled => (DeliveryState::Pending, Some(a.at), None),
         };
+        if self.d.writes_in_cte {
+            // One statement: the attempt is recorded only if the lease held.
+            let sql = self.sql(
+                "WITH u AS (UPDATE webhook_deliveries SET state = $3, attempts = attempts + 1, \
+                 next_attempt_at = COALESCE(@ts($4), next_attempt_at), lease_until = NULL, lease_token = NULL, \
+                 last_status = $5, last_error = $6, delivered_at = @ts($7) \
+                 WHERE id = $1 AND lease_token = $2 RETURNING id) \
+                 INSERT INTO webhook_attempts (delivery_id, at, http_status, error, duration_ms) \
+                 SELECT id, @ts($8), $5, $6, $9 FROM u",
+            );
+            let n = sqlx::query(&sql)
+                .bind(a.delivery_id.as_str())
+                .bind(token)
+                .bind(state)
+                .bind(next_at)
+                .bind(a.http_status)
+                .bind(a.error.as_deref())
+                .bind(delivered)
+                .bind(a.at)
+                .bind(a.duration_ms)
+                .execute(&self.pool)
+                .await?
+                .affected();
+            return Ok(n == 1);
+        }
+        let _gate = self.gate().await;
+        let mut tx = self.pool.begin().await?;
+        let conn: &mut DB::Connection = &mut tx;
         let sql = self.sql(
             "UPDATE webhook_deliveries SET state = $3, attempts = attempts + 1, \
              next_attempt_at = COALESCE(@ts($4), next_attempt_at), lease_until = NULL, lease_token = NULL, \

@@ -377,6 +377,7 @@ fn push_update<'a, DB, T>(
     Option<i64>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     Status: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     Option<PendingReason>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    bool: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     Submission: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     T: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
@@ -414,6 +415,9 @@ fn push_update<'a, DB, T>(
         if val != old {
             q.push(format_args!(", {col} = ")).push_bind(val);
         }
+    }
+    if a.announced != was.announced {
+        q.push(", announced = ").push_bind(a.announced);
     }
     if a.pending_reason != was.pending_reason {
         q.push(", pending_reason = ").push_bind(a.pending_reason);
@@ -516,6 +520,8 @@ pub(crate) struct Dialect {
     /// Row locks a picking subquery takes, skipping rows another process
     /// is taking (Postgres); SQLite's writer lock already serializes.
     skip_locked: &'static str,
+    /// Whether a `WITH` may hold writes (Postgres): two writes, one statement.
+    writes_in_cte: bool,
 }
 
 pub(crate) const POSTGRES: Dialect = Dialect {
@@ -524,6 +530,7 @@ pub(crate) const POSTGRES: Dialect = Dialect {
     read_ms: "rg_ms",
     write_ts: "rg_ts",
     skip_locked: " FOR UPDATE SKIP LOCKED",
+    writes_in_cte: true,
 };
 pub(crate) const SQLITE: Dialect = Dialect {
     greatest: "MAX",
@@ -531,6 +538,7 @@ pub(crate) const SQLITE: Dialect = Dialect {
     read_ms: "",
     write_ts: "",
     skip_locked: "",
+    writes_in_cte: false,
 };
 
 impl Dialect {

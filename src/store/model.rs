@@ -127,6 +127,8 @@ pub struct RefundRow {
     pub review_reason: Option<String>,
     /// Why it is still pending (set with each answer while it is).
     pub pending_reason: Option<PendingReason>,
+    /// `refund.created` is recorded (the first change after the claim).
+    pub announced: bool,
     /// Set by the send claim: a sender still holding the call after this time
     /// abandons it, so after it (plus the provider's processing window) a
     /// refund the provider has never heard of provably never reached it.
@@ -190,6 +192,8 @@ pub struct Effects {
     pub events: Vec<DomainEvent>,
     /// The refund object (JSON) after the change: the events' `data`.
     pub event_data: Option<String>,
+    /// Whether the events go to webhook endpoints (else: the feed only).
+    pub deliver_events: bool,
 }
 
 impl Change {
@@ -263,6 +267,9 @@ text_enum! {
     #[derive(serde::Serialize)]
     #[serde(rename_all = "snake_case")]
     PendingReason("pending reason") {
+        /// Recorded and being sent: no answer yet (if the sending process
+        /// died, the gateway asks the provider after the in-flight window).
+        BeingSent = "being_sent",
         /// The provider accepted it and will confirm it (webhook or status query).
         AwaitingProviderConfirmation = "awaiting_provider_confirmation",
         /// No usable answer (a timeout, a 5xx, an unreadable body): it may or
@@ -453,6 +460,7 @@ impl RefundRow {
             lease_until: None,
             review_reason: None,
             pending_reason: None,
+            announced: false,
             send_by: None,
             not_found_streak: 0,
             created_at: n.now,

@@ -34,7 +34,7 @@ const SELECT_REFUND: &str = "SELECT id, client, account, provider, livemode, sta
     provider_status, provider_code, provider_message, failure_code, failure_message, reason, receipt_email, \
     metadata, idempotency_key, request_hash, submission, response_code, response_body, \
     rg_ms(inflight_until) AS inflight_until, check_attempts, rg_ms(next_check_at) AS next_check_at, \
-    rg_ms(lease_until) AS lease_until, review_reason, pending_reason, rg_ms(send_by) AS send_by, not_found_streak, \
+    rg_ms(lease_until) AS lease_until, review_reason, pending_reason, announced, rg_ms(send_by) AS send_by, not_found_streak, \
     rg_ms(created_at) AS created_at, rg_ms(updated_at) AS updated_at, version FROM refunds";
 
 const SELECT_EVENT: &str = "SELECT id, provider, account, dedupe_key, transaction_no, provider_refund_id, \

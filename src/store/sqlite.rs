@@ -33,7 +33,7 @@ const SELECT_REFUND: &str = "SELECT id, client, account, provider, livemode, sta
     settle_currency, transaction_no, reference, refund_reference, provider_reference, provider_refund_id, \
     provider_status, provider_code, provider_message, failure_code, failure_message, reason, receipt_email, \
     metadata, idempotency_key, request_hash, submission, response_code, response_body, inflight_until, \
-    check_attempts, next_check_at, lease_until, review_reason, pending_reason, send_by, not_found_streak, created_at, updated_at, \
+    check_attempts, next_check_at, lease_until, review_reason, pending_reason, announced, send_by, not_found_streak, created_at, updated_at, \
     version FROM refunds";
 
 const SELECT_EVENT: &str = "SELECT id, provider, account, dedupe_key, transaction_no, provider_refund_id, \

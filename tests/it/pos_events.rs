@@ -626,7 +626,48 @@ async fn a_pending_refund_says_why_and_what_happens_next(db: Db) {
     app.stop().await;
 }
 
+/// A webhook that settles a refund before the provider answers our call
+/// (the sandbox's ...91: the IPN first, the answer after our timeout):
+/// `refund.created` still comes first, and once.
+async fn created_comes_first_whoever_settles_the_refund(db: Db) {
+    let mut c = config_with(&fresh_db(db).await, &[]);
+    c.demo.as_mut().unwrap().sandbox_ipns = true;
+    let app = spawn_with(c).await;
+    let r = refund(&app, "0.91").await;
+    let id = r["id"].as_str().unwrap().to_string();
+    let types = eventually(Duration::from_secs(10), || async {
+        let feed = app.get("/v1/events?limit=100").await;
+        let t: Vec<String> = feed.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["data"]["id"] == id.as_str())
+            .map(|e| e["type"].as_str().unwrap().to_string())
+            .collect();
+        (t.iter().any(|t| t == "refund.succeeded"), t)
+    })
+    .await;
+    // The call's own (late) answer has come and gone by now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let feed = app.get("/v1/events?limit=100").await;
+    let after: Vec<&str> = feed.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["data"]["id"] == id.as_str())
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["refund.created", "refund.succeeded"]);
+    assert_eq!(
+        after,
+        ["refund.created", "refund.succeeded"],
+        "no second created"
+    );
+    app.stop().await;
+}
+
 both_backends!(
+    created_comes_first_whoever_settles_the_refund,
     a_pending_refund_says_why_and_what_happens_next,
     a_refund_reaches_the_pos_as_signed_events,
     the_feed_pages_without_gaps_or_repeats,

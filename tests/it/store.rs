@@ -29,6 +29,7 @@ fn decided(current: &RefundRow, t: Transition<'_>, now: Timestamp) -> Option<Cha
         now,
         policy: &p,
         receipt: None,
+        deliver_events: false,
     };
     transition(current, &t, &ctx).unwrap()
 }
