@@ -357,12 +357,18 @@ async fn a_down_receiver_gets_every_event_when_back(db: Db) {
     for id in &refunds {
         assert_eq!(types_of(&got, id), ["refund.created", "refund.succeeded"]);
     }
-    // The operators see each delivery with its attempts.
-    let list = ops(
-        &app,
-        "GET",
-        "/v1/operator/webhook-deliveries?state=delivered",
-    )
+    // The operators see each delivery with its attempts (recorded just after
+    // the receiver answered, so the last may land a moment after it is seen).
+    let list = eventually(Duration::from_secs(10), || async {
+        let l = ops(
+            &app,
+            "GET",
+            "/v1/operator/webhook-deliveries?state=delivered",
+        )
+        .await;
+        let n = l.body["data"].as_array().map_or(0, Vec::len);
+        (l.status == 200 && n >= 6, l)
+    })
     .await;
     assert_eq!(list.status, 200, "{}", list.text);
     let data = list.body["data"].as_array().unwrap();
