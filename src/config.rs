@@ -145,6 +145,18 @@ pub struct FileConfig {
     pub review_after_ms: Option<u64>,
     /// How long the POS's events are kept (feed and redelivery); default 30.
     pub events_retention_days: Option<u64>,
+    /// The daily reconciliation against the provider's books.
+    pub reconciliation: Option<ReconciliationEntry>,
+}
+
+/// `[reconciliation]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconciliationEntry {
+    /// `HH:MM`, UTC: when each account's previous day is reconciled (by
+    /// one of the gateway's processes). Without it, reports are run only
+    /// on request.
+    pub daily_at: Option<String>,
 }
 
 /// An account as the file gives it: the fields every account has, and the
@@ -465,6 +477,18 @@ pub struct Config {
     pub webhook_interval: Duration,
     /// How long events are kept (`events_retention_days`).
     pub events_retention: Duration,
+    /// When the daily reconciliation runs (UTC); `None`: only on request.
+    pub reconciliation_daily_at: Option<jiff::civil::Time>,
+}
+
+/// `HH:MM` (24-hour) as a time of day.
+pub fn parse_daily_at(t: &str) -> Option<jiff::civil::Time> {
+    let (h, m) = t.trim().split_once(':')?;
+    let ok = |s: &str| s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit());
+    if !ok(h) || !ok(m) {
+        return None;
+    }
+    jiff::civil::Time::new(h.parse().ok()?, m.parse().ok()?, 0, 0).ok()
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -590,7 +614,17 @@ impl Config {
             }
             None => None,
         };
+        let reconciliation_daily_at = match f.reconciliation.and_then(|r| r.daily_at) {
+            None => None,
+            Some(t) => Some(parse_daily_at(&t).ok_or_else(|| {
+                invalid(
+                    "reconciliation.daily_at",
+                    format!("{t:?} is not a time of day as HH:MM (UTC), e.g. \"03:00\""),
+                )
+            })?),
+        };
         Ok(Config {
+            reconciliation_daily_at,
             smtp,
             email_interval: Duration::from_secs(1),
             webhook_interval: Duration::from_millis(250),
@@ -1382,8 +1416,10 @@ mod config_table {
             operators,
             review_after_ms,
             events_retention_days,
+            reconciliation,
         } = f;
         assert!(events_retention_days.is_some());
+        assert!(reconciliation.is_some_and(|r| r.daily_at.is_some()));
         assert!(listen.is_some() && public_url.is_some() && database_url.is_some());
         assert!(provider_connect_timeout_ms.is_some() && provider_timeout_ms.is_some());
         assert!(request_timeout_ms.is_some() && max_connections.is_some());

@@ -42,6 +42,7 @@ pub fn app(state: AppState, sandbox: Option<&Sandbox>, request_timeout: Duration
         .merge(api::refunds::routes())
         .merge(api::operator::routes())
         .merge(api::events::routes())
+        .merge(api::reconciliations::routes())
         .merge(api::ipn::routes())
         .merge(api::health::routes())
         .merge(api::docs::routes())
@@ -370,6 +371,13 @@ impl Application {
                 stop_rx.clone(),
             )),
         ];
+        if let Some(at) = self.config.reconciliation_daily_at {
+            workers.push(tokio::spawn(refunds::books::run_daily(
+                self.gateway.clone(),
+                at,
+                stop_rx.clone(),
+            )));
+        }
         if let Some(smtp) = &self.config.smtp {
             match refunds::email::Mailer::new(smtp) {
                 Ok(mailer) => workers.push(tokio::spawn(refunds::email::run(

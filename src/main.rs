@@ -81,30 +81,27 @@ enum Command {
     /// history, asking the provider now, resolving with a note, webhook
     /// deliveries.
     Refunds {
-        /// The gateway's base URL.
-        #[arg(
-            long,
-            env = "REFUND_GATEWAY_URL",
-            default_value = "http://127.0.0.1:8080"
-        )]
-        url: String,
-        /// Your operator key (`[[operators]]` in the config). Prefer the
-        /// environment variable or --key-file: a --key on the command line
-        /// is visible to every user of this machine in `ps`.
-        #[arg(
-            long,
-            env = "REFUND_GATEWAY_OPERATOR_KEY",
-            hide_env_values = true,
-            required_unless_present = "key_file",
-            conflicts_with = "key_file"
-        )]
-        key: Option<String>,
-        /// A file holding your operator key (its first line; surrounding
-        /// whitespace ignored).
-        #[arg(long, env = "REFUND_GATEWAY_OPERATOR_KEY_FILE")]
-        key_file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        conn: OperatorConn,
         #[command(subcommand)]
         action: RefundsAction,
+    },
+    /// Reconcile one account's day with the provider's books (over the
+    /// operator API): prints the report's summary, exits 1 when it has
+    /// discrepancies (so a cron job can alert), 2 when it could not run.
+    Reconcile {
+        #[command(flatten)]
+        conn: OperatorConn,
+        /// A configured provider account.
+        #[arg(long)]
+        account: String,
+        /// The day, YYYY-MM-DD (in the account's time zone, else UTC);
+        /// default: yesterday (UTC).
+        #[arg(long)]
+        date: Option<String>,
+        /// Also write the report's lines as CSV to this file.
+        #[arg(long)]
+        csv: Option<std::path::PathBuf>,
     },
     /// API keys for POS clients and operators.
     Keys {
@@ -136,6 +133,33 @@ enum Command {
         #[command(subcommand)]
         provider: CryptProvider,
     },
+}
+
+/// How an operator command reaches the gateway.
+#[derive(clap::Args)]
+struct OperatorConn {
+    /// The gateway's base URL.
+    #[arg(
+        long,
+        env = "REFUND_GATEWAY_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    url: String,
+    /// Your operator key (`[[operators]]` in the config). Prefer the
+    /// environment variable or --key-file: a --key on the command line
+    /// is visible to every user of this machine in `ps`.
+    #[arg(
+        long,
+        env = "REFUND_GATEWAY_OPERATOR_KEY",
+        hide_env_values = true,
+        required_unless_present = "key_file",
+        conflicts_with = "key_file"
+    )]
+    key: Option<String>,
+    /// A file holding your operator key (its first line; surrounding
+    /// whitespace ignored).
+    #[arg(long, env = "REFUND_GATEWAY_OPERATOR_KEY_FILE")]
+    key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -290,28 +314,25 @@ fn main() -> ExitCode {
     if let Some(Command::Probe { url }) = &cli.command {
         return probe(url);
     }
-    if let Some(Command::Refunds {
-        url,
-        key,
-        key_file,
-        action,
-    }) = cli.command
-    {
-        let key = match (key, key_file) {
-            (Some(k), _) => k,
-            (None, Some(path)) => match std::fs::read_to_string(&path) {
-                Ok(text) => text.lines().next().unwrap_or("").trim().to_string(),
-                Err(e) => {
-                    eprintln!(
-                        "error: cannot read the operator key file {}: {e}",
-                        path.display()
-                    );
-                    return ExitCode::from(2);
-                }
-            },
-            (None, None) => String::new(),
-        };
-        return operator_cli(&url, &key, action);
+    match cli.command {
+        Some(Command::Refunds { conn, action }) => {
+            let Some(key) = conn.key() else {
+                return ExitCode::from(2);
+            };
+            return operator_cli(&conn.url, &key, action);
+        }
+        Some(Command::Reconcile {
+            conn,
+            account,
+            date,
+            csv,
+        }) => {
+            let Some(key) = conn.key() else {
+                return ExitCode::from(2);
+            };
+            return reconcile_cli(&conn.url, &key, &account, date, csv);
+        }
+        _ => {}
     }
     let log_format = match &cli.command {
         Some(Command::Serve(r) | Command::Migrate(r)) => r.log.log_format,
@@ -372,6 +393,135 @@ fn main() -> ExitCode {
 
 /// Calls the operator API and prints its answer (JSON); a problem goes to
 /// stderr with exit code 1.
+impl OperatorConn {
+    /// The operator key, from the flag, the environment or the key file
+    /// (`None`: the file could not be read; said on stderr).
+    fn key(&self) -> Option<String> {
+        match (&self.key, &self.key_file) {
+            (Some(k), _) => Some(k.clone()),
+            (None, Some(path)) => match std::fs::read_to_string(path) {
+                Ok(text) => Some(text.lines().next().unwrap_or("").trim().to_string()),
+                Err(e) => {
+                    eprintln!(
+                        "error: cannot read the operator key file {}: {e}",
+                        path.display()
+                    );
+                    None
+                }
+            },
+            (None, None) => Some(String::new()),
+        }
+    }
+}
+
+/// `refund-gateway reconcile`: runs the report, prints its summary; exit 0
+/// (no discrepancies), 1 (discrepancies), 2 (could not run).
+fn reconcile_cli(
+    url: &str,
+    key: &str,
+    account: &str,
+    date: Option<String>,
+    csv: Option<std::path::PathBuf>,
+) -> ExitCode {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return ExitCode::from(2);
+    };
+    let base = url.trim_end_matches('/');
+    let date = date.unwrap_or_else(|| {
+        jiff::Timestamp::now()
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .date()
+            .yesterday()
+            .map(|d| d.to_string())
+            .unwrap_or_default()
+    });
+    let http = reqwest::Client::new();
+    let answer = rt.block_on(async {
+        let r = http
+            .post(format!("{base}/v1/operator/reconciliations"))
+            .bearer_auth(key)
+            .json(&serde_json::json!({"account": account, "date": date}))
+            .send()
+            .await?;
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        let mut lines = None;
+        if let (true, Some(_), Some(id)) = (status.is_success(), &csv, body["id"].as_str()) {
+            let r = http
+                .get(format!("{base}/v1/operator/reconciliations/{id}"))
+                .bearer_auth(key)
+                .header("accept", "text/csv")
+                .send()
+                .await?;
+            lines = Some(r.bytes().await?);
+        }
+        Ok::<_, reqwest::Error>((status, body, lines))
+    });
+    let (status, body, lines) = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: cannot reach the gateway at {base}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if !status.is_success() {
+        eprintln!(
+            "error: {status}: {}",
+            body["detail"]
+                .as_str()
+                .unwrap_or("the report could not be run")
+        );
+        return ExitCode::from(2);
+    }
+    let s = &body["summary"];
+    println!(
+        "reconciliation {} of {} ({}) for {} ({}){}",
+        body["id"].as_str().unwrap_or(""),
+        body["account"].as_str().unwrap_or(""),
+        body["provider"].as_str().unwrap_or(""),
+        body["date"].as_str().unwrap_or(""),
+        s["time_zone"].as_str().unwrap_or(""),
+        if body["replaced"] == true {
+            ", replacing the earlier report"
+        } else {
+            ""
+        }
+    );
+    if let Some(counts) = s["counts"].as_object() {
+        for (kind, n) in counts {
+            println!("  {kind:<18} {n}");
+        }
+    }
+    if let Some(totals) = s["totals"].as_array() {
+        for t in totals {
+            println!(
+                "  total {}: gateway {} provider {} difference {}",
+                t["currency"].as_str().unwrap_or(""),
+                t["gateway"].as_str().unwrap_or(""),
+                t["provider"].as_str().unwrap_or(""),
+                t["difference"].as_str().unwrap_or("")
+            );
+        }
+    }
+    if let (Some(path), Some(bytes)) = (csv, lines) {
+        if let Err(e) = std::fs::write(&path, &bytes) {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+        println!("  lines written to {}", path.display());
+    }
+    let d = body["discrepancies"].as_i64().unwrap_or(0);
+    println!("  discrepancies      {d}");
+    if d > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn operator_cli(url: &str, key: &str, action: RefundsAction) -> ExitCode {
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_all()

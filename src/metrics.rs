@@ -100,6 +100,15 @@ fn describe() {
         Unit::Seconds,
         "This host's wall clock minus the database's, as last measured (the gateway goes by the database's)"
     );
+    describe_gauge!(
+        "refund_gateway_reconciliation_report_last_run_timestamp_seconds",
+        Unit::Seconds,
+        "When this process last finished a daily reconciliation report, by account (Unix time)"
+    );
+    describe_gauge!(
+        "refund_gateway_reconciliation_report_discrepancies",
+        "Lines of the last reconciliation report this process made, by account and kind"
+    );
 }
 
 /// Counts HTTP requests and their latency by route template, method and status.
@@ -178,4 +187,18 @@ pub fn webhook_backlog(oldest_age_seconds: f64, disabled: usize) {
     metrics::gauge!("refund_gateway_webhook_oldest_undelivered_age_seconds")
         .set(oldest_age_seconds);
     metrics::gauge!("refund_gateway_webhook_endpoints_disabled").set(disabled as f64);
+}
+
+/// A reconciliation report finished: when, and its lines by kind.
+pub fn reconciliation_done(account: &str, counts: &std::collections::BTreeMap<String, i64>) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default();
+    metrics::gauge!("refund_gateway_reconciliation_report_last_run_timestamp_seconds", "account" => account.to_string())
+        .set(now);
+    for (kind, n) in counts {
+        metrics::gauge!("refund_gateway_reconciliation_report_discrepancies", "account" => account.to_string(), "kind" => kind.clone())
+            .set(*n as f64);
+    }
 }

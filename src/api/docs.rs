@@ -30,6 +30,9 @@ use super::AppState;
         super::events::deliveries,
         super::events::redeliver,
         super::events::enable_endpoint,
+        super::reconciliations::run,
+        super::reconciliations::list,
+        super::reconciliations::one,
         super::ipn::pockyt,
         super::ipn::pockyt_account,
         super::ipn::pay10,
@@ -38,7 +41,7 @@ use super::AppState;
         super::health::readyz,
         metrics,
     ),
-    components(schemas(crate::refunds::RefundObject, super::refunds::CreateRefundBody, super::refunds::RefundList, super::error::Problem, super::ipn::PockytIpn, super::ipn::Pay10Webhook, super::refunds::RefundEvents, super::refunds::RefundEventObject, super::operator::ReviewQueue, super::operator::ResolveBody, super::events::EventObject, super::events::EventList, super::events::DeliveryList, super::events::DeliveryObject, super::events::AttemptObject, super::events::ActionResult, WebhookEventBody)),
+    components(schemas(crate::refunds::RefundObject, super::refunds::CreateRefundBody, super::refunds::RefundList, super::error::Problem, super::ipn::PockytIpn, super::ipn::Pay10Webhook, super::refunds::RefundEvents, super::refunds::RefundEventObject, super::operator::ReviewQueue, super::operator::OutsideRefundObject, super::operator::ResolveBody, super::events::EventObject, super::events::EventList, super::events::DeliveryList, super::events::DeliveryObject, super::events::AttemptObject, super::events::ActionResult, super::reconciliations::ReconciliationObject, super::reconciliations::ReconciliationList, super::reconciliations::ItemObject, super::reconciliations::RunBody, crate::refunds::books::ReportSummary, crate::refunds::books::CurrencyTotals, WebhookEventBody)),
     modifiers(&BearerAuth),
     tags(
         (name = "refunds", description = "Create, read and list refunds; receipts"),

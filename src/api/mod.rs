@@ -8,6 +8,7 @@ pub mod health;
 pub mod ipn;
 pub mod operator;
 pub mod parse;
+pub mod reconciliations;
 pub mod refunds;
 
 use std::sync::Arc;

@@ -22,6 +22,54 @@ pub struct ReviewQueue {
     pub object: &'static str,
     /// Newest first; each carries its `review_reason`.
     pub data: Vec<RefundObject>,
+    /// Refunds the daily reconciliation found at the provider only (made in
+    /// its dashboard or by another system), newest first, at most 100: each
+    /// counts against its sale.
+    pub outside_refunds: Vec<OutsideRefundObject>,
+}
+
+/// A refund the provider made that the gateway did not.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OutsideRefundObject {
+    pub account: String,
+    #[schema(example = "pockyt")]
+    pub provider: String,
+    /// The refunded sale.
+    pub transaction_no: String,
+    pub provider_refund_id: String,
+    pub provider_reference: Option<String>,
+    /// Decimal, in the currency's digits.
+    #[schema(example = "1.00")]
+    pub amount: String,
+    #[schema(example = "USD")]
+    pub currency: String,
+    pub provider_status: Option<String>,
+    /// The report (`rec_...`) that found it.
+    pub found_in: String,
+    pub found_at: String,
+    pub review_reason: Option<String>,
+}
+
+impl From<crate::store::OutsideRefund> for OutsideRefundObject {
+    fn from(o: crate::store::OutsideRefund) -> Self {
+        let amount = crate::money::Currency::from_code(&o.currency)
+            .ok()
+            .and_then(|c| Some(c.format(crate::money::Minor::new(o.amount_minor)?)))
+            .unwrap_or_else(|| o.amount_minor.to_string());
+        OutsideRefundObject {
+            account: o.account,
+            provider: o.provider,
+            transaction_no: o.transaction_no,
+            provider_refund_id: o.provider_refund_id,
+            provider_reference: o.provider_reference,
+            amount,
+            currency: o.currency,
+            provider_status: o.provider_status,
+            found_in: o.found_in,
+            found_at: o.found_at.rfc3339_ms(),
+            review_reason: o.review_reason,
+        }
+    }
 }
 
 #[utoipa::path(
@@ -43,9 +91,16 @@ pub async fn review(
     OperatorAuthed(_operator): OperatorAuthed,
 ) -> Result<Json<ReviewQueue>, ApiError> {
     let rows = state.gateway.review_queue(100).await?;
+    let outside = state
+        .gateway
+        .store
+        .reconciliations()
+        .outside_refunds(None, 100)
+        .await?;
     Ok(Json(ReviewQueue {
         object: "list",
         data: rows.iter().map(|r| state.gateway.render(r)).collect(),
+        outside_refunds: outside.into_iter().map(Into::into).collect(),
     }))
 }
 

@@ -556,6 +556,7 @@ pub async fn list(
         },
     };
     let filter = ListFilter {
+        account: None,
         transaction_no: q.transaction_no.map(|f| f.0),
         reference: q.reference.map(|f| f.0),
         refund_reference: q.refund_reference.map(|f| f.0),

@@ -117,6 +117,39 @@ pub trait Connector: Send + Sync + std::fmt::Debug {
     ) -> Option<SaleLookup>;
     async fn refund(&self, call: &RefundCall) -> ProviderAnswer;
     async fn refund_status(&self, query: &StatusQuery) -> ProviderAnswer;
+    /// The refunds the provider's own books list for the dates `from..=to`
+    /// (the provider's calendar), for the daily reconciliation. `None`: the
+    /// provider publishes no such list (each refund is asked about instead,
+    /// with [`Connector::booked_refund`]).
+    async fn booked_refunds(
+        &self,
+        _from: jiff::civil::Date,
+        _to: jiff::civil::Date,
+    ) -> Option<Result<Vec<BookedRefund>, String>> {
+        None
+    }
+    /// One refund as the provider's books hold it: `Ok(None)` when the
+    /// provider has no record of it. By default read from the refund status
+    /// query (which states no amount).
+    async fn booked_refund(&self, query: &StatusQuery) -> Result<Option<BookedRefund>, String> {
+        let a = self.refund_status(query).await;
+        match a.outcome {
+            Outcome::NotFound => Ok(None),
+            Outcome::Unknown | Outcome::Misconfigured => Err(a
+                .message
+                .unwrap_or_else(|| "the provider could not be asked".into())),
+            outcome => Ok(Some(BookedRefund {
+                sale_transaction_no: query.transaction_no.clone(),
+                provider_refund_id: a.provider_refund_id,
+                provider_reference: Some(query.provider_reference.clone()),
+                amount_minor: None,
+                currency: None,
+                provider_status: a.provider_status,
+                outcome,
+                created: None,
+            })),
+        }
+    }
     /// SHA-256 over everything that verifies this account's webhooks: two
     /// accounts with the same digest verify the same webhooks.
     fn webhook_credentials_digest(&self) -> [u8; 32];
@@ -342,6 +375,20 @@ pub fn stored_text(s: String) -> String {
     s.replace('\0', "\u{FFFD}").chars().take(1000).collect()
 }
 
+impl BookedRefund {
+    /// Every text made fit to store ([`stored_text`]).
+    pub fn stored(self) -> Self {
+        Self {
+            sale_transaction_no: self.sale_transaction_no.map(stored_text),
+            provider_refund_id: self.provider_refund_id.map(stored_text),
+            provider_reference: self.provider_reference.map(stored_text),
+            currency: self.currency.map(stored_text),
+            provider_status: self.provider_status.map(stored_text),
+            ..self
+        }
+    }
+}
+
 impl ProviderAnswer {
     /// The answer with every text made fit to store ([`stored_text`]).
     pub fn stored(self) -> Self {
@@ -408,6 +455,27 @@ pub enum SaleLookup {
     NotFound,
     /// The provider cannot be asked right now, or refused the query.
     Unavailable(String),
+}
+
+/// One refund as a provider's books list it (Pockyt trans-list, Pay10
+/// refund requery), for the daily reconciliation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BookedRefund {
+    /// The refunded sale (Pockyt `originalTransactionNo`), where stated.
+    pub sale_transaction_no: Option<String>,
+    /// The provider's id of the refund (Pockyt `transactionNo` of the refund
+    /// transaction, Pay10 `PG_REF_NUM`).
+    pub provider_refund_id: Option<String>,
+    /// The merchant's id of the refund (ours: `RefundCall::provider_reference`).
+    pub provider_reference: Option<String>,
+    /// In the currency's minor units; `None`: not stated or unreadable.
+    pub amount_minor: Option<i64>,
+    /// ISO 4217 alphabetic code, where stated.
+    pub currency: Option<String>,
+    pub provider_status: Option<String>,
+    pub outcome: Outcome,
+    /// The provider's calendar date of the refund, where stated.
+    pub created: Option<jiff::civil::Date>,
 }
 
 /// A verified provider webhook, reduced to what matching a refund needs.
@@ -505,6 +573,36 @@ impl ProviderClient {
         answer.stored()
     }
 
+    /// See [`Connector::booked_refunds`].
+    pub async fn booked_refunds(
+        &self,
+        from: jiff::civil::Date,
+        to: jiff::civil::Date,
+    ) -> Option<Result<Vec<BookedRefund>, String>> {
+        let started = Instant::now();
+        let listed = self.0.booked_refunds(from, to).await?;
+        let outcome = if listed.is_ok() {
+            "listed"
+        } else {
+            "unavailable"
+        };
+        crate::metrics::provider_call(self.kind().as_str(), "refund_list", outcome, started);
+        Some(listed.map(|v| v.into_iter().map(BookedRefund::stored).collect()))
+    }
+
+    /// See [`Connector::booked_refund`].
+    pub async fn booked_refund(&self, query: &StatusQuery) -> Result<Option<BookedRefund>, String> {
+        let started = Instant::now();
+        let found = self.0.booked_refund(query).await;
+        let outcome = match &found {
+            Ok(Some(_)) => "found",
+            Ok(None) => "not_found",
+            Err(_) => "unavailable",
+        };
+        crate::metrics::provider_call(self.kind().as_str(), "booked_refund", outcome, started);
+        found.map(|b| b.map(BookedRefund::stored))
+    }
+
     /// Whether two accounts hold the very same webhook credentials (so a
     /// webhook that one of them verifies, the other verifies too).
     pub fn same_credentials(&self, other: &ProviderClient) -> bool {
@@ -554,8 +652,19 @@ pub const MAX_PROVIDER_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Reads a provider's answer body, at most [`MAX_PROVIDER_RESPONSE_BYTES`]:
 /// a larger one (by its `Content-Length`, or as it streams in) is refused
 /// with a message, without reading the rest.
-pub(crate) async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
-    let max = MAX_PROVIDER_RESPONSE_BYTES;
+pub(crate) async fn read_capped(resp: reqwest::Response) -> Result<Vec<u8>, String> {
+    read_at_most(resp, MAX_PROVIDER_RESPONSE_BYTES).await
+}
+
+/// The largest list of a day's transactions the gateway reads, in bytes
+/// (Pockyt trans-list: about 400 bytes an entry, so some 160,000 entries).
+pub const MAX_PROVIDER_LIST_BYTES: usize = 64 * 1024 * 1024;
+
+/// Reads a provider's answer body, at most `max` bytes (see [`read_capped`]).
+pub(crate) async fn read_at_most(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, String> {
     if resp.content_length().is_some_and(|n| n > max as u64) {
         return Err(format!("the answer is larger than {max} bytes; not read"));
     }

@@ -1,6 +1,7 @@
 //! The refund domain: validation results in, idempotency, the over-refund
 //! guard, the write-before-call rule, outcome recording and reconciliation.
 
+pub mod books;
 pub mod email;
 pub mod lifecycle;
 pub mod object;

@@ -83,6 +83,8 @@ impl SandboxConfig {
 enum RefundState {
     Pending,
     Success,
+    /// Only by an edit of the books (`PATCH /sandbox/{provider}/refunds/{id}`).
+    Failed,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -91,6 +93,14 @@ struct SbRefund {
     refund_reference: Option<String>,
     amount: Minor,
     state: RefundState,
+    /// When it was made (Unix ms; 0 in books saved before this was kept).
+    #[serde(default)]
+    created_ms: i64,
+}
+
+/// Now, in Unix milliseconds (the sandbox's own clock).
+fn now_ms() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,7 +116,14 @@ struct SbSale {
 
 impl SbSale {
     fn refunded(&self) -> Minor {
-        Minor::new(self.refunds.iter().map(|r| r.amount.get()).sum()).unwrap_or_default()
+        Minor::new(
+            self.refunds
+                .iter()
+                .filter(|r| r.state != RefundState::Failed)
+                .map(|r| r.amount.get())
+                .sum(),
+        )
+        .unwrap_or_default()
     }
 }
 
@@ -355,6 +372,14 @@ impl Sandbox {
         Router::new()
             .route("/sandbox/stats", get(stats))
             .route("/sandbox/{provider}/payments/{id}", get(show_payment))
+            .route(
+                "/sandbox/{provider}/payments/{id}/refunds",
+                axum::routing::post(dashboard_refund),
+            )
+            .route(
+                "/sandbox/{provider}/refunds/{id}",
+                axum::routing::delete(forget_refund).patch(edit_refund),
+            )
             .merge(pockyt::routes())
             .merge(pay10::routes())
             .with_state(self.clone())
@@ -498,6 +523,156 @@ async fn show_payment(
         .into_response(),
         None => (StatusCode::NOT_FOUND, "no such payment").into_response(),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DashboardRefund {
+    amount: String,
+}
+
+/// A refund made "in the provider's dashboard": applied on the sale with no
+/// gateway involved (no merchant reference of ours, no IPN to the gateway).
+async fn dashboard_refund(
+    State(sb): State<Sandbox>,
+    Path((provider, id)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(req) = serde_json::from_slice::<DashboardRefund>(&body) else {
+        return bad_request("body must be {\"amount\":\"1.00\"}");
+    };
+    let mut b = sb.lock();
+    let book = match provider.as_str() {
+        "pockyt" => &mut b.pockyt,
+        "pay10" => &mut b.pay10,
+        _ => return (StatusCode::NOT_FOUND, "unknown provider").into_response(),
+    };
+    let Some(key) = book
+        .sales
+        .get(&id)
+        .map(|s| s.transaction_no.clone())
+        .or_else(|| book.by_reference.get(&id).cloned())
+    else {
+        return (StatusCode::NOT_FOUND, "no such payment").into_response();
+    };
+    let sale = book.sales.get_mut(&key).expect("found above");
+    let Ok(amount) = sale.currency.parse_amount(&req.amount) else {
+        return bad_request("amount must be a positive decimal in the sale's currency digits");
+    };
+    if sale.refunded().get() + amount.get() > sale.amount.get() {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the refund exceeds what is left on the sale",
+        )
+            .into_response();
+    }
+    let refund = SbRefund {
+        provider_refund_id: random_digits(if provider == "pay10" { 16 } else { 18 }),
+        refund_reference: Some(format!("DASH{}", random_digits(12))),
+        amount,
+        state: RefundState::Success,
+        created_ms: now_ms(),
+    };
+    sale.refunds.push(refund.clone());
+    let out = serde_json::json!({
+        "transactionNo": sale.transaction_no,
+        "refundTransactionNo": refund.provider_refund_id,
+        "refundReference": refund.refund_reference,
+        "amount": sale.currency.format(amount),
+        "currency": sale.currency,
+        "status": "success",
+    });
+    book.refund_sale
+        .insert(refund.provider_refund_id.clone(), key.clone());
+    book.refunds_applied += 1;
+    drop(b);
+    sb.mark_changed();
+    (StatusCode::CREATED, Json(out)).into_response()
+}
+
+/// Forgets a refund (by the provider's id or the merchant's reference), as
+/// if the provider had never made it: the report's `only_at_gateway` case.
+async fn forget_refund(
+    State(sb): State<Sandbox>,
+    Path((provider, id)): Path<(String, String)>,
+) -> Response {
+    let mut b = sb.lock();
+    let book = match provider.as_str() {
+        "pockyt" => &mut b.pockyt,
+        "pay10" => &mut b.pay10,
+        _ => return (StatusCode::NOT_FOUND, "unknown provider").into_response(),
+    };
+    let mut gone = false;
+    for sale in book.sales.values_mut() {
+        let before = sale.refunds.len();
+        sale.refunds.retain(|r| {
+            r.provider_refund_id != id && r.refund_reference.as_deref() != Some(id.as_str())
+        });
+        gone |= sale.refunds.len() != before;
+    }
+    book.refund_sale.retain(|k, _| k != &id);
+    drop(b);
+    if gone {
+        sb.mark_changed();
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        (StatusCode::NOT_FOUND, "no such refund").into_response()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefundEdit {
+    amount: Option<String>,
+    status: Option<RefundState>,
+}
+
+/// Edits a refund in the provider's books (its amount, its status: what a
+/// provider that got it wrong would list), so a reconciliation report's
+/// `amount_mismatch` and `status_mismatch` can be shown.
+async fn edit_refund(
+    State(sb): State<Sandbox>,
+    Path((provider, id)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(edit) = serde_json::from_slice::<RefundEdit>(&body) else {
+        return bad_request(
+            "body must be {\"amount\":\"1.50\"} and/or {\"status\":\"success|pending|failed\"}",
+        );
+    };
+    let mut b = sb.lock();
+    let book = match provider.as_str() {
+        "pockyt" => &mut b.pockyt,
+        "pay10" => &mut b.pay10,
+        _ => return (StatusCode::NOT_FOUND, "unknown provider").into_response(),
+    };
+    for sale in book.sales.values_mut() {
+        let currency = sale.currency;
+        if let Some(r) = sale.refunds.iter_mut().find(|r| {
+            r.provider_refund_id == id || r.refund_reference.as_deref() == Some(id.as_str())
+        }) {
+            if let Some(a) = &edit.amount {
+                let Ok(a) = currency.parse_amount(a) else {
+                    return bad_request(
+                        "amount must be a positive decimal in the sale's currency digits",
+                    );
+                };
+                r.amount = a;
+            }
+            if let Some(s) = edit.status {
+                r.state = s;
+            }
+            let out = Json(serde_json::json!({
+                "refundTransactionNo": r.provider_refund_id,
+                "amount": currency.format(r.amount),
+                "status": r.state,
+            }));
+            drop(b);
+            sb.mark_changed();
+            return out.into_response();
+        }
+    }
+    (StatusCode::NOT_FOUND, "no such refund").into_response()
 }
 
 /// Writes the books to `path` after each burst of changes (write to a

@@ -97,6 +97,7 @@ fn refund_fields(
     let status = match refund.state {
         RefundState::Success => "Captured",
         RefundState::Pending => "REFUND_INITIATED",
+        RefundState::Failed => "Failed",
     };
     let mut f = BTreeMap::new();
     for (k, v) in [
@@ -257,6 +258,7 @@ async fn refund(State(sb): State<Sandbox>, body: Bytes) -> Response {
             refund_reference: Some(refund_order_id.clone()),
             amount,
             state,
+            created_ms: super::now_ms(),
         };
         sale.refunds.push(refund.clone());
         books.pay10.refunds_applied += 1;
@@ -342,15 +344,12 @@ async fn requery(State(sb): State<Sandbox>, body: Bytes) -> Response {
     drop(b);
     match found {
         Some((sale, refund)) => {
-            let message = if refund.state == RefundState::Success {
-                "SUCCESS"
-            } else {
-                "Pending"
+            let (code, message) = match refund.state {
+                RefundState::Success => ("000", "SUCCESS"),
+                RefundState::Pending => ("000", "Pending"),
+                RefundState::Failed => ("004", "Declined"),
             };
-            answer(
-                refund_fields(&sb, &sale, &refund, "000", message),
-                &req.hash,
-            )
+            answer(refund_fields(&sb, &sale, &refund, code, message), &req.hash)
         }
         None => {
             // The published not-found shape.

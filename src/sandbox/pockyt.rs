@@ -28,6 +28,10 @@ pub(super) fn routes() -> Router<Sandbox> {
             post(tran_query),
         )
         .route("/sandbox/pockyt/app-data-search/v3/refund", post(refund))
+        .route(
+            "/sandbox/pockyt/app-data-search/v3/trans-list",
+            post(trans_list),
+        )
 }
 
 #[derive(Deserialize)]
@@ -286,6 +290,98 @@ async fn tran_query(State(sb): State<Sandbox>, body: Bytes) -> Response {
     .into_response()
 }
 
+/// The transaction list: the refunds made on the dates `startDate` to
+/// `endDate` (`YYYYMMDD`, UTC here; at most 15 days), as Pockyt's
+/// "Transaction Object"s. Shaped at random as the v3 SDKs read it
+/// (`result.transactions`) or as the v2 ones did (top-level
+/// `transactions` and `size`).
+async fn trans_list(State(sb): State<Sandbox>, body: Bytes) -> Response {
+    let fields = match authenticate(&sb, &body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let date = |k: &str| {
+        let v = fields.get(k)?;
+        (v.len() == 8 && v.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| {
+                time::Date::parse(v, time::macros::format_description!("[year][month][day]")).ok()
+            })
+            .flatten()
+    };
+    let (Some(start), Some(end)) = (fields.get("startDate"), fields.get("endDate")) else {
+        return envelope("000020", "required parameter missing: startDate, endDate");
+    };
+    let _ = (start, end);
+    let (Some(start), Some(end)) = (date("startDate"), date("endDate")) else {
+        return envelope(
+            "000023",
+            "invalid parameter value: startDate and endDate are YYYYMMDD",
+        );
+    };
+    if end < start {
+        return envelope("000023", "endDate should be later than startDate");
+    }
+    if (end - start).whole_days() >= 15 {
+        return envelope("000023", "endDate cannot be 15 days greater than startDate");
+    }
+    let b = sb.lock();
+    let c = &sb.config;
+    let mut list: Vec<Value> = vec![];
+    for sale in b.pockyt.sales.values() {
+        for r in &sale.refunds {
+            let Ok(at) =
+                time::OffsetDateTime::from_unix_timestamp_nanos(r.created_ms as i128 * 1_000_000)
+            else {
+                continue;
+            };
+            if at.date() < start || at.date() > end {
+                continue;
+            }
+            let stamp = at
+                .format(time::macros::format_description!(
+                    "[year]-[month]-[day] [hour]:[minute]:[second]"
+                ))
+                .unwrap_or_default();
+            list.push(json!({
+                "transactionNo": r.provider_refund_id,
+                "reference": r.refund_reference,
+                "originalTransactionNo": sale.transaction_no,
+                "merchantNo": c.pockyt_merchant_no,
+                "storeNo": c.pockyt_store_no,
+                "storeAdminNo": null,
+                "amount": sale.currency.format(r.amount),
+                "refundAmount": "0.00",
+                "voidAmount": "0.00",
+                "currency": sale.currency,
+                "settleCurrency": sale.settle_currency,
+                "transactionType": "refund",
+                "transactionStatus": r.state,
+                "createTime": stamp,
+                "paymentTime": stamp,
+                "vendor": "sandbox",
+            }));
+        }
+    }
+    drop(b);
+    let size = list.len();
+    if coin() {
+        Json(json!({
+            "ret_code": "000100",
+            "ret_msg": "query success ",
+            "result": { "transactions": list, "size": size },
+        }))
+        .into_response()
+    } else {
+        Json(json!({
+            "ret_code": "000100",
+            "ret_msg": "query success ",
+            "transactions": list,
+            "size": size,
+        }))
+        .into_response()
+    }
+}
+
 async fn refund(State(sb): State<Sandbox>, body: Bytes) -> Response {
     // Magic 95: the provider takes the request, works on it past the
     // caller's timeout, and only then applies it (until then a query finds
@@ -385,6 +481,7 @@ async fn apply_refund(sb: Sandbox, body: Bytes) -> Response {
             refund_reference: reference,
             amount,
             state,
+            created_ms: super::now_ms(),
         };
         sale.refunds.push(refund.clone());
         books.pockyt.refunds_applied += 1;
@@ -446,6 +543,7 @@ fn ipn(sb: &Sandbox, sale: &SbSale, refund: &SbRefund) -> IpnBody {
     let status = match refund.state {
         RefundState::Success => "success",
         RefundState::Pending => "pending",
+        RefundState::Failed => "failed",
     };
     let mut fields: Vec<(&str, String)> = vec![
         ("transactionNo", sale.transaction_no.clone()),

@@ -21,6 +21,8 @@ mod batch;
 mod codec;
 mod events;
 pub use events::EventStore;
+mod reconciliations;
+pub use reconciliations::{ItemRow, OutsideRefund, ReconciliationStore, ReportRow, RunClaim};
 mod model;
 mod postgres;
 mod sqlite;
@@ -124,6 +126,8 @@ pub trait StoreBackend: Send + Sync + 'static {
     fn backend(&self) -> Backend;
     /// The POS's events and their webhook deliveries.
     fn events(&self) -> &dyn EventStore;
+    /// The daily reconciliation's reports and the refunds made elsewhere.
+    fn reconciliations(&self) -> &dyn ReconciliationStore;
     async fn ping(&self) -> Result<()>;
     /// The database server's clock (Unix ms), where it has its own: the one
     /// clock every gateway process on this database goes by. `None`: the
@@ -324,6 +328,7 @@ fn push_list_filters<'a, DB, T>(
         q.push(" AND client = ").push_bind(c);
     }
     for (col, val) in [
+        ("account", &f.account),
         ("transaction_no", &f.transaction_no),
         ("reference", &f.reference),
         ("refund_reference", &f.refund_reference),

@@ -391,6 +391,8 @@ pub struct OutboxRow {
 
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
+    /// Only this provider account's refunds.
+    pub account: Option<String>,
     pub transaction_no: Option<String>,
     pub reference: Option<String>,
     pub refund_reference: Option<String>,

@@ -27,6 +27,7 @@ use super::{
 pub(super) struct PgStore {
     pool: PgPool,
     events: super::events::EventsOn<Postgres>,
+    reconciliations: super::reconciliations::ReconciliationsOn<Postgres>,
 }
 
 const SELECT_REFUND: &str = "SELECT id, client, account, provider, livemode, status, amount_minor, currency, \
@@ -96,6 +97,11 @@ impl PgStore {
                 // One sequencer at a time across processes (the key is
                 // arbitrary, the gateway's own).
                 sequencer_lock: "SELECT pg_advisory_xact_lock(7270020)",
+                gate: None,
+            },
+            reconciliations: super::reconciliations::ReconciliationsOn {
+                pool: pool.clone(),
+                d: super::POSTGRES,
                 gate: None,
             },
             pool,
@@ -264,6 +270,10 @@ impl PgStore {
 impl StoreBackend for PgStore {
     fn events(&self) -> &dyn super::events::EventStore {
         &self.events
+    }
+
+    fn reconciliations(&self) -> &dyn super::ReconciliationStore {
+        &self.reconciliations
     }
 
     fn backend(&self) -> Backend {

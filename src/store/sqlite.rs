@@ -27,6 +27,7 @@ pub(super) struct SqliteStore {
     gate: Arc<Mutex<()>>,
     batch: Batcher,
     events: super::events::EventsOn<Sqlite>,
+    reconciliations: super::reconciliations::ReconciliationsOn<Sqlite>,
 }
 
 const SELECT_REFUND: &str = "SELECT id, client, account, provider, livemode, status, amount_minor, currency, \
@@ -78,6 +79,11 @@ impl SqliteStore {
                 pool: pool.clone(),
                 d: super::SQLITE,
                 sequencer_lock: "",
+                gate: Some(gate.clone()),
+            },
+            reconciliations: super::reconciliations::ReconciliationsOn {
+                pool: pool.clone(),
+                d: super::SQLITE,
                 gate: Some(gate.clone()),
             },
             gate,
@@ -194,6 +200,10 @@ async fn insert_history(
 impl StoreBackend for SqliteStore {
     fn events(&self) -> &dyn super::events::EventStore {
         &self.events
+    }
+
+    fn reconciliations(&self) -> &dyn super::ReconciliationStore {
+        &self.reconciliations
     }
 
     fn backend(&self) -> Backend {

@@ -5,6 +5,7 @@
 #[macro_use]
 mod common;
 
+mod books;
 mod cli;
 mod contract;
 mod crash;

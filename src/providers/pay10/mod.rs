@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{
-    credentials_digest, join_url, Connector, Credentials, Outcome, ProviderAnswer, ProviderKind,
-    RefundCall, SaleLookup, StatusQuery, WebhookError, WebhookEvent,
+    credentials_digest, join_url, BookedRefund, Connector, Credentials, Outcome, ProviderAnswer,
+    ProviderKind, RefundCall, SaleLookup, StatusQuery, WebhookError, WebhookEvent,
 };
 use crypto::EncryptionKey;
 use wire::{EncEnvelope, RequeryRequest};
@@ -164,8 +164,19 @@ impl Pay10Client {
 
     #[tracing::instrument(skip_all, fields(provider = "pay10", op = "refund_status", refund_id = %q.refund_id))]
     pub async fn refund_status(&self, q: &StatusQuery) -> ProviderAnswer {
+        match self.requery(q).await {
+            Ok((answer, _)) => answer,
+            Err(answer) => answer,
+        }
+    }
+
+    /// The refund requery's answer, and its fields when it was readable.
+    async fn requery(
+        &self,
+        q: &StatusQuery,
+    ) -> Result<(ProviderAnswer, BTreeMap<String, String>), ProviderAnswer> {
         let Some(order_id) = &q.reference else {
-            return ProviderAnswer::unknown("pay10 requery needs ORDER_ID");
+            return Err(ProviderAnswer::unknown("pay10 requery needs ORDER_ID"));
         };
         let salt = self.account.salt.expose_secret();
         let hash = match crypto::hash(
@@ -179,9 +190,9 @@ impl Pay10Client {
             Ok(h) => h,
             Err(e) => {
                 tracing::error!(error = %e, "pay10 requery refused before sending");
-                return ProviderAnswer::unknown(format!(
+                return Err(ProviderAnswer::unknown(format!(
                     "the status query could not be built ({e}); nothing was asked"
-                ));
+                )));
             }
         };
         let body = RequeryRequest {
@@ -192,11 +203,13 @@ impl Pay10Client {
         };
         let bytes = match self.post(REQUERY_PATH, &body).await {
             Ok(b) => b,
-            Err(m) => return ProviderAnswer::unknown(m),
+            Err(m) => return Err(ProviderAnswer::unknown(m)),
         };
         let Some(fields) = wire::parse_fields(&bytes).filter(|f| f.contains_key("RESPONSE_CODE"))
         else {
-            return ProviderAnswer::unknown("pay10 requery answer is unreadable");
+            return Err(ProviderAnswer::unknown(
+                "pay10 requery answer is unreadable",
+            ));
         };
         // Pay10 does not sign requery answers (a HASH on one is our own echoed
         // back, or meaningless): the code and the fields are the answer.
@@ -209,7 +222,7 @@ impl Pay10Client {
                 "pay10 refused the refund status query: check this account's PAY_ID and salt"
             );
         }
-        answer
+        Ok((answer, fields))
     }
 
     pub fn verify_webhook(&self, body: &[u8]) -> Result<WebhookEvent, WebhookError> {
@@ -252,6 +265,41 @@ impl Connector for Pay10Client {
 
     async fn refund_status(&self, query: &StatusQuery) -> ProviderAnswer {
         Pay10Client::refund_status(self, query).await
+    }
+
+    /// Pay10 publishes no list: the refund requery, with its `AMOUNT`
+    /// (minor units) and `CURRENCY_CODE` (ISO 4217 numeric) where given.
+    async fn booked_refund(&self, query: &StatusQuery) -> Result<Option<BookedRefund>, String> {
+        let (answer, fields) = self.requery(query).await.map_err(|a| {
+            a.message
+                .unwrap_or_else(|| "pay10 could not be asked".into())
+        })?;
+        match answer.outcome {
+            Outcome::NotFound => return Ok(None),
+            Outcome::Unknown | Outcome::Misconfigured => {
+                return Err(answer
+                    .message
+                    .unwrap_or_else(|| "pay10 could not be asked".into()))
+            }
+            _ => {}
+        }
+        let get = |k: &str| fields.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+        Ok(Some(BookedRefund {
+            sale_transaction_no: query.transaction_no.clone(),
+            provider_refund_id: answer.provider_refund_id,
+            provider_reference: get("REFUND_ORDER_ID")
+                .map(str::to_string)
+                .or(Some(query.provider_reference.clone())),
+            amount_minor: get("AMOUNT")
+                .filter(|a| a.bytes().all(|b| b.is_ascii_digit()) && a.len() <= 12)
+                .and_then(|a| a.parse().ok()),
+            currency: get("CURRENCY_CODE")
+                .and_then(|c| crate::money::Currency::from_numeric(c).ok())
+                .map(|c| c.code().to_string()),
+            provider_status: answer.provider_status,
+            outcome: answer.outcome,
+            created: None,
+        }))
     }
 
     /// PAY_ID, salt and key.

@@ -12,13 +12,18 @@ use serde_json::{Map, Value};
 
 use super::pairs::PairError;
 use super::{
-    credentials_digest, join_url, Connector, Credentials, ListedRefund, Outcome, ProviderAnswer,
-    ProviderKind, RefundCall, SaleInfo, SaleLookup, StatusQuery, WebhookError, WebhookEvent,
+    credentials_digest, join_url, BookedRefund, Connector, Credentials, ListedRefund, Outcome,
+    ProviderAnswer, ProviderKind, RefundCall, SaleInfo, SaleLookup, StatusQuery, WebhookError,
+    WebhookEvent,
 };
-use wire::{Envelope, RefundResult, TranQueryResult, RET_SUCCESS};
+use wire::{Envelope, RefundResult, TranQueryResult, TransEntry, TransList, RET_SUCCESS};
 
 pub const TRAN_QUERY_PATH: &str = "/app-data-search/v3/tran-query";
 pub const REFUND_PATH: &str = "/app-data-search/v3/refund";
+pub const TRANS_LIST_PATH: &str = "/app-data-search/v3/trans-list";
+/// The longest range one trans-list call may ask for, in calendar days
+/// (the JS SDK: "endDate cannot be more than 15 days after startDate").
+pub const TRANS_LIST_MAX_DAYS: i64 = 15;
 
 /// A Pockyt merchant account: `merchantNo`, `storeNo` and the API token.
 #[derive(Clone)]
@@ -84,6 +89,23 @@ impl PockytClient {
     }
 
     async fn post<T: DeserializeOwned>(&self, path: &str, body: Map<String, Value>) -> Reply<T> {
+        self.post_reading::<Envelope<T>>(path, body, super::MAX_PROVIDER_RESPONSE_BYTES)
+            .await
+            .map_or_else(Reply::Unknown, |(status, env)| match env.ret_code {
+                Some(_) => Reply::Parsed(status, env),
+                None => Reply::Unknown(format!(
+                    "pockyt answered HTTP {status} with an unreadable body"
+                )),
+            })
+    }
+
+    /// Sends `body` and reads an answer of at most `max` bytes as `T`.
+    async fn post_reading<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Map<String, Value>,
+        max: usize,
+    ) -> Result<(u16, T), String> {
         let url = join_url(&self.account.base_url, path);
         let resp = match self.http.post(&url).json(&body).send().await {
             Ok(r) => r,
@@ -96,35 +118,75 @@ impl PockytClient {
                     "transport error"
                 };
                 tracing::warn!(error = %e, kind, %url, "pockyt call failed");
-                return Reply::Unknown(format!("pockyt {kind}"));
+                return Err(format!("pockyt {kind}"));
             }
         };
         let status = resp.status().as_u16();
-        let bytes = match super::read_capped(resp).await {
+        let bytes = match super::read_at_most(resp, max).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, status, %url, "pockyt body could not be read");
-                return Reply::Unknown(format!("pockyt response unreadable: {e}"));
+                return Err(format!("pockyt response unreadable: {e}"));
             }
         };
         if status >= 500 {
             tracing::warn!(status, %url, "pockyt answered with a server error");
-            return Reply::Unknown(format!("pockyt answered HTTP {status}"));
+            return Err(format!("pockyt answered HTTP {status}"));
         }
-        match serde_json::from_slice::<Envelope<T>>(&bytes) {
-            Ok(env) if env.ret_code.is_some() => Reply::Parsed(status, env),
-            _ => {
+        match serde_json::from_slice::<T>(&bytes) {
+            Ok(v) => Ok((status, v)),
+            Err(_) => {
                 tracing::warn!(
                     status,
                     %url,
                     len = bytes.len(),
                     "pockyt response is not a Pockyt envelope (is base_url right?)"
                 );
-                Reply::Unknown(format!(
+                Err(format!(
                     "pockyt answered HTTP {status} with an unreadable body"
                 ))
             }
         }
+    }
+
+    /// The refunds of the transaction list for `from..=to` (at most
+    /// [`TRANS_LIST_MAX_DAYS`] a call; a longer range is asked in parts).
+    #[tracing::instrument(skip_all, fields(provider = "pockyt", op = "trans_list"))]
+    pub async fn trans_list(
+        &self,
+        from: jiff::civil::Date,
+        to: jiff::civil::Date,
+    ) -> Result<Vec<BookedRefund>, String> {
+        let mut out = Vec::new();
+        let mut start = from;
+        while start <= to {
+            let end = start
+                .checked_add(jiff::Span::new().days(TRANS_LIST_MAX_DAYS - 1))
+                .map_err(|e| e.to_string())?
+                .min(to);
+            let ymd = |d: jiff::civil::Date| d.strftime("%Y%m%d").to_string();
+            let body = self
+                .signed(vec![("startDate", ymd(start)), ("endDate", ymd(end))])
+                .map_err(|e| format!("the list request could not be built ({e})"))?;
+            let (_, list) = self
+                .post_reading::<TransList>(TRANS_LIST_PATH, body, super::MAX_PROVIDER_LIST_BYTES)
+                .await?;
+            match list.ret_code.as_deref() {
+                Some(RET_SUCCESS) => {}
+                code => {
+                    return Err(format!(
+                        "pockyt trans-list refused: {} {}",
+                        code.unwrap_or(""),
+                        list.ret_msg.as_deref().unwrap_or("").trim()
+                    ))
+                }
+            }
+            out.extend(list.entries().into_iter().filter_map(booked_refund));
+            start = end
+                .checked_add(jiff::Span::new().days(1))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(out)
     }
 
     #[tracing::instrument(skip_all, fields(provider = "pockyt", op = "tran_query"))]
@@ -347,6 +409,14 @@ impl Connector for PockytClient {
         PockytClient::refund_status(self, query).await
     }
 
+    async fn booked_refunds(
+        &self,
+        from: jiff::civil::Date,
+        to: jiff::civil::Date,
+    ) -> Option<Result<Vec<BookedRefund>, String>> {
+        Some(self.trans_list(from, to).await)
+    }
+
     /// merchantNo, storeNo and token.
     fn webhook_credentials_digest(&self) -> [u8; 32] {
         let a = &self.account;
@@ -433,6 +503,50 @@ pub fn parse_ipn(body: &[u8], token: &str) -> Result<WebhookEvent, WebhookError>
         provider_status: status,
         is_refund,
         fields,
+    })
+}
+
+/// A trans-list entry as a booked refund; `None` for what is not a refund
+/// (payments, voids).
+fn booked_refund(e: TransEntry) -> Option<BookedRefund> {
+    if !e
+        .transaction_type
+        .as_deref()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("refund"))
+    {
+        return None;
+    }
+    let currency = e.currency.as_deref().map(str::trim).map(str::to_string);
+    // A refund transaction's own `amount` is the refund's; some lists may
+    // sign it negative, or state it only as `refundAmount`.
+    let amount_minor = [e.amount.as_deref(), e.refund_amount.as_deref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|a| {
+            let c = crate::money::Currency::from_code(currency.as_deref()?).ok()?;
+            c.parse_amount(a.trim().trim_start_matches('-')).ok()
+        })
+        .map(|m| m.get())
+        .next();
+    let created = e.create_time.as_deref().and_then(|t| {
+        let t = t.trim();
+        t.get(..10)
+            .and_then(|d| d.parse::<jiff::civil::Date>().ok())
+            .or_else(|| jiff::civil::Date::strptime("%Y%m%d", t.get(..8)?).ok())
+    });
+    let status = e.transaction_status.clone();
+    Some(BookedRefund {
+        sale_transaction_no: e.original_transaction_no,
+        provider_refund_id: e.transaction_no,
+        provider_reference: e.refund_reference.or(e.reference),
+        amount_minor,
+        currency,
+        outcome: status
+            .as_deref()
+            .map(status_outcome)
+            .unwrap_or(Outcome::Unknown),
+        provider_status: status,
+        created,
     })
 }
 

@@ -89,6 +89,79 @@ pub struct RefundInfo {
     pub status: Option<String>,
 }
 
+/// The transaction list's answer (`/app-data-search/v3/trans-list`). No
+/// SDK or document publishes it: the v2 Java SDK read a top-level
+/// `transactions` array (with `size`), the v3 C# SDK reads `result` as an
+/// object. Both are read here, and `result` as the list itself or as an
+/// object holding `transactions` (or `list`).
+#[derive(Debug, Deserialize)]
+pub struct TransList {
+    #[serde(default, alias = "retCode", deserialize_with = "de_opt_stringish")]
+    pub ret_code: Option<String>,
+    #[serde(default, alias = "retMsg", deserialize_with = "de_opt_stringish")]
+    pub ret_msg: Option<String>,
+    #[serde(default)]
+    pub result: Option<TransListResult>,
+    #[serde(default)]
+    pub transactions: Option<Vec<TransEntry>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum TransListResult {
+    List(Vec<TransEntry>),
+    Object {
+        #[serde(default, alias = "list", alias = "transactionList")]
+        transactions: Vec<TransEntry>,
+    },
+}
+
+impl TransList {
+    /// Every listed transaction, wherever the answer put them.
+    pub fn entries(self) -> Vec<TransEntry> {
+        let mut out = self.transactions.unwrap_or_default();
+        match self.result {
+            Some(TransListResult::List(v)) | Some(TransListResult::Object { transactions: v }) => {
+                out.extend(v)
+            }
+            None => {}
+        }
+        out
+    }
+}
+
+/// One listed transaction: Pockyt's documented "Transaction Object"
+/// (`transactionType` `payment` | `refund` | `void`, `transactionStatus`,
+/// `originalTransactionNo` on a refund, `createTime` as
+/// `yyyy-MM-dd HH:mm:ss`). `status` and `refundReference` are read too,
+/// as tran-query and the refund answer name them.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TransEntry {
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub transaction_no: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub reference: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub refund_reference: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub original_transaction_no: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub amount: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub refund_amount: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub currency: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub settle_currency: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub transaction_type: Option<String>,
+    #[serde(default, alias = "status", deserialize_with = "de_opt_stringish")]
+    pub transaction_status: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish")]
+    pub create_time: Option<String>,
+}
+
 /// `refundInfo` is a list in current responses and a single object in older ones.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(untagged)]
