@@ -43,6 +43,7 @@ pub fn app(state: AppState, sandbox: Option<&Sandbox>, request_timeout: Duration
         .merge(api::operator::routes())
         .merge(api::events::routes())
         .merge(api::reconciliations::routes())
+        .merge(api::sales::routes())
         .merge(api::ipn::routes())
         .merge(api::health::routes())
         .merge(api::docs::routes())

@@ -446,8 +446,29 @@ fn reconcile_cli(
             .json(&serde_json::json!({"account": account, "date": date}))
             .send()
             .await?;
-        let status = r.status();
-        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        let mut status = r.status();
+        let mut body: serde_json::Value = r.json().await.unwrap_or_default();
+        // A large day: the run goes on at the gateway; wait for it.
+        while status == reqwest::StatusCode::ACCEPTED || body["state"] == "running" {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let id = body["id"].as_str().unwrap_or_default().to_string();
+            let r = http
+                .get(format!(
+                    "{base}/v1/operator/reconciliations/{id}?items_limit=1"
+                ))
+                .bearer_auth(key)
+                .send()
+                .await?;
+            status = r.status();
+            body = r.json().await.unwrap_or_default();
+            if !status.is_success() {
+                break;
+            }
+        }
+        if body["state"] == "failed" {
+            status = reqwest::StatusCode::BAD_GATEWAY;
+            body["detail"] = body["error"].clone();
+        }
         let mut lines = None;
         if let (true, Some(_), Some(id)) = (status.is_success(), &csv, body["id"].as_str()) {
             let r = http

@@ -10,6 +10,7 @@ pub mod operator;
 pub mod parse;
 pub mod reconciliations;
 pub mod refunds;
+pub mod sales;
 
 use std::sync::Arc;
 

@@ -15,6 +15,10 @@ use super::{ApiError, AppState, OperatorAuthed};
 use crate::refunds::books::{ReconcileError, ReportSummary, RunOutcome};
 use crate::store::{ItemRow, ReportRow};
 
+/// How long `POST /v1/operator/reconciliations` waits for its run before
+/// answering 202 (the run goes on).
+const RUN_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// A stored report.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReconciliationObject {
@@ -211,6 +215,7 @@ fn run_error(e: ReconcileError) -> ApiError {
     responses(
         (status = 201, description = "The day's first report", body = ReconciliationObject),
         (status = 200, description = "The day's report, replacing an earlier one (`replaced: true`)", body = ReconciliationObject),
+        (status = 202, description = "Still running after 20 s (a large day): the report as it stands (`state: running`); ask `GET /v1/operator/reconciliations/{id}` until it is `done` or `failed`", body = ReconciliationObject),
         (status = 400, description = "`invalid_request` (with `errors`): an unknown account, a malformed or future date; `malformed_json`", body = super::error::Problem, content_type = "application/problem+json"),
         super::error::OperatorKeyRefusals,
         (status = 409, description = "`reconciliation_running`: another run of this account and day is under way", body = super::error::Problem, content_type = "application/problem+json"),
@@ -231,12 +236,32 @@ pub async fn run(
     let day = parse_day(req.date.0.trim(), today(&state))?;
     let account = req.account.0.trim().to_string();
     tracing::info!(operator = %op.name, %account, %day, "reconciliation requested");
-    match state
-        .gateway
-        .reconcile_day(&account, day, false)
-        .await
-        .map_err(run_error)?
-    {
+    if !state.gateway.accounts.contains_key(&account) {
+        return Err(run_error(ReconcileError::UnknownAccount(account)));
+    }
+    // A large day outlasts a request: the run goes on in its own task, and
+    // after a while the answer is 202 with the report as it stands.
+    let gateway = state.gateway.clone();
+    let task_account = account.clone();
+    let mut task =
+        tokio::spawn(async move { gateway.reconcile_day(&task_account, day, false).await });
+    let outcome = match tokio::time::timeout(RUN_WAIT, &mut task).await {
+        Ok(joined) => joined.map_err(|e| {
+            tracing::error!(error = %e, "a reconciliation run panicked");
+            ApiError::internal()
+        })?,
+        Err(_) => {
+            let report = state
+                .gateway
+                .store
+                .reconciliations()
+                .report_for_day(&account, &day.to_string())
+                .await?
+                .ok_or_else(ApiError::internal)?;
+            return Ok((StatusCode::ACCEPTED, Json(object(report))).into_response());
+        }
+    };
+    match outcome.map_err(run_error)? {
         RunOutcome::Ran { report, replaced } => {
             let mut o = object(*report);
             o.replaced = Some(replaced);

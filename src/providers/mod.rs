@@ -115,6 +115,18 @@ pub trait Connector: Send + Sync + std::fmt::Debug {
         transaction_no: Option<&str>,
         reference: Option<&str>,
     ) -> Option<SaleLookup>;
+    /// Looks the sale up given the amount the POS states for it (the
+    /// receipt's): Pay10's status enquiry needs it. By default the same as
+    /// [`Connector::lookup_sale`].
+    async fn lookup_sale_stated(
+        &self,
+        transaction_no: Option<&str>,
+        reference: Option<&str>,
+        _amount: Minor,
+        _currency: Currency,
+    ) -> Option<SaleLookup> {
+        self.lookup_sale(transaction_no, reference).await
+    }
     async fn refund(&self, call: &RefundCall) -> ProviderAnswer;
     async fn refund_status(&self, query: &StatusQuery) -> ProviderAnswer;
     /// The refunds the provider's own books list for the dates `from..=to`
@@ -527,8 +539,26 @@ impl ProviderClient {
         transaction_no: Option<&str>,
         reference: Option<&str>,
     ) -> Option<SaleLookup> {
+        self.lookup_sale_as(transaction_no, reference, None).await
+    }
+
+    /// [`ProviderClient::lookup_sale`], with the sale's amount the POS
+    /// stated where it did (see [`Connector::lookup_sale_stated`]).
+    pub async fn lookup_sale_as(
+        &self,
+        transaction_no: Option<&str>,
+        reference: Option<&str>,
+        stated: Option<(Minor, Currency)>,
+    ) -> Option<SaleLookup> {
         let started = Instant::now();
-        let found = self.0.lookup_sale(transaction_no, reference).await?;
+        let found = match stated {
+            Some((amount, currency)) => {
+                self.0
+                    .lookup_sale_stated(transaction_no, reference, amount, currency)
+                    .await?
+            }
+            None => self.0.lookup_sale(transaction_no, reference).await?,
+        };
         let outcome = match &found {
             SaleLookup::Found(_) => "found",
             SaleLookup::NotFound => "not_found",

@@ -8,6 +8,7 @@ pub mod object;
 pub mod outgoing;
 pub mod receipt;
 pub mod reconcile;
+pub mod sales;
 pub mod webhooks;
 
 use std::collections::{BTreeMap, HashMap};
@@ -169,6 +170,8 @@ pub struct NewRefund {
     pub idempotency_key: Option<String>,
     /// SHA-256 of the canonical request body: a repeated key must repeat it.
     pub request_hash: String,
+    /// The sale's amount as the POS states it (Pay10: asked about with it).
+    pub sale_amount: Option<Minor>,
 }
 
 /// Refusals before the provider is called: no refund record is left behind.
@@ -553,7 +556,11 @@ impl Gateway {
     ) -> Result<SaleCheck, Refusal> {
         match handle
             .client
-            .lookup_sale(req.transaction_no.as_deref(), req.reference.as_deref())
+            .lookup_sale_as(
+                req.transaction_no.as_deref(),
+                req.reference.as_deref(),
+                req.sale_amount.map(|a| (a, req.currency)),
+            )
             .await
         {
             None => Ok(SaleCheck {
@@ -578,6 +585,14 @@ impl Gateway {
         sale: SaleInfo,
     ) -> Result<SaleCheck, Refusal> {
         if req.reference.is_some() && sale.reference.is_some() && req.reference != sale.reference {
+            return Err(Refusal::TransactionNotFound);
+        }
+        // Found by the other id (Pay10: by ORDER_ID): both must be the sale's.
+        if req
+            .transaction_no
+            .as_deref()
+            .is_some_and(|t| !t.is_empty() && t != sale.transaction_no)
+        {
             return Err(Refusal::TransactionNotFound);
         }
         if !req.provider.rules().sale_is_refundable(&sale.status) {

@@ -24,6 +24,7 @@ pub(super) fn routes() -> Router<Sandbox> {
         .route("/sandbox/pay10/payments", post(create_payment))
         .route("/sandbox/pay10/pgws/merchant/refund", post(refund))
         .route("/sandbox/pay10/pgws/refund/requery", post(requery))
+        .route("/sandbox/pay10/pgws/transact", post(status_enquiry))
 }
 
 #[derive(Deserialize)]
@@ -32,6 +33,9 @@ struct NewPayment {
     currency: String,
     #[serde(default, rename = "ORDER_ID", alias = "order_id")]
     order_id: Option<String>,
+    /// `Captured` (default), or another Pay10 status (`Failed`, `Pending`).
+    #[serde(default)]
+    status: Option<String>,
 }
 
 async fn create_payment(State(sb): State<Sandbox>, body: Bytes) -> Response {
@@ -54,7 +58,7 @@ async fn create_payment(State(sb): State<Sandbox>, body: Bytes) -> Response {
         amount,
         currency,
         settle_currency: currency,
-        status: "Captured".into(),
+        status: p.status.unwrap_or_else(|| "Captured".into()),
         refunds: vec![],
     };
     let out = json!({
@@ -302,6 +306,62 @@ fn answer(mut fields: BTreeMap<String, String>, echo: &str) -> Response {
         fields.insert("HASH".into(), echo.to_string());
     }
     Json(fields).into_response()
+}
+
+/// The status enquiry (`TXNTYPE=STATUS`): the sale by its `ORDER_ID`, with
+/// its own amount and currency (whatever `AMOUNT` asked: the provider's
+/// word is what the gateway pins).
+async fn status_enquiry(State(sb): State<Sandbox>, body: Bytes) -> Response {
+    let Ok(req) = serde_json::from_slice::<crate::providers::pay10::wire::StatusEnquiry>(&body)
+    else {
+        return plain("300", "Invalid request");
+    };
+    if req.pay_id != sb.config.pay10_pay_id {
+        return plain("324", "Invalid PAY_ID");
+    }
+    let hashed: Vec<(String, String)> = [
+        ("PAY_ID", &req.pay_id),
+        ("ORDER_ID", &req.order_id),
+        ("AMOUNT", &req.amount),
+        ("CURRENCY_CODE", &req.currency_code),
+        ("TXNTYPE", &req.txn_type),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    if req.txn_type != "STATUS" {
+        return plain("300", "Invalid TXNTYPE");
+    }
+    if !sign::same(&sign::pay10(&hashed, &sb.config.pay10_salt), &req.hash) {
+        return plain("300", "Invalid Hash");
+    }
+    let b = sb.lock();
+    let sale = b
+        .pay10
+        .by_reference
+        .get(&req.order_id)
+        .and_then(|t| b.pay10.sales.get(t))
+        .cloned();
+    drop(b);
+    let Some(sale) = sale else {
+        return plain("300", "NO DATA FOUND");
+    };
+    let mut f = BTreeMap::new();
+    for (k, v) in [
+        ("PAY_ID", sb.config.pay10_pay_id.clone()),
+        ("ORDER_ID", sale.reference.clone()),
+        ("PG_REF_NUM", sale.transaction_no.clone()),
+        ("AMOUNT", format!("{:03}", sale.amount.get())),
+        ("CURRENCY_CODE", sale.currency.numeric()),
+        ("STATUS", sale.status.clone()),
+        ("RESPONSE_CODE", "000".to_string()),
+        ("RESPONSE_MESSAGE", "SUCCESS".to_string()),
+        ("TXNTYPE", "SALE".to_string()),
+        ("RESPONSE_DATE_TIME", now_stamp()),
+    ] {
+        f.insert(k.to_string(), v);
+    }
+    Json(f).into_response()
 }
 
 async fn requery(State(sb): State<Sandbox>, body: Bytes) -> Response {

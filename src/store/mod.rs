@@ -22,7 +22,9 @@ mod codec;
 mod events;
 pub use events::EventStore;
 mod reconciliations;
-pub use reconciliations::{ItemRow, OutsideRefund, ReconciliationStore, ReportRow, RunClaim};
+pub use reconciliations::{
+    ItemRow, OutsideRefund, ReconciliationStore, ReportRow, RunClaim, SaleBooks,
+};
 mod model;
 mod postgres;
 mod sqlite;

@@ -73,6 +73,19 @@ pub struct OutsideRefund {
     pub review_reason: Option<String>,
 }
 
+/// A sale as the gateway's books hold it (the reservations' row).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SaleBooks {
+    /// Pinned by the provider's answer (or a refund's success); `None`: not known.
+    pub amount_minor: Option<i64>,
+    pub currency: String,
+    pub currency_confirmed: bool,
+    /// Held by our live refunds.
+    pub reserved_minor: i64,
+    /// Refunds made elsewhere, as far as they are known.
+    pub external_minor: i64,
+}
+
 /// A run taken: the report's id and whether it replaces an earlier run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunClaim {
@@ -119,6 +132,8 @@ pub trait ReconciliationStore: Send + Sync {
         error: Option<&str>,
     ) -> Result<bool>;
     async fn report(&self, id: &str) -> Result<Option<ReportRow>>;
+    /// The report of `account`'s `day`, if one was started.
+    async fn report_for_day(&self, account: &str, day: &str) -> Result<Option<ReportRow>>;
     /// Reports, newest day first (then account), after `(day, account)`.
     async fn reports(
         &self,
@@ -134,6 +149,8 @@ pub trait ReconciliationStore: Send + Sync {
     /// and counts every such refund of its sale against the sale; whether
     /// it is new.
     async fn record_outside(&self, o: &OutsideRefund) -> Result<bool>;
+    /// The sale's row in the gateway's books.
+    async fn sale_books(&self, account: &str, transaction_no: &str) -> Result<Option<SaleBooks>>;
     /// Refunds made elsewhere: of one sale, or (none given) the ones
     /// flagged for review, newest first.
     async fn outside_refunds(
@@ -200,6 +217,7 @@ where
     for<'r> ReportRow: sqlx::FromRow<'r, DB::Row>,
     for<'r> ItemRow: sqlx::FromRow<'r, DB::Row>,
     for<'r> OutsideRefund: sqlx::FromRow<'r, DB::Row>,
+    for<'r> SaleBooks: sqlx::FromRow<'r, DB::Row>,
     for<'r> (String, i64): sqlx::FromRow<'r, DB::Row>,
     for<'r> (i64,): sqlx::FromRow<'r, DB::Row>,
     DB::Connection: Send,
@@ -390,6 +408,17 @@ where
             .await?)
     }
 
+    async fn report_for_day(&self, account: &str, day: &str) -> Result<Option<ReportRow>> {
+        let sql = self.sql(&format!(
+            "SELECT {REPORT_COLUMNS} FROM reconciliations WHERE account = $1 AND day = $2"
+        ));
+        Ok(sqlx::query_as(&sql)
+            .bind(account)
+            .bind(day)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
     async fn reports(
         &self,
         account: Option<&str>,
@@ -483,6 +512,17 @@ where
         .await?;
         tx.commit().await?;
         Ok(new)
+    }
+
+    async fn sale_books(&self, account: &str, transaction_no: &str) -> Result<Option<SaleBooks>> {
+        Ok(sqlx::query_as(
+            "SELECT amount_minor, currency, currency_confirmed, reserved_minor, external_minor \
+             FROM sales WHERE account = $1 AND transaction_no = $2",
+        )
+        .bind(account)
+        .bind(transaction_no)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     async fn outside_refunds(

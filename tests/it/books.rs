@@ -237,7 +237,42 @@ async fn every_kind_of_line_from_a_sandbox_day(db: Db) {
     )
     .await
     .assert_problem(422, "amount_exceeds_refundable");
+    // What is left on the sale says the same, and where each figure comes from.
+    let left = app
+        .get(&format!(
+            "/v1/sales/pockyt/{}",
+            s5["transactionNo"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(left.status, 200, "{}", left.text);
+    assert_eq!(
+        (
+            &left.body["amount"],
+            &left.body["amount_source"],
+            &left.body["refunded_elsewhere"],
+            &left.body["refundable"]
+        ),
+        (
+            &json!("10.00"),
+            &json!("provider"),
+            &json!("6.00"),
+            &json!("4.00")
+        ),
+        "{}",
+        left.text
+    );
+    assert!(left.body["refunds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["source"] == "reconciliation" && r["amount"] == "6.00"));
     refund_of(&app, &pockyt_refund(&s5, "4.00")).await;
+    app.get("/v1/sales/pockyt/000000000000000001")
+        .await
+        .assert_problem(404, "not_found");
+    app.get("/v1/sales/visa/1")
+        .await
+        .assert_problem(404, "not_found");
 
     // The CSV: every line, parsed by a standard reader; its sums are the JSON's totals.
     let csv = app
@@ -391,7 +426,115 @@ async fn two_processes_never_both_run_the_daily_job(db: Db) {
     b.stop().await;
 }
 
+fn with_sale_amount(mut body: Value, sale_amount: &str) -> Value {
+    body["sale_amount"] = json!(sale_amount);
+    body
+}
+
+/// Pay10 with `sale_amount`: the sale is asked about first (status enquiry),
+/// refused when not captured or in another currency, and its amount pinned
+/// so our own books stop a refund past it before Pay10 hears of it.
+async fn pay10_sale_amount_checks_the_sale_first(db: Db) {
+    let app = spawn_with(config(&fresh_db(db).await)).await;
+    let applied = || app.sandbox().stats().pay10_refunds_applied;
+    let sale = app.pay10_sale("10.00", "AED").await;
+    refund_of(
+        &app,
+        &with_sale_amount(pay10_refund(&sale, "4.00"), "10.00"),
+    )
+    .await;
+    let before = applied();
+    // The POS's receipt says 12.00; Pay10 says 10.00: Pay10's word is pinned.
+    let over = app
+        .post_refund(
+            Some(&ulid::Ulid::new().to_string()),
+            &with_sale_amount(pay10_refund(&sale, "6.01"), "12.00"),
+        )
+        .await;
+    over.assert_problem(422, "amount_exceeds_refundable");
+    assert!(over.text.contains("6.00 AED left"), "{}", over.text);
+    assert_eq!(applied(), before, "refused before Pay10 heard of it");
+    refund_of(
+        &app,
+        &with_sale_amount(pay10_refund(&sale, "6.00"), "10.00"),
+    )
+    .await;
+
+    let failed = sale_at(
+        &app.http,
+        &app.base,
+        "pay10",
+        json!({"amount": "10.00", "currency": "AED", "status": "Failed"}),
+    )
+    .await;
+    app.post_refund(
+        Some(&ulid::Ulid::new().to_string()),
+        &with_sale_amount(pay10_refund(&failed, "1.00"), "10.00"),
+    )
+    .await
+    .assert_problem(422, "transaction_not_refundable");
+    let inr = app.pay10_sale("10.00", "INR").await;
+    app.post_refund(
+        Some(&ulid::Ulid::new().to_string()),
+        &with_sale_amount(pay10_refund(&inr, "1.00"), "10.00"),
+    )
+    .await
+    .assert_problem(422, "currency_mismatch");
+    let mut unknown = pay10_refund(&sale, "1.00");
+    unknown["reference"] = json!("PAY10_NOSUCHORDER");
+    app.post_refund(
+        Some(&ulid::Ulid::new().to_string()),
+        &with_sale_amount(unknown, "10.00"),
+    )
+    .await
+    .assert_problem(422, "transaction_not_found");
+    // The ids must both be the sale's.
+    let mut crossed = pay10_refund(&sale, "1.00");
+    crossed["transaction_no"] = inr["PG_REF_NUM"].clone();
+    app.post_refund(
+        Some(&ulid::Ulid::new().to_string()),
+        &with_sale_amount(crossed, "10.00"),
+    )
+    .await
+    .assert_problem(422, "transaction_not_found");
+    app.post_refund(
+        Some(&ulid::Ulid::new().to_string()),
+        &with_sale_amount(pay10_refund(&sale, "3.00"), "2.00"),
+    )
+    .await
+    .assert_problem(400, "invalid_request");
+    // What is left: asked with the receipt's amount, or from our books.
+    let pg = sale["PG_REF_NUM"].as_str().unwrap();
+    let order = sale["ORDER_ID"].as_str().unwrap();
+    let asked = app
+        .get(&format!(
+            "/v1/sales/pay10/{pg}?reference={order}&sale_amount=10.00&currency=AED"
+        ))
+        .await;
+    assert_eq!(asked.status, 200, "{}", asked.text);
+    assert_eq!(asked.body["amount_source"], "provider");
+    assert_eq!(asked.body["status"], "Captured");
+    assert_eq!(asked.body["refunded"], "10.00");
+    assert_eq!(asked.body["refundable"], "0.00");
+    let books = app
+        .get(&format!("/v1/sales/pay10/{pg}?reference={order}"))
+        .await;
+    assert_eq!(books.body["amount_source"], "gateway", "{}", books.text);
+    assert_eq!(books.body["refundable"], "0.00");
+    assert!(books.body["provider_note"].is_string());
+    // Without sale_amount, the check is Pay10's alone (as before).
+    let r = app
+        .post_refund(
+            Some(&ulid::Ulid::new().to_string()),
+            &pay10_refund(&failed, "1.00"),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    app.stop().await;
+}
+
 both_backends!(
+    pay10_sale_amount_checks_the_sale_first,
     every_kind_of_line_from_a_sandbox_day,
     pay10_refunds_are_asked_about_one_by_one,
     two_processes_never_both_run_the_daily_job,

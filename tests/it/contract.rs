@@ -330,6 +330,7 @@ async fn pay10_webhook_variants_are_applied() {
                 metadata: BTreeMap::new(),
                 idempotency_key: Some("w1".into()),
                 request_hash: "h".into(),
+                sale_amount: None,
             },
         )
         .await

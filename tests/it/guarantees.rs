@@ -124,6 +124,7 @@ fn refund(provider: ProviderKind, tx: &str, amount: &str, currency: &str, key: &
         metadata: BTreeMap::new(),
         idempotency_key: Some(key.to_string()),
         request_hash: format!("hash-{key}"),
+        sale_amount: None,
     }
 }
 

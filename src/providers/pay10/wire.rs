@@ -25,6 +25,26 @@ pub struct RequeryRequest {
     pub hash: String,
 }
 
+/// The sale status enquiry (`/pgws/transact`, `TXNTYPE=STATUS`), plain JSON
+/// with the HASH over its other fields (Pay10's "status enquiry" document).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusEnquiry {
+    #[serde(rename = "PAY_ID")]
+    pub pay_id: String,
+    #[serde(rename = "ORDER_ID")]
+    pub order_id: String,
+    /// The sale's amount, minor units, 3-12 digits.
+    #[serde(rename = "AMOUNT")]
+    pub amount: String,
+    /// ISO 4217 numeric.
+    #[serde(rename = "CURRENCY_CODE")]
+    pub currency_code: String,
+    #[serde(rename = "TXNTYPE")]
+    pub txn_type: String,
+    #[serde(rename = "HASH")]
+    pub hash: String,
+}
+
 /// Reads a JSON object of string (or number) values, refusing a repeated key
 /// (serde_json would keep the last one silently) and nested values.
 pub fn parse_json_object_strict(body: &[u8]) -> Option<BTreeMap<String, String>> {
