@@ -376,6 +376,17 @@ pub const CSV_COLUMNS: [&str; 17] = [
     "note",
 ];
 
+/// A text cell a spreadsheet would not run: a leading `=`, `+`, `-`, `@`,
+/// tab or carriage return (a formula, in Excel and its kin) gets a `'` in
+/// front (OWASP's advice against CSV injection). Text from a provider
+/// (statuses, references) reaches these cells; amounts never need it.
+fn inert(cell: &str) -> std::borrow::Cow<'_, str> {
+    match cell.as_bytes().first() {
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{cell}").into(),
+        _ => cell.into(),
+    }
+}
+
 fn csv_lines(r: &ReportRow, items: &[ItemRow], header: bool) -> Vec<u8> {
     let mut w = csv::Writer::from_writer(Vec::with_capacity(items.len() * 160));
     let mut put = |rec: &[&str]| {
@@ -386,11 +397,11 @@ fn csv_lines(r: &ReportRow, items: &[ItemRow], header: bool) -> Vec<u8> {
         put(&CSV_COLUMNS);
     }
     for i in items {
-        let o = |v: &Option<String>| v.clone().unwrap_or_default();
+        let o = |v: &Option<String>| inert(v.as_deref().unwrap_or_default()).into_owned();
         let line = i.n.to_string();
         put(&[
             &r.id,
-            &r.account,
+            &inert(&r.account),
             &r.provider,
             &r.day,
             &line,
@@ -519,4 +530,46 @@ pub fn routes() -> axum::Router<AppState> {
     axum::Router::new()
         .route("/v1/operator/reconciliations", get(list).post(run))
         .route("/v1/operator/reconciliations/{id}", get(one))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_text_never_becomes_a_formula() {
+        let report = ReportRow {
+            id: "rec_1".into(),
+            account: "a".into(),
+            provider: "pockyt".into(),
+            day: "2026-12-06".into(),
+            state: "done".into(),
+            runs: 1,
+            started_at: crate::types::Timestamp::EPOCH,
+            finished_at: None,
+            discrepancies: 0,
+            summary: None,
+            error: None,
+        };
+        let item = ItemRow {
+            n: 1,
+            kind: "only_at_provider".into(),
+            provider_status: Some("=HYPERLINK(\"http://x\",\"y\")".into()),
+            provider_reference: Some("@SUM(A1)".into()),
+            gateway_amount: Some("1.00".into()),
+            note: Some("a, \"quoted\"\nnote".into()),
+            ..Default::default()
+        };
+        let bytes = csv_lines(&report, &[item], true);
+        let mut rd = csv::Reader::from_reader(bytes.as_slice());
+        let rec = rd.records().next().unwrap().unwrap();
+        let at = |name: &str| {
+            let i = CSV_COLUMNS.iter().position(|c| *c == name).unwrap();
+            rec[i].to_string()
+        };
+        assert_eq!(at("provider_status"), "'=HYPERLINK(\"http://x\",\"y\")");
+        assert_eq!(at("provider_reference"), "'@SUM(A1)");
+        assert_eq!(at("gateway_amount"), "1.00");
+        assert_eq!(at("note"), "a, \"quoted\"\nnote");
+    }
 }
