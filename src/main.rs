@@ -495,6 +495,13 @@ fn reconcile_cli(
                 .as_str()
                 .unwrap_or("the report could not be run")
         );
+        if let Some(errors) = body["errors"].as_object() {
+            for (field, messages) in errors {
+                for m in messages.as_array().into_iter().flatten() {
+                    eprintln!("  {field}: {}", m.as_str().unwrap_or(""));
+                }
+            }
+        }
         return ExitCode::from(2);
     }
     let s = &body["summary"];
@@ -536,7 +543,14 @@ fn reconcile_cli(
     }
     let d = body["discrepancies"].as_i64().unwrap_or(0);
     println!("  discrepancies      {d}");
-    if d > 0 {
+    // Totals that do not tie out are worth an alert even if every line
+    // matched (each disagreement is a discrepancy; this is a second guard).
+    let untied = s["totals"].as_array().into_iter().flatten().any(|t| {
+        t["difference"]
+            .as_str()
+            .is_some_and(|x| x.bytes().any(|c| c.is_ascii_digit() && c != b'0'))
+    });
+    if d > 0 || untied {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

@@ -170,6 +170,9 @@ pub fn parse_day(raw: &str, today: jiff::civil::Date) -> Result<jiff::civil::Dat
             "is in the future: a day can be reconciled once it has begun",
         ));
     }
+    if day < jiff::civil::date(2000, 1, 1) {
+        return Err(field("must be 2000-01-01 or later"));
+    }
     Ok(day)
 }
 
@@ -199,7 +202,8 @@ fn run_error(e: ReconcileError) -> ApiError {
             StatusCode::CONFLICT,
             "reconciliation_running",
             "another process took this run over; its report will replace this one",
-        ),
+        )
+        .retry_after(5),
         ReconcileError::Store(e) => e.into(),
     }
 }
@@ -276,7 +280,8 @@ pub async fn run(
             StatusCode::CONFLICT,
             "reconciliation_running",
             "this account and day are being reconciled right now; ask for the report in a moment",
-        )),
+        )
+        .retry_after(5)),
     }
 }
 
@@ -444,6 +449,7 @@ fn wants_csv(headers: &HeaderMap) -> bool {
         )),
         super::error::OperatorKeyRefusals,
         (status = 404, description = "`not_found`", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "CSV only: `reconciliation_running` (ask again, `Retry-After`) or `reconciliation_failed` (run the day again)", body = super::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -478,6 +484,29 @@ pub async fn one(
         .await?
         .ok_or_else(|| ApiError::not_found("reconciliation"))?;
     if wants_csv(&headers) {
+        // Only a finished report has lines to import: a failed or running
+        // one would read as a day with nothing in it.
+        match report.state.as_str() {
+            "done" => {}
+            "running" => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "reconciliation_running",
+                    "the report is still being made; ask again in a moment",
+                )
+                .retry_after(5))
+            }
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "reconciliation_failed",
+                    format!(
+                        "the report's run failed ({}); run the day again",
+                        report.error.as_deref().unwrap_or("no reason recorded")
+                    ),
+                ))
+            }
+        }
         let file = format!("reconciliation-{}-{}.csv", report.account, report.day).replace(
             |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '.',
             "_",

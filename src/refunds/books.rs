@@ -288,12 +288,12 @@ fn compare(row: &RefundRow, theirs: Option<&BookedRefund>) -> Verdict {
             Some("pending here, final there".to_string())
         }
         (Status::Pending, _) => None,
-        (Status::Succeeded, Outcome::Pending | Outcome::Unknown) => {
-            if notes.is_empty() {
-                notes.push("the provider is still processing it".into());
-            }
-            None
-        }
+        // Money we told the POS was returned, and the provider's books do
+        // not show it yet: the totals differ, so it is a discrepancy.
+        (Status::Succeeded, Outcome::Pending | Outcome::Unknown) => Some(format!(
+            "succeeded here, not final at the provider ({})",
+            t.provider_status.as_deref().unwrap_or("no status word")
+        )),
         (ours, theirs) => Some(format!(
             "{} here, {} at the provider ({})",
             ours.as_str(),
@@ -648,8 +648,35 @@ impl Gateway {
                         note.push_str(if new {
                             "; recorded: it counts against its sale from now on"
                         } else {
-                            "; already recorded by an earlier report"
+                            "; recorded earlier: it counts against its sale"
                         });
+                    }
+                    (Some(sale), Some(currency), Some(amount), Some(rid)) => {
+                        // Failed there: nothing moved. One recorded earlier
+                        // is updated (it still counts: what counts against
+                        // a sale never shrinks by a report).
+                        let known = recs
+                            .outside_refunds(Some((account, sale)), 1000)
+                            .await?
+                            .into_iter()
+                            .any(|o| &o.provider_refund_id == rid);
+                        if known {
+                            recs.record_outside(&OutsideRefund {
+                                account: account.to_string(),
+                                provider_refund_id: rid.clone(),
+                                provider: handle.account.provider().as_str().to_string(),
+                                transaction_no: sale.clone(),
+                                provider_reference: r.provider_reference.clone(),
+                                amount_minor: amount,
+                                currency: currency.to_ascii_uppercase(),
+                                provider_status: r.provider_status.clone(),
+                                found_in: id.to_string(),
+                                found_at: self.clock.now(),
+                                review_reason: Some(reason(&note)),
+                            })
+                            .await?;
+                        }
+                        note.push_str("; failed there: nothing moved");
                     }
                     _ if r.outcome == Outcome::Failed => note.push_str("; failed there: nothing moved"),
                     _ => note.push_str(
@@ -843,8 +870,8 @@ mod tests {
             (
                 S,
                 Some(theirs(Pending, 100, "USD")),
-                ItemKind::Matched,
-                false,
+                ItemKind::StatusMismatch,
+                true,
                 false,
             ),
             (

@@ -186,7 +186,17 @@ impl Gateway {
                 None => (None, "unknown"),
             },
         };
-        let refundable = amount.map(|a| minor(a.get() - refunded - pending - elsewhere));
+        // A sale the provider says may not be refunded has nothing left.
+        let closed = sale
+            .as_ref()
+            .is_some_and(|s| !provider.rules().sale_is_refundable(&s.status));
+        let refundable = amount.map(|a| {
+            if closed {
+                Minor::default()
+            } else {
+                minor(a.get() - refunded - pending - elsewhere)
+            }
+        });
         Ok(SaleView {
             provider,
             account,

@@ -145,9 +145,10 @@ pub trait ReconciliationStore: Send + Sync {
     async fn latest_reports(&self) -> Result<Vec<ReportRow>>;
     /// A report's items after line `after`, in order.
     async fn items(&self, id: &str, after: i64, limit: i64) -> Result<Vec<ItemRow>>;
-    /// Records a refund found at the provider only (kept if already known)
-    /// and counts every such refund of its sale against the sale; whether
-    /// it is new.
+    /// Records a refund found at the provider only (as the provider lists
+    /// it now, where it is already known) and counts every such refund of
+    /// its sale against the sale (never less than before: what counts
+    /// against a sale only grows); whether it is new or changed.
     async fn record_outside(&self, o: &OutsideRefund) -> Result<bool>;
     /// The sale's row in the gateway's books.
     async fn sale_books(&self, account: &str, transaction_no: &str) -> Result<Option<SaleBooks>>;
@@ -469,7 +470,12 @@ where
             "INSERT INTO outside_refunds (account, provider_refund_id, provider, transaction_no, \
              provider_reference, amount_minor, currency, provider_status, found_in, found_at, \
              review_reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, @ts($10), $11) \
-             ON CONFLICT (account, provider_refund_id) DO NOTHING",
+             ON CONFLICT (account, provider_refund_id) DO UPDATE SET \
+               amount_minor = excluded.amount_minor, currency = excluded.currency, \
+               provider_status = excluded.provider_status, \
+               provider_reference = excluded.provider_reference \
+             WHERE outside_refunds.amount_minor <> excluded.amount_minor \
+                OR outside_refunds.provider_status IS DISTINCT FROM excluded.provider_status",
         ))
         .bind(o.account.as_str())
         .bind(o.provider_refund_id.as_str())

@@ -334,6 +334,16 @@ async fn every_kind_of_line_from_a_sandbox_day(db: Db) {
     run_report(&app, "pockyt-sandbox", "2999-01-01")
         .await
         .assert_problem(400, "invalid_request");
+    run_report(&app, "pockyt-sandbox", "0000-01-01")
+        .await
+        .assert_problem(400, "invalid_request");
+    let after = ops(
+        &app,
+        app.http
+            .get(format!("{}/v1/operator/reconciliations", app.base)),
+    )
+    .await;
+    assert_eq!(after.body["data"].as_array().unwrap().len(), 1, "refused runs store nothing");
     app.stop().await;
 }
 
