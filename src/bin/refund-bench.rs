@@ -63,6 +63,15 @@ struct Args {
     /// receiver (its own process) answering 204 to every event.
     #[arg(long)]
     webhook: bool,
+    /// The provider of the gateway's refunds: `pockyt` (a tran-query and a
+    /// refund call each) or `pay10` (a refund call; with --sale-amount also
+    /// its status enquiry first). The provider-alone phase is Pockyt's.
+    #[arg(long, default_value = "pockyt")]
+    provider: String,
+    /// Pay10: each refund carries `sale_amount`, so the gateway asks Pay10
+    /// about the sale (status enquiry) before refunding.
+    #[arg(long)]
+    sale_amount: bool,
     #[arg(long, hide = true)]
     webhook_url: Option<String>,
 }
@@ -172,10 +181,12 @@ async fn wait_up(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
     anyhow::bail!("{url} did not come up")
 }
 
-/// Fresh sandbox sales, fetched in bulk ahead of the load.
+/// Fresh sandbox sales, fetched in bulk ahead of the load (Pay10's as
+/// `PG_REF_NUM|ORDER_ID`).
 struct Sales {
     http: reqwest::Client,
     url: String,
+    pay10: bool,
     queue: Mutex<VecDeque<String>>,
     refill: tokio::sync::Mutex<()>,
 }
@@ -185,16 +196,27 @@ impl Sales {
         let body: Value = self
             .http
             .post(&self.url)
-            .json(&json!({"count": n, "amount": "1.00", "currency": "USD"}))
+            .json(&json!({"count": n, "amount": "1.00", "currency": if self.pay10 { "AED" } else { "USD" }}))
             .send()
             .await?
             .json()
             .await?;
+        let mut q = self.queue.lock().expect("queue");
+        if self.pay10 {
+            let list = body["payments"].as_array().cloned().unwrap_or_default();
+            q.extend(list.into_iter().filter_map(|p| {
+                Some(format!(
+                    "{}|{}",
+                    p["PG_REF_NUM"].as_str()?,
+                    p["ORDER_ID"].as_str()?
+                ))
+            }));
+            return Ok(());
+        }
         let list = body["transactionNos"]
             .as_array()
             .cloned()
             .unwrap_or_default();
-        let mut q = self.queue.lock().expect("queue");
         q.extend(
             list.into_iter()
                 .filter_map(|v| v.as_str().map(str::to_string)),
@@ -265,9 +287,19 @@ struct Summary {
     max: f64,
 }
 
-async fn gateway_refund(http: &reqwest::Client, url: &str, tx: &str) -> bool {
-    let body =
-        json!({"provider": "pockyt", "transaction_no": tx, "amount": "1.00", "currency": "USD"});
+async fn gateway_refund(http: &reqwest::Client, url: &str, tx: &str, sale_amount: bool) -> bool {
+    let body = match tx.split_once('|') {
+        Some((pg, order)) => {
+            let mut b = json!({"provider": "pay10", "transaction_no": pg, "reference": order, "amount": "1.00", "currency": "AED"});
+            if sale_amount {
+                b["sale_amount"] = json!("1.00");
+            }
+            b
+        }
+        None => {
+            json!({"provider": "pockyt", "transaction_no": tx, "amount": "1.00", "currency": "USD"})
+        }
+    };
     match http
         .post(url)
         .bearer_auth(KEY)
@@ -490,13 +522,33 @@ async fn run_bench(args: Args) -> anyhow::Result<()> {
         .build()?;
     wait_up(&http, &format!("{sandbox_url}/healthz")).await?;
     wait_up(&http, &format!("{gateway_url}/readyz")).await?;
+    let pay10 = args.provider == "pay10";
     let sales = Arc::new(Sales {
         http: http.clone(),
-        url: format!("{sandbox_url}/sandbox/pockyt/payments/bulk"),
+        url: format!(
+            "{sandbox_url}/sandbox/{}/payments/bulk",
+            if pay10 { "pay10" } else { "pockyt" }
+        ),
+        pay10,
         queue: Mutex::new(VecDeque::new()),
         refill: tokio::sync::Mutex::new(()),
     });
     sales.fill(20_000).await?;
+    // The provider-alone phase refunds Pockyt sales whatever the gateway's provider.
+    let pockyt_sales = if pay10 {
+        let s = Arc::new(Sales {
+            http: http.clone(),
+            url: format!("{sandbox_url}/sandbox/pockyt/payments/bulk"),
+            pay10: false,
+            queue: Mutex::new(VecDeque::new()),
+            refill: tokio::sync::Mutex::new(()),
+        });
+        s.fill(20_000).await?;
+        s
+    } else {
+        sales.clone()
+    };
+    let with_sale_amount = args.sale_amount;
     let duration = Duration::from_secs(args.duration);
     eprintln!(
         "refund-bench: {} backend, concurrency {}, {} s per phase{}",
@@ -518,7 +570,7 @@ async fn run_bench(args: Args) -> anyhow::Result<()> {
             let (http, sales, url) = (http.clone(), sales.clone(), url.clone());
             async move {
                 match sales.next().await {
-                    Ok(tx) => gateway_refund(&http, &url, &tx).await,
+                    Ok(tx) => gateway_refund(&http, &url, &tx, with_sale_amount).await,
                     Err(_) => false,
                 }
             }
@@ -553,7 +605,7 @@ async fn run_bench(args: Args) -> anyhow::Result<()> {
     );
     let usd = Currency::from_code("USD")?;
     let provider_op = {
-        let (pockyt, sales) = (pockyt.clone(), sales.clone());
+        let (pockyt, sales) = (pockyt.clone(), pockyt_sales.clone());
         move || {
             let (pockyt, sales) = (pockyt.clone(), sales.clone());
             async move {
@@ -600,7 +652,7 @@ async fn run_bench(args: Args) -> anyhow::Result<()> {
          | provider alone, saturated (c={c}) | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} |\n\
          | database floor, 3 write tx per refund (c={c}) | {:.0} ({:.0} tx/s) | {:.1} | {:.1} | {:.1} | {:.1} | {} |\n\
          | gateway at fixed {rate}/s | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} |\n\n\
-         backend {backend}; gateway peak RSS {:.1} MiB; gateway/provider {:.0}%; gateway/database floor {:.0}%\n",
+         backend {backend}, provider {provider}{sale}; gateway peak RSS {:.1} MiB; gateway/provider {:.0}%; gateway/database floor {:.0}%\n",
         gateway_sat.rps, gateway_sat.p50, gateway_sat.p90, gateway_sat.p99, gateway_sat.max, gateway_sat.errors,
         provider_sat.rps, provider_sat.p50, provider_sat.p90, provider_sat.p99, provider_sat.max, provider_sat.errors,
         floor.rps, floor_tps, floor.p50, floor.p90, floor.p99, floor.max, floor.errors,
@@ -611,11 +663,15 @@ async fn run_bench(args: Args) -> anyhow::Result<()> {
         c = args.concurrency,
         rate = args.rate,
         backend = args.backend,
+        provider = args.provider,
+        sale = if args.sale_amount { " with sale_amount" } else { "" },
     );
     println!("{table}");
     if let Some(path) = &args.json {
         let out = json!({
             "backend": args.backend,
+            "provider": args.provider,
+            "sale_amount": args.sale_amount,
             "concurrency": args.concurrency,
             "duration_s": args.duration,
             "gateway_rps": gateway_sat.rps,

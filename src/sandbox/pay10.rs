@@ -22,6 +22,7 @@ use crate::providers::pay10::wire::{EncEnvelope, RequeryRequest};
 pub(super) fn routes() -> Router<Sandbox> {
     Router::new()
         .route("/sandbox/pay10/payments", post(create_payment))
+        .route("/sandbox/pay10/payments/bulk", post(create_payments_bulk))
         .route("/sandbox/pay10/pgws/merchant/refund", post(refund))
         .route("/sandbox/pay10/pgws/refund/requery", post(requery))
         .route("/sandbox/pay10/pgws/transact", post(status_enquiry))
@@ -36,6 +37,48 @@ struct NewPayment {
     /// `Captured` (default), or another Pay10 status (`Failed`, `Pending`).
     #[serde(default)]
     status: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct BulkPayments {
+    count: usize,
+    amount: String,
+    currency: String,
+}
+
+/// Creates `count` captured sales at once (load tests need thousands).
+async fn create_payments_bulk(State(sb): State<Sandbox>, body: Bytes) -> Response {
+    let Ok(p) = serde_json::from_slice::<BulkPayments>(&body) else {
+        return bad_request(
+            "body must be {\"count\":1000,\"amount\":\"1.00\",\"currency\":\"AED\"}",
+        );
+    };
+    let (Ok(currency), true) = (Currency::from_code(&p.currency), p.count <= 100_000) else {
+        return bad_request("unknown currency, or count over 100000");
+    };
+    let Ok(amount) = currency.parse_amount(&p.amount) else {
+        return bad_request(
+            "amount must be a positive decimal string in the currency's minor digits",
+        );
+    };
+    let mut out = Vec::with_capacity(p.count);
+    let mut b = sb.lock();
+    for _ in 0..p.count {
+        let sale = SbSale {
+            transaction_no: random_digits(16),
+            reference: format!("PAY10_{}", random_digits(12)),
+            amount,
+            currency,
+            settle_currency: currency,
+            status: "Captured".into(),
+            refunds: vec![],
+        };
+        out.push(json!({"PG_REF_NUM": sale.transaction_no, "ORDER_ID": sale.reference}));
+        b.pay10.insert(sale);
+    }
+    drop(b);
+    sb.mark_changed();
+    (StatusCode::CREATED, Json(json!({ "payments": out }))).into_response()
 }
 
 async fn create_payment(State(sb): State<Sandbox>, body: Bytes) -> Response {

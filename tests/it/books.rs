@@ -343,7 +343,11 @@ async fn every_kind_of_line_from_a_sandbox_day(db: Db) {
             .get(format!("{}/v1/operator/reconciliations", app.base)),
     )
     .await;
-    assert_eq!(after.body["data"].as_array().unwrap().len(), 1, "refused runs store nothing");
+    assert_eq!(
+        after.body["data"].as_array().unwrap().len(),
+        1,
+        "refused runs store nothing"
+    );
     app.stop().await;
 }
 
