@@ -451,6 +451,8 @@ impl Gateway {
         let mut counts: BTreeMap<ItemKind, i64> = BTreeMap::new();
         let (mut n, mut flagged, mut asked) = (0i64, 0i64, 0i64);
         let mut after: Option<(Timestamp, RefundId)> = None;
+        // Pay10: the sales of the day's refunds, asked about after them.
+        let mut sales: BTreeMap<(String, Option<String>), Currency> = BTreeMap::new();
         loop {
             let filter = ListFilter {
                 account: Some(account.to_string()),
@@ -485,6 +487,11 @@ impl Gateway {
                 }
                 ProviderSide::Listed { .. } => vec![None; rows.len()],
             };
+            if matches!(side, ProviderSide::PerRefund) {
+                for r in rows.iter().filter(|r| r.submission == Submission::Sent) {
+                    sales.insert((r.transaction_no.clone(), r.reference.clone()), r.currency);
+                }
+            }
             let mut items = Vec::with_capacity(rows.len());
             for (row, per_refund) in rows.iter().zip(asked_per_refund) {
                 let theirs: Option<BookedRefund> = match &mut side {
@@ -598,6 +605,110 @@ impl Gateway {
             if !more {
                 break;
             }
+        }
+        // Pay10: each sale refunded that day, by its status enquiry (which
+        // needs the sale's amount: known once the provider stated it, or the
+        // POS gave `sale_amount`). A sale that is gone, no longer captured,
+        // or of another amount or currency is a line of its own.
+        let mut sale_items = vec![];
+        let mut sale_list: Vec<_> = sales.into_iter().collect();
+        for chunk in sale_list.chunks_mut(PARALLEL_QUERIES) {
+            let answers = futures_util::future::join_all(chunk.iter().map(
+                |((tx, reference), currency)| async move {
+                    let books = self.store.reconciliations().sale_books(account, tx).await?;
+                    let Some(amount) = books
+                        .as_ref()
+                        .filter(|b| b.currency_confirmed)
+                        .and_then(|b| b.amount_minor)
+                        .and_then(Minor::new)
+                    else {
+                        return Ok::<_, StoreError>(None);
+                    };
+                    let found = handle
+                        .client
+                        .lookup_sale_as(Some(tx), reference.as_deref(), Some((amount, *currency)))
+                        .await;
+                    Ok(Some((amount, found)))
+                },
+            ))
+            .await;
+            for (((tx, _), currency), answer) in chunk.iter().zip(answers) {
+                let Some((amount, found)) = answer? else {
+                    continue;
+                };
+                let ours = currency.format(amount);
+                let (kind, status, theirs, note) = match found {
+                    Some(crate::providers::SaleLookup::Found(sale)) => {
+                        let refundable = handle
+                            .account
+                            .provider()
+                            .rules()
+                            .sale_is_refundable(&sale.status);
+                        if sale.currency != currency.code() {
+                            (
+                                ItemKind::CurrencyMismatch,
+                                Some(sale.status),
+                                Some(sale.amount.clone()),
+                                format!("the sale: the provider has it in {}", sale.currency),
+                            )
+                        } else if sale.amount != ours {
+                            (
+                                ItemKind::AmountMismatch,
+                                Some(sale.status),
+                                Some(sale.amount.clone()),
+                                format!(
+                                    "the sale: the provider has it as {}, not {ours}",
+                                    sale.amount
+                                ),
+                            )
+                        } else if !refundable {
+                            (
+                                ItemKind::StatusMismatch,
+                                Some(sale.status.clone()),
+                                Some(sale.amount.clone()),
+                                format!(
+                                    "the sale is no longer captured at the provider ({})",
+                                    sale.status
+                                ),
+                            )
+                        } else {
+                            continue;
+                        }
+                    }
+                    Some(crate::providers::SaleLookup::NotFound) => (
+                        ItemKind::OnlyAtGateway,
+                        None,
+                        None,
+                        "the sale: the provider has no record of it".to_string(),
+                    ),
+                    Some(crate::providers::SaleLookup::Unavailable(m)) => (
+                        ItemKind::Unchecked,
+                        None,
+                        None,
+                        format!("the sale could not be asked about: {m}"),
+                    ),
+                    None => continue,
+                };
+                n += 1;
+                *counts.entry(kind).or_default() += 1;
+                sale_items.push(ItemRow {
+                    n,
+                    kind: kind.as_str().into(),
+                    transaction_no: Some(tx.clone()),
+                    currency: Some(currency.code().to_string()),
+                    gateway_amount: None,
+                    provider_amount: theirs,
+                    provider_status: status,
+                    note: Some(format!("{note} (a sale line: its amounts are not refunds)")),
+                    ..Default::default()
+                });
+            }
+        }
+        if !recs
+            .add_items(id, token, self.clock.now() + RUN_LEASE, &sale_items)
+            .await?
+        {
+            return Err(ReconcileError::LostLease);
         }
         // What the provider lists that none of the day's refunds is.
         if let ProviderSide::Listed { records, used, .. } = &side {

@@ -371,7 +371,10 @@ impl Sandbox {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/sandbox/stats", get(stats))
-            .route("/sandbox/{provider}/payments/{id}", get(show_payment))
+            .route(
+                "/sandbox/{provider}/payments/{id}",
+                get(show_payment).patch(edit_payment),
+            )
             .route(
                 "/sandbox/{provider}/payments/{id}/refunds",
                 axum::routing::post(dashboard_refund),
@@ -523,6 +526,44 @@ async fn show_payment(
         .into_response(),
         None => (StatusCode::NOT_FOUND, "no such payment").into_response(),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PaymentEdit {
+    status: String,
+}
+
+/// Changes a sale's status in the provider's books (a sale reversed or
+/// charged back after it was captured).
+async fn edit_payment(
+    State(sb): State<Sandbox>,
+    Path((provider, id)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(edit) = serde_json::from_slice::<PaymentEdit>(&body) else {
+        return bad_request("body must be {\"status\":\"...\"}");
+    };
+    let mut b = sb.lock();
+    let book = match provider.as_str() {
+        "pockyt" => &mut b.pockyt,
+        "pay10" => &mut b.pay10,
+        _ => return (StatusCode::NOT_FOUND, "unknown provider").into_response(),
+    };
+    let key = book
+        .sales
+        .get(&id)
+        .map(|s| s.transaction_no.clone())
+        .or_else(|| book.by_reference.get(&id).cloned());
+    let Some(sale) = key.and_then(|k| book.sales.get_mut(&k)) else {
+        return (StatusCode::NOT_FOUND, "no such payment").into_response();
+    };
+    sale.status = edit.status;
+    let out =
+        Json(serde_json::json!({"transactionNo": sale.transaction_no, "status": sale.status}));
+    drop(b);
+    sb.mark_changed();
+    out.into_response()
 }
 
 #[derive(Deserialize)]

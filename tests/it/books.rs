@@ -385,6 +385,34 @@ async fn pay10_refunds_are_asked_about_one_by_one(db: Db) {
     assert_eq!(k["matched"][0]["provider_amount"], "1.00");
     assert_eq!(k["only_at_gateway"][0]["refund_id"], gone["id"]);
     assert_eq!(report.body["summary"]["counts"]["only_at_provider"], 0);
+
+    // A sale whose amount Pay10 stated (sale_amount) is asked about too:
+    // reversed after the refund, it is a line of its own.
+    let s3 = app.pay10_sale("10.00", "AED").await;
+    refund_of(&app, &with_sale_amount(pay10_refund(&s3, "1.00"), "10.00")).await;
+    let e = sandbox(
+        &app,
+        reqwest::Method::PATCH,
+        &format!("pay10/payments/{}", s3["PG_REF_NUM"].as_str().unwrap()),
+        Some(json!({"status": "Reversed"})),
+    )
+    .await;
+    assert_eq!(e.status, 200, "{}", e.text);
+    let again = run_report(&app, "pay10-sandbox", &today()).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    let report = ops(
+        &app,
+        app.http
+            .get(format!("{}/v1/operator/reconciliations/{id}", app.base)),
+    )
+    .await;
+    let k = kinds(&report.body);
+    let sale_line = k["status_mismatch"]
+        .iter()
+        .find(|i| i["transaction_no"] == s3["PG_REF_NUM"])
+        .unwrap_or_else(|| panic!("no line for the reversed sale: {}", report.text));
+    assert!(sale_line["refund_id"].is_null());
+    assert_eq!(sale_line["provider_status"], "Reversed");
     app.stop().await;
 }
 
