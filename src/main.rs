@@ -166,6 +166,28 @@ struct OperatorConn {
 enum RefundsAction {
     /// Refunds that need a person, with the reason.
     Review,
+    /// Find refunds (every client's), newest first.
+    List {
+        #[arg(long)]
+        client: Option<String>,
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long)]
+        transaction_no: Option<String>,
+        #[arg(long)]
+        reference: Option<String>,
+        /// `pending`, `succeeded` or `failed`.
+        #[arg(long)]
+        status: Option<String>,
+        /// 1-100.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// The last refund id of the previous page.
+        #[arg(long)]
+        starting_after: Option<String>,
+    },
+    /// One refund, with its client and account.
+    Get { id: String },
     /// A refund's history: every change with its source.
     Events { id: String },
     /// Ask the provider about a refund now and apply the answer.
@@ -568,6 +590,24 @@ fn operator_cli(url: &str, key: &str, action: RefundsAction) -> ExitCode {
     let http = reqwest::Client::new();
     let req = match &action {
         RefundsAction::Review => http.get(format!("{base}/v1/operator/review")),
+        RefundsAction::List {
+            client,
+            account,
+            transaction_no,
+            reference,
+            status,
+            limit,
+            starting_after,
+        } => http.get(format!("{base}/v1/operator/refunds")).query(&[
+            ("client", client.clone()),
+            ("account", account.clone()),
+            ("transaction_no", transaction_no.clone()),
+            ("reference", reference.clone()),
+            ("status", status.clone()),
+            ("limit", limit.map(|l| l.to_string())),
+            ("starting_after", starting_after.clone()),
+        ]),
+        RefundsAction::Get { id } => http.get(format!("{base}/v1/operator/refunds/{id}")),
         RefundsAction::Events { id } => http.get(format!("{base}/v1/operator/refunds/{id}/events")),
         RefundsAction::Sync { id } => http.post(format!("{base}/v1/operator/refunds/{id}/sync")),
         RefundsAction::Resolve { id, status, note } => http

@@ -3,7 +3,7 @@
 //! action is recorded in the refund's history with who, when, what and why.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -14,14 +14,46 @@ use super::{ApiError, AppState, OperatorAuthed};
 use crate::refunds::{RefundObject, Resolution};
 use crate::store::Status;
 
+/// A refund as an operator sees it: the refund object, and whose it is.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OperatorRefundObject {
+    #[serde(flatten)]
+    pub refund: RefundObject,
+    /// The POS client that made it (`[[clients]]` name).
+    pub client: String,
+    /// The provider account it went through (`[[accounts]]` name).
+    pub account: String,
+}
+
+impl OperatorRefundObject {
+    pub fn of(state: &AppState, row: &crate::store::RefundRow) -> Self {
+        OperatorRefundObject {
+            refund: state.gateway.render(row),
+            client: row.client.clone(),
+            account: row.account.clone(),
+        }
+    }
+}
+
+/// Every client's refunds, for operators.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OperatorRefundList {
+    /// Always `list`.
+    #[schema(value_type = String, example = "list")]
+    pub object: &'static str,
+    /// Newest first.
+    pub data: Vec<OperatorRefundObject>,
+    pub has_more: bool,
+}
+
 /// The review queue: refunds flagged for review or pending too long.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ReviewQueue {
     /// Always `list`.
     #[schema(value_type = String, example = "list")]
     pub object: &'static str,
-    /// Newest first; each carries its `review_reason`.
-    pub data: Vec<RefundObject>,
+    /// Newest first; each carries its `review_reason`, its client and account.
+    pub data: Vec<OperatorRefundObject>,
     /// Refunds the daily reconciliation found at the provider only (made in
     /// its dashboard or by another system), newest first, at most 100: each
     /// counts against its sale.
@@ -99,7 +131,10 @@ pub async fn review(
         .await?;
     Ok(Json(ReviewQueue {
         object: "list",
-        data: rows.iter().map(|r| state.gateway.render(r)).collect(),
+        data: rows
+            .iter()
+            .map(|r| OperatorRefundObject::of(&state, r))
+            .collect(),
         outside_refunds: outside.into_iter().map(Into::into).collect(),
     }))
 }
@@ -231,11 +266,130 @@ pub async fn resolve(
     }
 }
 
+/// `client` and `account` (the operator's own filters) out of a query; the
+/// rest is the POS list's query, parsed by its own rules.
+#[allow(clippy::type_complexity)]
+fn split_owner_filters(raw: &str) -> Result<(Option<String>, Option<String>, String), ApiError> {
+    let (mut client, mut account) = (None, None);
+    let mut rest = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
+        let slot = match k.as_ref() {
+            "client" => &mut client,
+            "account" => &mut account,
+            _ => {
+                rest.append_pair(&k, &v);
+                continue;
+            }
+        };
+        if slot.replace(v.trim().to_string()).is_some() || v.len() > 100 || v.contains('\0') {
+            return Err(ApiError::validation(std::collections::BTreeMap::from([(
+                k.to_string(),
+                vec!["must be given once, at most 100 characters, no NUL".to_string()],
+            )])));
+        }
+    }
+    Ok((client, account, rest.finish()))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/operator/refunds",
+    summary = "Find refunds (every client's)",
+    description = "Every filter of `GET /v1/refunds` (`transaction_no`, `reference`, `refund_reference`, `status`, `provider`, `created_from`, `created_to`, `needs_review`, `limit`, `starting_after`), plus `client` and `account`; newest first, the same pagination. Each refund carries its `client` and `account`. Operator key only.",
+    operation_id = "operator_refunds",
+    tag = "operator",
+    params(
+        ("client" = Option<String>, Query, description = "Only this POS client's refunds"),
+        ("account" = Option<String>, Query, description = "Only refunds through this provider account"),
+        super::refunds::ListQuery
+    ),
+    responses(
+        (status = 200, description = "Refunds, newest first", body = OperatorRefundList),
+        (status = 400, description = "`invalid_request` (with `errors`)", body = super::error::Problem, content_type = "application/problem+json"),
+        super::error::OperatorKeyRefusals,
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    OperatorAuthed(_operator): OperatorAuthed,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<OperatorRefundList>, ApiError> {
+    let (client, account, rest) = split_owner_filters(raw.as_deref().unwrap_or(""))?;
+    let q: super::refunds::ListQuery = super::parse::query(Some(&rest))?;
+    let after = match q.starting_after() {
+        None => None,
+        Some(id) => match state
+            .gateway
+            .store
+            .get_refund_any_client(id.as_str())
+            .await?
+        {
+            Some(r) => Some((r.created_at, r.id)),
+            None => {
+                return Err(ApiError::validation(std::collections::BTreeMap::from([(
+                    "starting_after".to_string(),
+                    vec!["is not the id of a refund".to_string()],
+                )])))
+            }
+        },
+    };
+    let filter = q.into_filter(&state, after, account);
+    let limit = filter.limit;
+    let mut rows = state
+        .gateway
+        .store
+        .list_refunds(client.as_deref(), &filter)
+        .await?;
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(20));
+    Ok(Json(OperatorRefundList {
+        object: "list",
+        data: rows
+            .iter()
+            .map(|r| OperatorRefundObject::of(&state, r))
+            .collect(),
+        has_more,
+    }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/operator/refunds/{id}",
+    summary = "One refund (any client's)",
+    description = "The refund, rendered as every endpoint renders it, with its `client` and `account`. Operator key only.",
+    operation_id = "operator_refund",
+    tag = "operator",
+    params(("id" = String, Path, description = "Refund id")),
+    responses(
+        (status = 200, description = "The refund", body = OperatorRefundObject),
+        super::error::OperatorKeyRefusals,
+        (status = 404, description = "`not_found`", body = super::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_one(
+    State(state): State<AppState>,
+    OperatorAuthed(_operator): OperatorAuthed,
+    Path(id): Path<String>,
+) -> Result<Json<OperatorRefundObject>, ApiError> {
+    let id = super::parse::refund_id(&id)?;
+    let row = state
+        .gateway
+        .store
+        .get_refund_any_client(id.as_str())
+        .await?
+        .ok_or_else(|| ApiError::not_found("refund"))?;
+    Ok(Json(OperatorRefundObject::of(&state, &row)))
+}
+
 /// The operator's routes.
 pub fn routes() -> axum::Router<AppState> {
     use axum::routing::{get, post};
     axum::Router::new()
         .route("/v1/operator/review", get(review))
+        .route("/v1/operator/refunds", get(list))
+        .route("/v1/operator/refunds/{id}", get(get_one))
         .route("/v1/operator/refunds/{id}/events", get(events))
         .route("/v1/operator/refunds/{id}/sync", post(sync))
         .route("/v1/operator/refunds/{id}/resolve", post(resolve))

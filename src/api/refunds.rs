@@ -581,7 +581,6 @@ pub async fn list(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<RefundList>, ApiError> {
     let q: ListQuery = parse::query(raw.as_deref())?;
-    let limit = q.limit.unwrap_or_default().0;
     let after = match &q.starting_after {
         None => None,
         Some(id) => match state.gateway.refund(&client.name, id).await? {
@@ -594,23 +593,8 @@ pub async fn list(
             }
         },
     };
-    let filter = ListFilter {
-        account: None,
-        transaction_no: q.transaction_no.map(|f| f.0),
-        reference: q.reference.map(|f| f.0),
-        refund_reference: q.refund_reference.map(|f| f.0),
-        status: q.status,
-        provider: q.provider,
-        created_from: q.created_from.map(|t| t.0),
-        created_to: q.created_to.map(|t| t.last()),
-        after,
-        needs_review_before: q
-            .needs_review
-            .unwrap_or_default()
-            .0
-            .then(|| state.gateway.review_cutoff()),
-        limit,
-    };
+    let filter = q.into_filter(&state, after, None);
+    let limit = filter.limit;
     let mut rows = state.gateway.refunds(&client.name, &filter).await?;
     let has_more = rows.len() as i64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(20));
@@ -619,6 +603,41 @@ pub async fn list(
         data: rows.iter().map(|r| state.gateway.render(r)).collect(),
         has_more,
     }))
+}
+
+impl ListQuery {
+    /// The store's filter: every filter of the list, the cursor's refund
+    /// (`after`), and (operators) an account.
+    pub fn into_filter(
+        self,
+        state: &AppState,
+        after: Option<(crate::types::Timestamp, RefundId)>,
+        account: Option<String>,
+    ) -> ListFilter {
+        let q = self;
+        ListFilter {
+            account,
+            transaction_no: q.transaction_no.map(|f| f.0),
+            reference: q.reference.map(|f| f.0),
+            refund_reference: q.refund_reference.map(|f| f.0),
+            status: q.status,
+            provider: q.provider,
+            created_from: q.created_from.map(|t| t.0),
+            created_to: q.created_to.map(|t| t.last()),
+            after,
+            needs_review_before: q
+                .needs_review
+                .unwrap_or_default()
+                .0
+                .then(|| state.gateway.review_cutoff()),
+            limit: q.limit.unwrap_or_default().0,
+        }
+    }
+
+    /// The cursor's refund id, if any.
+    pub fn starting_after(&self) -> Option<&RefundId> {
+        self.starting_after.as_ref()
+    }
 }
 
 /// `GET /v1/refunds/{id}/receipt`: 40-column text, or HTML on `Accept: text/html`.

@@ -257,4 +257,101 @@ async fn review_queue_and_audited_resolutions(db: Db) {
     app.stop().await;
 }
 
-both_backends!(review_queue_and_audited_resolutions);
+/// An operator looks a refund up: every client's, by every filter of the
+/// POS list plus client and account, each with whose it is.
+async fn operators_find_any_clients_refund(db: Db) {
+    let app = app_with_operator(db).await;
+    let tx = app.pockyt_sale("10.00", "USD", "success").await;
+    let mine = app
+        .post_refund(Some("op-find-1"), &pockyt_refund(&tx, "1.00"))
+        .await;
+    assert_eq!(mine.status, 201, "{}", mine.text);
+    let other_tx = app.pockyt_sale("10.00", "USD", "success").await;
+    let theirs = app
+        .send(
+            app.http
+                .post(format!("{}/v1/refunds", app.base))
+                .bearer_auth(OTHER_KEY)
+                .header("Idempotency-Key", "op-find-2")
+                .json(&pockyt_refund(&other_tx, "2.00")),
+        )
+        .await;
+    assert_eq!(theirs.status, 201, "{}", theirs.text);
+    let all = operator(&app, "GET", "/v1/operator/refunds", None).await;
+    assert_eq!(all.status, 200, "{}", all.text);
+    let data = all.body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    // Newest first, each with its client and account.
+    assert_eq!(data[0]["id"], theirs.body["id"]);
+    assert_eq!(data[0]["client"], "other");
+    assert_eq!(data[1]["client"], "demo");
+    assert_eq!(data[1]["account"], "pockyt-sandbox");
+    let by_client = operator(&app, "GET", "/v1/operator/refunds?client=other", None).await;
+    assert_eq!(by_client.body["data"].as_array().unwrap().len(), 1);
+    let by_tx = operator(
+        &app,
+        "GET",
+        &format!(
+            "/v1/operator/refunds?transaction_no={}&account=pockyt-sandbox",
+            tx["transactionNo"].as_str().unwrap()
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(
+        by_tx.body["data"][0]["id"], mine.body["id"],
+        "{}",
+        by_tx.text
+    );
+    let page = operator(&app, "GET", "/v1/operator/refunds?limit=1", None).await;
+    assert_eq!(page.body["has_more"], true);
+    let next = operator(
+        &app,
+        "GET",
+        &format!(
+            "/v1/operator/refunds?limit=1&starting_after={}",
+            page.body["data"][0]["id"].as_str().unwrap()
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(next.body["data"][0]["id"], mine.body["id"]);
+    assert_eq!(next.body["has_more"], false);
+    let none = operator(
+        &app,
+        "GET",
+        "/v1/operator/refunds?account=pay10-sandbox",
+        None,
+    )
+    .await;
+    assert!(none.body["data"].as_array().unwrap().is_empty());
+    // One refund, rendered as the POS sees it, plus whose it is.
+    let id = theirs.body["id"].as_str().unwrap();
+    let one = operator(&app, "GET", &format!("/v1/operator/refunds/{id}"), None).await;
+    assert_eq!(one.status, 200);
+    assert_eq!(one.body["client"], "other");
+    assert_eq!(one.body["amount"], theirs.body["amount"]);
+    assert_eq!(one.body["status"], theirs.body["status"]);
+    // Refusals.
+    operator(&app, "GET", "/v1/operator/refunds?status=eaten", None)
+        .await
+        .assert_problem(400, "invalid_request");
+    operator(&app, "GET", "/v1/operator/refunds?client=a&client=b", None)
+        .await
+        .assert_problem(400, "invalid_request");
+    operator(&app, "GET", "/v1/operator/refunds?client=%00", None)
+        .await
+        .assert_problem(400, "invalid_request");
+    operator(&app, "GET", "/v1/operator/refunds/rf_nope", None)
+        .await
+        .assert_problem(404, "not_found");
+    app.get("/v1/operator/refunds")
+        .await
+        .assert_problem(403, "wrong_key_role");
+    app.stop().await;
+}
+
+both_backends!(
+    review_queue_and_audited_resolutions,
+    operators_find_any_clients_refund
+);
