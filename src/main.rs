@@ -188,6 +188,15 @@ enum RefundsAction {
     },
     /// One refund, with its client and account.
     Get { id: String },
+    /// Acknowledge a refund made elsewhere (found by a reconciliation): it
+    /// leaves the review queue, and still counts against its sale.
+    AcknowledgeOutside {
+        account: String,
+        provider_refund_id: String,
+        /// What you checked (recorded with your name).
+        #[arg(long)]
+        note: String,
+    },
     /// A refund's history: every change with its source.
     Events { id: String },
     /// Ask the provider about a refund now and apply the answer.
@@ -608,6 +617,15 @@ fn operator_cli(url: &str, key: &str, action: RefundsAction) -> ExitCode {
             ("starting_after", starting_after.clone()),
         ]),
         RefundsAction::Get { id } => http.get(format!("{base}/v1/operator/refunds/{id}")),
+        RefundsAction::AcknowledgeOutside {
+            account,
+            provider_refund_id,
+            note,
+        } => http
+            .post(format!(
+                "{base}/v1/operator/outside-refunds/{account}/{provider_refund_id}/acknowledge"
+            ))
+            .json(&serde_json::json!({ "note": note })),
         RefundsAction::Events { id } => http.get(format!("{base}/v1/operator/refunds/{id}/events")),
         RefundsAction::Sync { id } => http.post(format!("{base}/v1/operator/refunds/{id}/sync")),
         RefundsAction::Resolve { id, status, note } => http

@@ -52,6 +52,10 @@ CREATE TABLE outside_refunds (
     found_in           TEXT        NOT NULL,
     found_at           timestamptz NOT NULL,
     review_reason      TEXT,
+    -- An operator who has looked at it (it leaves the review queue).
+    acknowledged_by    TEXT,
+    acknowledged_note  TEXT,
+    acknowledged_at    timestamptz,
     PRIMARY KEY (account, provider_refund_id)
 );
 CREATE INDEX outside_refunds_sale ON outside_refunds (account, transaction_no);

@@ -25,6 +25,7 @@ use super::AppState;
         super::operator::review,
         super::operator::list,
         super::operator::get_one,
+        super::operator::acknowledge_outside,
         super::operator::events,
         super::operator::sync,
         super::operator::resolve,
@@ -44,7 +45,7 @@ use super::AppState;
         super::health::readyz,
         metrics,
     ),
-    components(schemas(crate::refunds::RefundObject, super::refunds::CreateRefundBody, super::refunds::RefundList, super::error::Problem, super::ipn::PockytIpn, super::ipn::Pay10Webhook, super::refunds::RefundEvents, super::refunds::RefundEventObject, super::operator::ReviewQueue, super::operator::OperatorRefundObject, super::operator::OperatorRefundList, super::operator::OutsideRefundObject, super::operator::ResolveBody, super::events::EventObject, super::events::EventList, super::events::DeliveryList, super::events::DeliveryObject, super::events::AttemptObject, super::events::ActionResult, super::reconciliations::ReconciliationObject, super::reconciliations::ReconciliationList, super::reconciliations::ItemObject, super::reconciliations::RunBody, crate::refunds::books::ReportSummary, crate::refunds::books::CurrencyTotals, super::sales::SaleObject, super::sales::SaleRefundObject, WebhookEventBody)),
+    components(schemas(crate::refunds::RefundObject, super::refunds::CreateRefundBody, super::refunds::RefundList, super::error::Problem, super::ipn::PockytIpn, super::ipn::Pay10Webhook, super::refunds::RefundEvents, super::refunds::RefundEventObject, super::operator::ReviewQueue, super::operator::OperatorRefundObject, super::operator::OperatorRefundList, super::operator::AcknowledgeBody, super::operator::OutsideRefundObject, super::operator::ResolveBody, super::events::EventObject, super::events::EventList, super::events::DeliveryList, super::events::DeliveryObject, super::events::AttemptObject, super::events::ActionResult, super::reconciliations::ReconciliationObject, super::reconciliations::ReconciliationList, super::reconciliations::ItemObject, super::reconciliations::RunBody, crate::refunds::books::ReportSummary, crate::refunds::books::CurrencyTotals, super::sales::SaleObject, super::sales::SaleRefundObject, WebhookEventBody)),
     modifiers(&BearerAuth),
     tags(
         (name = "refunds", description = "Create, read and list refunds; receipts"),

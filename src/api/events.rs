@@ -298,7 +298,8 @@ fn delivery_object(
 /// What an operator action did.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ActionResult {
-    /// `redelivery_scheduled`, `endpoint_enabled` or `endpoint_was_enabled`.
+    /// `redelivery_scheduled`, `endpoint_enabled`, `endpoint_was_enabled` or
+    /// `acknowledged`.
     pub result: String,
 }
 

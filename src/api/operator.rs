@@ -383,6 +383,74 @@ pub async fn get_one(
     Ok(Json(OperatorRefundObject::of(&state, &row)))
 }
 
+/// What an operator found when looking at a refund made elsewhere.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AcknowledgeBody {
+    /// What you checked (required, 1-1000 characters).
+    #[schema(value_type = String, min_length = 1, max_length = 1000)]
+    pub note: Text<1000>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/operator/outside-refunds/{account}/{provider_refund_id}/acknowledge",
+    summary = "Acknowledge a refund made elsewhere",
+    description = "A refund the reconciliation found at the provider only leaves the review queue's `outside_refunds` once an operator has looked at it (with a note); it goes on counting against its sale. Operator key only.",
+    operation_id = "operator_outside_refund_acknowledge",
+    tag = "operator",
+    params(
+        ("account" = String, Path, description = "The provider account"),
+        ("provider_refund_id" = String, Path, description = "The provider's id of the refund"),
+    ),
+    request_body(content = AcknowledgeBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Acknowledged", body = super::events::ActionResult),
+        (status = 400, description = "`invalid_request` (with `errors`) or `malformed_json`", body = super::error::Problem, content_type = "application/problem+json"),
+        super::error::OperatorKeyRefusals,
+        (status = 404, description = "`not_found`", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`: send application/json", body = super::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn acknowledge_outside(
+    State(state): State<AppState>,
+    OperatorAuthed(op): OperatorAuthed,
+    Path((account, provider_refund_id)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Result<Json<super::events::ActionResult>, ApiError> {
+    super::require_json(&headers)?;
+    let bytes = super::read_body(body, 8 * 1024).await?;
+    let req: AcknowledgeBody = super::parse::json(&bytes)?;
+    let note = req.note.0.trim();
+    if note.is_empty() || account.contains('\0') || provider_refund_id.contains('\0') {
+        return Err(ApiError::validation(std::collections::BTreeMap::from([(
+            "note".to_string(),
+            vec!["must say what you checked".to_string()],
+        )])));
+    }
+    let found = state
+        .gateway
+        .store
+        .reconciliations()
+        .acknowledge_outside(
+            &account,
+            &provider_refund_id,
+            &op.name,
+            note,
+            state.gateway.clock.now(),
+        )
+        .await?;
+    if !found {
+        return Err(ApiError::not_found("outside refund"));
+    }
+    tracing::info!(operator = %op.name, %account, %provider_refund_id, "refund made elsewhere acknowledged");
+    Ok(Json(super::events::ActionResult {
+        result: "acknowledged".into(),
+    }))
+}
+
 /// The operator's routes.
 pub fn routes() -> axum::Router<AppState> {
     use axum::routing::{get, post};
@@ -390,6 +458,10 @@ pub fn routes() -> axum::Router<AppState> {
         .route("/v1/operator/review", get(review))
         .route("/v1/operator/refunds", get(list))
         .route("/v1/operator/refunds/{id}", get(get_one))
+        .route(
+            "/v1/operator/outside-refunds/{account}/{provider_refund_id}/acknowledge",
+            post(acknowledge_outside),
+        )
         .route("/v1/operator/refunds/{id}/events", get(events))
         .route("/v1/operator/refunds/{id}/sync", post(sync))
         .route("/v1/operator/refunds/{id}/resolve", post(resolve))

@@ -150,6 +150,16 @@ pub trait ReconciliationStore: Send + Sync {
     /// its sale against the sale (never less than before: what counts
     /// against a sale only grows); whether it is new or changed.
     async fn record_outside(&self, o: &OutsideRefund) -> Result<bool>;
+    /// An operator has looked at a refund made elsewhere: it leaves the
+    /// review queue (it still counts against its sale); whether it exists.
+    async fn acknowledge_outside(
+        &self,
+        account: &str,
+        provider_refund_id: &str,
+        operator: &str,
+        note: &str,
+        now: Timestamp,
+    ) -> Result<bool>;
     /// The sale's row in the gateway's books.
     async fn sale_books(&self, account: &str, transaction_no: &str) -> Result<Option<SaleBooks>>;
     /// Refunds made elsewhere: of one sale, or (none given) the ones
@@ -473,7 +483,8 @@ where
              ON CONFLICT (account, provider_refund_id) DO UPDATE SET \
                amount_minor = excluded.amount_minor, currency = excluded.currency, \
                provider_status = excluded.provider_status, \
-               provider_reference = excluded.provider_reference \
+               provider_reference = excluded.provider_reference, \
+               review_reason = excluded.review_reason \
              WHERE outside_refunds.amount_minor <> excluded.amount_minor \
                 OR outside_refunds.provider_status IS DISTINCT FROM excluded.provider_status",
         ))
@@ -518,6 +529,32 @@ where
         .await?;
         tx.commit().await?;
         Ok(new)
+    }
+
+    async fn acknowledge_outside(
+        &self,
+        account: &str,
+        provider_refund_id: &str,
+        operator: &str,
+        note: &str,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let _gate = self.gate().await;
+        let sql = self.sql(
+            "UPDATE outside_refunds SET review_reason = NULL, acknowledged_by = $3, \
+             acknowledged_note = $4, acknowledged_at = @ts($5) \
+             WHERE account = $1 AND provider_refund_id = $2",
+        );
+        Ok(sqlx::query(&sql)
+            .bind(account)
+            .bind(provider_refund_id)
+            .bind(operator)
+            .bind(note)
+            .bind(now)
+            .execute(&self.pool)
+            .await?
+            .affected()
+            == 1)
     }
 
     async fn sale_books(&self, account: &str, transaction_no: &str) -> Result<Option<SaleBooks>> {

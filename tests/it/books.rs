@@ -218,6 +218,40 @@ async fn every_kind_of_line_from_a_sandbox_day(db: Db) {
     assert_eq!(outside_q.len(), 1, "{}", queue.text);
     assert_eq!(outside_q[0]["found_in"], id.as_str());
     assert_eq!(outside_q[0]["amount"], "6.00");
+    // An operator who has looked at it takes it off the queue (with a note).
+    let ack_path = format!(
+        "{}/v1/operator/outside-refunds/pockyt-sandbox/{}/acknowledge",
+        app.base,
+        outside_q[0]["provider_refund_id"].as_str().unwrap()
+    );
+    ops(&app, app.http.post(&ack_path).json(&json!({"note": " "})))
+        .await
+        .assert_problem(400, "invalid_request");
+    let ack = ops(
+        &app,
+        app.http
+            .post(&ack_path)
+            .json(&json!({"note": "customer confirmed the dashboard refund"})),
+    )
+    .await;
+    assert_eq!(ack.status, 200, "{}", ack.text);
+    let queue = ops(
+        &app,
+        app.http.get(format!("{}/v1/operator/review", app.base)),
+    )
+    .await;
+    assert!(queue.body["outside_refunds"].as_array().unwrap().is_empty());
+    ops(
+        &app,
+        app.http
+            .post(format!(
+                "{}/v1/operator/outside-refunds/pockyt-sandbox/nope/acknowledge",
+                app.base
+            ))
+            .json(&json!({"note": "x"})),
+    )
+    .await
+    .assert_problem(404, "not_found");
 
     // The refund made elsewhere counts against its sale from now on: even
     // when the provider no longer lists it, 4.01 of s5's 10.00 is refused.
