@@ -141,8 +141,6 @@ pub trait ReconciliationStore: Send + Sync {
         after: Option<(&str, &str)>,
         limit: i64,
     ) -> Result<Vec<ReportRow>>;
-    /// The last report of each account.
-    async fn latest_reports(&self) -> Result<Vec<ReportRow>>;
     /// A report's items after line `after`, in order.
     async fn items(&self, id: &str, after: i64, limit: i64) -> Result<Vec<ItemRow>>;
     /// Records a refund found at the provider only (as the provider lists
@@ -449,14 +447,6 @@ where
             .bind(limit)
             .fetch_all(&self.pool)
             .await?)
-    }
-
-    async fn latest_reports(&self) -> Result<Vec<ReportRow>> {
-        let sql = self.sql(&format!(
-            "SELECT {REPORT_COLUMNS} FROM reconciliations r WHERE day = \
-             (SELECT MAX(day) FROM reconciliations x WHERE x.account = r.account) ORDER BY account"
-        ));
-        Ok(sqlx::query_as(&sql).fetch_all(&self.pool).await?)
     }
 
     async fn items(&self, id: &str, after: i64, limit: i64) -> Result<Vec<ItemRow>> {
