@@ -799,12 +799,27 @@ async fn every_endpoint_shows_one_refund_alike(db: Db) {
     tokio::time::sleep(Duration::from_millis(10)).await;
     let one = app.get(&format!("/v1/refunds/{id}")).await.body;
     let listed = app.get("/v1/refunds?needs_review=true").await.body["data"][0].clone();
-    let queued = as_operator(&app, reqwest::Method::GET, "/v1/operator/review", None)
+    let mut queued = as_operator(&app, reqwest::Method::GET, "/v1/operator/review", None)
         .await
         .body["data"][0]
         .clone();
+    let mut found = as_operator(
+        &app,
+        reqwest::Method::GET,
+        &format!("/v1/operator/refunds/{id}"),
+        None,
+    )
+    .await
+    .body;
+    // An operator sees whose it is, besides the same object.
+    for o in [&mut queued, &mut found] {
+        let m = o.as_object_mut().unwrap();
+        assert_eq!(m.remove("client"), Some(json!("demo")));
+        assert_eq!(m.remove("account"), Some(json!("pockyt-sandbox")));
+    }
     assert_eq!(one, listed, "GET and the list");
     assert_eq!(one, queued, "GET and the operator queue");
+    assert_eq!(one, found, "GET and the operator's GET");
     assert_eq!(one["review_reason"], "pending for more than 1 millisecond");
     // A status query answers the same object a read right after shows.
     let synced = app.get(&format!("/v1/refunds/{id}?sync=true")).await.body;
