@@ -147,6 +147,40 @@ pub struct FileConfig {
     pub events_retention_days: Option<u64>,
     /// The daily reconciliation against the provider's books.
     pub reconciliation: Option<ReconciliationEntry>,
+    /// The operators' console at `/console`.
+    pub console: Option<ConsoleEntry>,
+}
+
+/// `[console]`: how long a console sign-in lasts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleEntry {
+    /// A session unused this long ends (default 30).
+    pub session_idle_minutes: Option<u64>,
+    /// A session ends this long after sign-in however it is used (default 12).
+    pub session_max_hours: Option<u64>,
+}
+
+/// The console's session rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsoleSettings {
+    /// A session unused this long ends.
+    pub idle: Duration,
+    /// A session ends this long after sign-in.
+    pub absolute: Duration,
+    /// Session cookies carry `Secure` on every answer (`public_url` is
+    /// `https`); otherwise only on requests that came over HTTPS.
+    pub secure_cookies: bool,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        ConsoleSettings {
+            idle: Duration::from_secs(30 * 60),
+            absolute: Duration::from_secs(12 * 3600),
+            secure_cookies: false,
+        }
+    }
 }
 
 /// `[reconciliation]`.
@@ -479,6 +513,8 @@ pub struct Config {
     pub events_retention: Duration,
     /// When the daily reconciliation runs (UTC); `None`: only on request.
     pub reconciliation_daily_at: Option<jiff::civil::Time>,
+    /// The operators' console's session rules.
+    pub console: ConsoleSettings,
 }
 
 /// `HH:MM` (24-hour) as a time of day.
@@ -623,7 +659,36 @@ impl Config {
                 )
             })?),
         };
+        let console = {
+            let c = f.console.unwrap_or(ConsoleEntry {
+                session_idle_minutes: None,
+                session_max_hours: None,
+            });
+            let idle = c.session_idle_minutes.unwrap_or(30);
+            let max = c.session_max_hours.unwrap_or(12);
+            if !(1..=24 * 60).contains(&idle) {
+                return Err(invalid(
+                    "console.session_idle_minutes",
+                    "must be 1 to 1440 (minutes)",
+                ));
+            }
+            if !(1..=24 * 30).contains(&max) {
+                return Err(invalid(
+                    "console.session_max_hours",
+                    "must be 1 to 720 (hours)",
+                ));
+            }
+            ConsoleSettings {
+                idle: Duration::from_secs(idle * 60),
+                absolute: Duration::from_secs(max * 3600),
+                secure_cookies: f
+                    .public_url
+                    .as_deref()
+                    .is_some_and(|u| u.trim().to_ascii_lowercase().starts_with("https://")),
+            }
+        };
         Ok(Config {
+            console,
             reconciliation_daily_at,
             smtp,
             email_interval: Duration::from_secs(1),
@@ -1417,7 +1482,10 @@ mod config_table {
             review_after_ms,
             events_retention_days,
             reconciliation,
+            console,
         } = f;
+        assert!(console
+            .is_some_and(|c| c.session_idle_minutes.is_some() && c.session_max_hours.is_some()));
         assert!(events_retention_days.is_some());
         assert!(reconciliation.is_some_and(|r| r.daily_at.is_some()));
         assert!(listen.is_some() && public_url.is_some() && database_url.is_some());

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod config;
+pub mod console;
 pub mod metrics;
 pub mod money;
 pub mod providers;
@@ -47,6 +48,7 @@ pub fn app(state: AppState, sandbox: Option<&Sandbox>, request_timeout: Duration
         .merge(api::ipn::routes())
         .merge(api::health::routes())
         .merge(api::docs::routes())
+        .merge(console::routes())
         .with_state(state);
     if let Some(sb) = sandbox {
         router = router.merge(sb.router());
@@ -247,6 +249,7 @@ impl Application {
         let router = app(
             AppState {
                 gateway: gateway.clone(),
+                console: Arc::new(console::Console::new(config.console)),
             },
             sandbox.as_ref(),
             config.request_timeout,

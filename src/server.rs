@@ -205,8 +205,8 @@ pub async fn serve(
             a = listener.accept() => a,
             _ = &mut shutdown => break,
         };
-        let stream = match accepted {
-            Ok((s, _)) => s,
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors or similar: back off briefly.
                 tracing::warn!(error = %e, "accept failed");
@@ -235,6 +235,7 @@ pub async fn serve(
         }
         tokio::spawn(connection(
             stream,
+            peer,
             router.clone(),
             limits,
             slot,
@@ -254,6 +255,7 @@ pub async fn serve(
 
 async fn connection(
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     router: Router,
     limits: ConnLimits,
     slot: Arc<Slot>,
@@ -268,7 +270,9 @@ async fn connection(
             async move {
                 // The body first: until it is here the connection is not busy
                 // (it may be evicted), and it must come within the deadline.
-                let (parts, body) = req.into_parts();
+                let (mut parts, body) = req.into_parts();
+                // Who is on the other end (the console's sign-in limit).
+                parts.extensions.insert(axum::extract::ConnectInfo(peer));
                 let read = tokio::time::timeout(
                     limits.body_read_timeout,
                     prefetch(body, limits.max_body_bytes),

@@ -28,6 +28,8 @@ pub use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub gateway: Arc<Gateway>,
+    /// The operators' console (`/console`): its session rules and sign-in limiter.
+    pub console: Arc<crate::console::Console>,
 }
 
 /// The API client a request's Bearer key belongs to.
@@ -59,7 +61,7 @@ fn bearer_digest(parts: &Parts) -> Result<[u8; 32], ApiError> {
 
 /// The holder of `digest` among `holders`, compared in constant time against
 /// every one without stopping early.
-fn find_key<T>(
+pub(crate) fn find_key<T>(
     holders: &[Arc<T>],
     digest: &[u8; 32],
     hashes: impl Fn(&T) -> &[[u8; 32]],
@@ -155,7 +157,13 @@ pub async fn problem_for_bare_errors(resp: Response) -> Response {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+    // The console's pages are HTML for a person, errors included.
+    let is_html = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json || is_html {
         return resp;
     }
     let (code, detail) = match status {

@@ -21,6 +21,8 @@ mod batch;
 mod codec;
 mod events;
 pub use events::EventStore;
+mod console;
+pub use console::{ConsoleStore, SessionRow};
 mod reconciliations;
 pub use reconciliations::{
     ItemRow, OutsideRefund, ReconciliationStore, ReportRow, RunClaim, SaleBooks,
@@ -130,6 +132,8 @@ pub trait StoreBackend: Send + Sync + 'static {
     fn events(&self) -> &dyn EventStore;
     /// The daily reconciliation's reports and the refunds made elsewhere.
     fn reconciliations(&self) -> &dyn ReconciliationStore;
+    /// The operators' console: sessions and the overview's counts.
+    fn console(&self) -> &dyn ConsoleStore;
     async fn ping(&self) -> Result<()>;
     /// The database server's clock (Unix ms), where it has its own: the one
     /// clock every gateway process on this database goes by. `None`: the

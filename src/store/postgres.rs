@@ -28,6 +28,7 @@ pub(super) struct PgStore {
     pool: PgPool,
     events: super::events::EventsOn<Postgres>,
     reconciliations: super::reconciliations::ReconciliationsOn<Postgres>,
+    console: super::console::ConsoleOn<Postgres>,
 }
 
 const SELECT_REFUND: &str = "SELECT id, client, account, provider, livemode, status, amount_minor, currency, \
@@ -100,6 +101,11 @@ impl PgStore {
                 gate: None,
             },
             reconciliations: super::reconciliations::ReconciliationsOn {
+                pool: pool.clone(),
+                d: super::POSTGRES,
+                gate: None,
+            },
+            console: super::console::ConsoleOn {
                 pool: pool.clone(),
                 d: super::POSTGRES,
                 gate: None,
@@ -274,6 +280,10 @@ impl StoreBackend for PgStore {
 
     fn reconciliations(&self) -> &dyn super::ReconciliationStore {
         &self.reconciliations
+    }
+
+    fn console(&self) -> &dyn super::ConsoleStore {
+        &self.console
     }
 
     fn backend(&self) -> Backend {

@@ -28,6 +28,7 @@ pub(super) struct SqliteStore {
     batch: Batcher,
     events: super::events::EventsOn<Sqlite>,
     reconciliations: super::reconciliations::ReconciliationsOn<Sqlite>,
+    console: super::console::ConsoleOn<Sqlite>,
 }
 
 const SELECT_REFUND: &str = "SELECT id, client, account, provider, livemode, status, amount_minor, currency, \
@@ -82,6 +83,11 @@ impl SqliteStore {
                 gate: Some(gate.clone()),
             },
             reconciliations: super::reconciliations::ReconciliationsOn {
+                pool: pool.clone(),
+                d: super::SQLITE,
+                gate: Some(gate.clone()),
+            },
+            console: super::console::ConsoleOn {
                 pool: pool.clone(),
                 d: super::SQLITE,
                 gate: Some(gate.clone()),
@@ -204,6 +210,10 @@ impl StoreBackend for SqliteStore {
 
     fn reconciliations(&self) -> &dyn super::ReconciliationStore {
         &self.reconciliations
+    }
+
+    fn console(&self) -> &dyn super::ConsoleStore {
+        &self.console
     }
 
     fn backend(&self) -> Backend {

@@ -7,6 +7,7 @@ mod common;
 
 mod books;
 mod cli;
+mod console;
 mod contract;
 mod crash;
 mod deploy;
