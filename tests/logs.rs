@@ -63,6 +63,35 @@ async fn no_secrets_in_logs() {
         )
         .await;
     assert_eq!(unauthorized.status, 401);
+    // Failed console sign-ins: a guess and a POS key (each logged, neither shown).
+    for guess in ["ok_leaky_console_guess", KEY] {
+        let form = app
+            .http
+            .get(format!("{}/console/sign-in", app.base))
+            .send()
+            .await
+            .unwrap();
+        let cookie = form.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let text = form.text().await.unwrap();
+        let pat = "name=\"csrf\" value=\"";
+        let at = text.find(pat).unwrap() + pat.len();
+        let csrf = &text[at..at + 43];
+        let r = app
+            .http
+            .post(format!("{}/console/sign-in", app.base))
+            .header("cookie", cookie)
+            .form(&[("csrf", csrf), ("key", guess), ("next", "/console")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
     // Let the webhooks and reconciliation settle every refund (their logs
     // are what this test reads).
     let pending = eventually(Duration::from_secs(15), || async {
@@ -89,12 +118,18 @@ async fn no_secrets_in_logs() {
         creds::PAY10_KEY,
         KEY,
         "sk_leaky_wrong_key",
+        "ok_leaky_console_guess",
     ] {
         assert!(
             !logs.contains(secret),
             "a secret appears in the logs: {secret}"
         );
     }
+    assert_eq!(
+        logs.matches("console sign-in failed").count(),
+        2,
+        "failed console sign-ins are logged"
+    );
     assert!(
         !logs.contains("verifySign="),
         "signed IPN bodies are not logged"

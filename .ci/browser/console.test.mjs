@@ -136,6 +136,16 @@ try {
   // The other pages.
   await visit(page, "/console/review", "review", 1280);
   await visit(page, "/console/webhooks", "webhooks", 1280);
+  if (process.env.RG_EXPECT_DELIVERIES) {
+    // The gateway's demo client sends its events to a dead endpoint: the
+    // deliveries are retried, each attempt listed; one is redelivered now.
+    await page.goto(`${base}/console/webhooks?state=pending`, { waitUntil: "networkidle" });
+    const attempts = await page.locator("ol.attempts li").count();
+    await check(attempts >= 1, "no delivery attempt is listed for the dead endpoint");
+    await Promise.all([page.waitForURL(/done=redelivered/), page.locator(".delivery button[type=submit]").first().click()]);
+    await check((await page.textContent("main")).includes("scheduled for delivery again"), "no confirmation after redelivering");
+    await visit(page, "/console/webhooks?state=pending", "webhooks-pending", 1280);
+  }
   await visit(page, "/console/reconciliations", "reconciliations", 1280);
   await visit(page, `/console/reconciliations/${report.id}`, "reconciliation", 1280);
   const csv = await page.request.get(`${base}/console/reconciliations/${report.id}/csv`);

@@ -631,6 +631,7 @@ impl ListQuery {
                 .0
                 .then(|| state.gateway.review_cutoff()),
             limit: q.limit.unwrap_or_default().0,
+            oldest_first: false,
         }
     }
 

@@ -556,17 +556,33 @@ async fn review(
     RawQuery(raw): RawQuery,
 ) -> Response {
     let q = query_map(&raw);
-    match crate::api::operator::review(State(state.clone()), op(&signed)).await {
-        Ok(Json(mut queue)) => {
-            // Oldest first: the one waiting longest is handled first.
-            queue.data.reverse();
+    // Oldest first: the one waiting longest is handled first.
+    let queue = async {
+        let rows = state.gateway.review_queue_ordered(100, true).await?;
+        let outside = state
+            .gateway
+            .store
+            .reconciliations()
+            .outside_refunds(None, 100)
+            .await?;
+        Ok::<_, crate::store::StoreError>(crate::api::operator::ReviewQueue {
+            object: "list",
+            data: rows
+                .iter()
+                .map(|r| crate::api::operator::OperatorRefundObject::of(&state, r))
+                .collect(),
+            outside_refunds: outside.into_iter().map(Into::into).collect(),
+        })
+    };
+    match queue.await {
+        Ok(queue) => {
             let now = state.gateway.clock.now();
             html(
                 StatusCode::OK,
                 pages::review(&signed, &queue, now, q.get("done").map(String::as_str)),
             )
         }
-        Err(e) => error_page(Some(&signed), &e),
+        Err(e) => error_page(Some(&signed), &ApiError::from(e)),
     }
 }
 

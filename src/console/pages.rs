@@ -458,7 +458,7 @@ pub fn review(signed: &Signed, q: &ReviewQueue, now: Timestamp, done: Option<&st
         Nav::Review,
         html! {
             @if let Some(m) = done_message(done) { (notice(m)) }
-            p { "Refunds that need a person — flagged, or pending too long — oldest first (the newest 100). Open one to ask the provider or resolve it." }
+            p { "Refunds that need a person — flagged, or pending too long — oldest first (the 100 waiting longest). Open one to ask the provider or resolve it." }
             @if q.data.is_empty() {
                 p { strong { "Nothing to review." } }
             } @else {

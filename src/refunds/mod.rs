@@ -923,12 +923,25 @@ impl Gateway {
     /// Refunds that need a person (every client's), oldest first would hide
     /// new flags: newest first, like every list.
     pub async fn review_queue(&self, limit: i64) -> Result<Vec<RefundRow>, StoreError> {
+        self.review_queue_ordered(limit, false).await
+    }
+
+    /// The review queue, oldest first (`oldest_first`: the one waiting
+    /// longest comes first, for a person working through it) or newest first.
+    pub async fn review_queue_ordered(
+        &self,
+        limit: i64,
+        oldest_first: bool,
+    ) -> Result<Vec<RefundRow>, StoreError> {
         let filter = crate::store::ListFilter {
             needs_review_before: Some(self.review_cutoff()),
             limit,
+            oldest_first,
             ..Default::default()
         };
-        self.store.list_refunds(None, &filter).await
+        let mut rows = self.store.list_refunds(None, &filter).await?;
+        rows.truncate(usize::try_from(limit).unwrap_or(0));
+        Ok(rows)
     }
 
     /// Pending refunds created before this need review.

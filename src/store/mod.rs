@@ -360,14 +360,19 @@ fn push_list_filters<'a, DB, T>(
             .push_bind(time(t))
             .push("))");
     }
+    let (cmp, order) = if f.oldest_first {
+        (">", "ASC")
+    } else {
+        ("<", "DESC")
+    };
     if let Some((created, id)) = &f.after {
-        q.push(" AND (created_at, id) < (")
+        q.push(format!(" AND (created_at, id) {cmp} ("))
             .push_bind(time(*created))
             .push(", ")
             .push_bind(id)
             .push(")");
     }
-    q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+    q.push(format!(" ORDER BY created_at {order}, id {order} LIMIT "))
         .push_bind(f.limit + 1);
 }
 

@@ -406,6 +406,9 @@ pub struct ListFilter {
     /// since before this time.
     pub needs_review_before: Option<Timestamp>,
     pub limit: i64,
+    /// Oldest first (the cursor then continues after `after` upwards);
+    /// otherwise newest first, like every list of the API.
+    pub oldest_first: bool,
 }
 
 /// The parts of a new refund a caller decides; [`RefundRow::recorded`] starts

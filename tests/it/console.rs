@@ -398,7 +398,82 @@ async fn a_flagged_refund_handled_in_the_console(db: Db) {
     app.stop().await;
 }
 
+async fn webhook_endpoints_in_the_console(db: Db) {
+    let mut c = config(&fresh_db(db).await);
+    c.webhook_interval = Duration::from_millis(50);
+    let dead = "http://127.0.0.1:9/hooks";
+    c.demo.as_mut().unwrap().webhook = Some((dead.into(), refund_gateway::tools::webhook_secret()));
+    let app = spawn_with(c).await;
+    let mut b = Browser::new(&app);
+    assert_eq!(b.sign_in(OPS_KEY).await.status, 303);
+    let sale = app.pockyt_sale("10.00", "USD", "success").await;
+    app.post_refund(Some("console-hook"), &pockyt_refund(&sale, "1.00"))
+        .await
+        .assert_refund(201, "succeeded");
+    // The dead endpoint's attempts are listed with their error.
+    let listed = eventually(Duration::from_secs(10), || async {
+        let p = Browser {
+            cookies: b.cookies.clone(),
+            ..Browser::new(&app)
+        }
+        .get("/console/webhooks?state=pending")
+        .await;
+        (p.text.contains("<ol class=\"attempts\">"), p.text)
+    })
+    .await;
+    assert!(listed.contains("refund.created"), "{listed}");
+
+    // A disabled endpoint (as a 410 leaves it) is shown and enabled again.
+    let now = app.gateway.clock.now();
+    app.gateway
+        .store
+        .events()
+        .disable("demo", dead, now, "410 Gone")
+        .await
+        .unwrap();
+    let page = b.get("/console/webhooks").await;
+    assert!(page.text.contains("disabled"), "{}", page.text);
+    let overview = b.get("/console").await;
+    assert!(overview.text.contains("Disabled: "), "{}", overview.text);
+    let csrf = page.field("csrf");
+    let r = b
+        .post("/console/webhook-endpoints/demo/0/enable", &[])
+        .await;
+    assert_eq!(r.status, 403, "no token, no change");
+    assert_eq!(
+        app.gateway.store.events().disabled().await.unwrap().len(),
+        1
+    );
+    let r = b
+        .post(
+            "/console/webhook-endpoints/demo/0/enable",
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.location()),
+        (303, "/console/webhooks?done=enabled")
+    );
+    assert!(app
+        .gateway
+        .store
+        .events()
+        .disabled()
+        .await
+        .unwrap()
+        .is_empty());
+    let r = b
+        .post(
+            "/console/webhook-endpoints/demo/07/enable",
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    app.stop().await;
+}
+
 both_backends!(
+    webhook_endpoints_in_the_console,
     sessions_csrf_and_headers,
     sessions_expire_idle_and_absolute,
     failed_sign_ins_are_limited,

@@ -292,6 +292,26 @@ async fn list_filters_select_what_they_say(db: Db) {
     );
     assert_eq!(
         list(ListFilter {
+            oldest_first: true,
+            ..all.clone()
+        })
+        .await,
+        want(&[0, 1, 2, 3, 4, 5]),
+        "oldest first (the console's review queue)"
+    );
+    assert_eq!(
+        list(ListFilter {
+            after: Some((at(base + 2_000), test_refund_id("list2"))),
+            limit: 2,
+            oldest_first: true,
+            ..all.clone()
+        })
+        .await,
+        want(&[3, 4, 5]),
+        "oldest first, the keyset page continues upwards"
+    );
+    assert_eq!(
+        list(ListFilter {
             status: Some(Status::Succeeded),
             ..all.clone()
         })
