@@ -715,15 +715,26 @@ async fn sync(
     if let Err(r) = signed_form(&signed, &headers, body).await {
         return r;
     }
-    match crate::api::operator::sync(State(state.clone()), op(&signed), Path(id.clone())).await {
-        Ok(_) => see_other(&format!(
-            "/console/refunds/{}?done=synced",
-            pages::path_segment(&id)
+    let r = crate::api::operator::sync(State(state.clone()), op(&signed), Path(id.clone())).await;
+    after_refund_action(&state, &signed, &id, r.map(|_| ()), "synced").await
+}
+
+/// After an action on a refund: back to its page saying what was done, or
+/// its page with the refusal (an unknown or ill-formed id: an error page).
+async fn after_refund_action(
+    state: &AppState,
+    signed: &Signed,
+    id: &str,
+    result: Result<(), ApiError>,
+    done: &str,
+) -> Response {
+    match result {
+        Ok(()) => see_other(&format!(
+            "/console/refunds/{}?done={done}",
+            pages::path_segment(id)
         )),
-        Err(e) if e.status == StatusCode::NOT_FOUND || e.status == StatusCode::BAD_REQUEST => {
-            error_page(Some(&signed), &e)
-        }
-        Err(e) => refund_page(&state, &signed, &id, e.status, None, Some(&e)).await,
+        Err(e) if e.status == StatusCode::NOT_FOUND => error_page(Some(signed), &e),
+        Err(e) => refund_page(state, signed, id, e.status, None, Some(&e)).await,
     }
 }
 
@@ -750,14 +761,7 @@ async fn resolve(
         Body::from(body.to_string()),
     )
     .await;
-    match r {
-        Ok(_) => see_other(&format!(
-            "/console/refunds/{}?done=resolved",
-            pages::path_segment(&id)
-        )),
-        Err(e) if e.status == StatusCode::NOT_FOUND => error_page(Some(&signed), &e),
-        Err(e) => refund_page(&state, &signed, &id, e.status, None, Some(&e)).await,
-    }
+    after_refund_action(&state, &signed, &id, r.map(|_| ()), "resolved").await
 }
 
 async fn redeliver(
