@@ -77,6 +77,7 @@ pub fn app(state: AppState, sandbox: Option<&Sandbox>, request_timeout: Duration
                 )
                 .layer(PropagateRequestIdLayer::x_request_id())
                 .layer(axum::middleware::from_fn(metrics::track_http))
+                .layer(axum::middleware::from_fn(console::pages_only))
                 .layer(axum::middleware::map_response(api::problem_for_bare_errors))
                 .layer(TimeoutLayer::with_status_code(
                     axum::http::StatusCode::REQUEST_TIMEOUT,
@@ -317,7 +318,7 @@ impl Application {
         } else {
             let names: Vec<&str> = c.operators.iter().map(|o| o.name.as_str()).collect();
             out.push_str(&format!(
-                "  operators (operator keys, /v1/operator/* and `refund-gateway refunds`): {}\n",
+                "  operators (operator keys, /v1/operator/*, the console at /console and `refund-gateway refunds`): {}\n",
                 names.join(", ")
             ));
         }
@@ -346,7 +347,8 @@ impl Application {
         Some(format!(
             "\n  refund-gateway DEMO MODE (sandbox providers, livemode=false)\n  \
              listening on {base}  database {db}\n  demo API key (POS): {key}\n  \
-             demo operator key (review queue, `refund-gateway refunds`): {op}\n{webhook}\n  \
+             demo operator key (review queue, `refund-gateway refunds`): {op}\n  \
+             operators' console: {base}/console (sign in with the demo operator key)\n{webhook}\n  \
              try it:\n  curl -s -X POST {base}/v1/refunds \\\n    -H 'Authorization: Bearer {key}' \\\n    \
              -H 'Content-Type: application/json' -H 'Idempotency-Key: demo-1' \\\n    \
              -d '{{\"provider\":\"pockyt\",\"transaction_no\":\"{tx}\",\"amount\":\"1.00\",\"currency\":\"USD\"}}'\n",

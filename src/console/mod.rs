@@ -314,9 +314,15 @@ async fn signed_form(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<FormData, Response> {
-    let form = read_form(headers, body)
-        .await
-        .map_err(|e| error_page(Some(signed), &e))?;
+    let form = match read_form(headers, body).await {
+        Ok(f) => f,
+        // Not a form: it cannot carry the token either.
+        Err(e) if e.status == StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            tracing::warn!(operator = %signed.operator.name, "console form refused: not a form, so no CSRF token");
+            return Err(csrf_refused());
+        }
+        Err(e) => return Err(error_page(Some(signed), &e)),
+    };
     match form.get("csrf") {
         Some(t) if same(t, &signed.csrf) => Ok(form),
         _ => {
@@ -364,6 +370,49 @@ async fn security_headers(mut resp: Response) -> Response {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     resp
+}
+
+/// Every answer under `/console`, also those made outside its handlers
+/// (an unknown path, a method a route does not take, a timeout): an error
+/// is a console page, not the API's problem document, and the console's
+/// headers are on it.
+pub async fn pages_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let path = req.uri().path();
+    let console = path == "/console" || path.starts_with("/console/");
+    let resp = next.run(req).await;
+    if !console {
+        return resp;
+    }
+    let status = resp.status();
+    let problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/problem+json"));
+    if !(problem && (status.is_client_error() || status.is_server_error())) {
+        return security_headers(resp).await;
+    }
+    let allow = resp.headers().get(header::ALLOW).cloned();
+    let bytes = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let p: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let detail = match status {
+        StatusCode::NOT_FOUND => "There is no such console page.".to_string(),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            "This console page does not take that method.".to_string()
+        }
+        _ => p["detail"]
+            .as_str()
+            .unwrap_or("the request could not be processed")
+            .to_string(),
+    };
+    let e = ApiError::new(status, "console_error", detail);
+    let mut out = security_headers(error_page(None, &e)).await;
+    if let Some(a) = allow {
+        out.headers_mut().insert(header::ALLOW, a);
+    }
+    out
 }
 
 fn peer(parts_ext: &axum::http::Extensions) -> IpAddr {

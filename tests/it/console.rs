@@ -252,6 +252,34 @@ async fn sessions_csrf_and_headers(db: Db) {
         "refused forms wrote nothing"
     );
 
+    // A form that is not a form cannot carry the token: refused alike.
+    let req = b
+        .http
+        .post(format!("{}/console/sign-out", b.base))
+        .json(&json!({"csrf": b.cookies["rg_console"]}));
+    assert_eq!(b.send(req).await.status, 403);
+    // Answers made outside the console's handlers are console pages too,
+    // with its headers: an unknown page, a method a page does not take.
+    for (method, path, status) in [
+        (reqwest::Method::GET, "/console/nonexistent", 404),
+        (reqwest::Method::GET, "/console/refunds/", 404),
+        (reqwest::Method::PUT, "/console", 405),
+        (reqwest::Method::GET, "/console/sign-out", 405),
+    ] {
+        let req = b.http.request(method.clone(), format!("{}{path}", b.base));
+        let p = b.send(req).await;
+        assert_eq!(p.status, status, "{method} {path}: {}", p.text);
+        assert!(
+            p.headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"),
+            "{method} {path}"
+        );
+        assert_eq!(p.headers["x-frame-options"], "DENY", "{method} {path}");
+        assert!(p.headers.contains_key("content-security-policy"));
+    }
+
     // Over HTTPS (a proxy saying so), cookies are Secure.
     let req = b
         .http
