@@ -367,6 +367,19 @@ pub struct WebhookEntry {
 #[derive(Clone)]
 pub struct WebhookSecret(std::sync::Arc<secrecy::SecretBox<Vec<u8>>>);
 
+/// A fresh Standard Webhooks signing secret: `whsec_` and the base64 of 32
+/// random bytes from the OS.
+pub fn webhook_secret() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
 impl WebhookSecret {
     pub fn parse(text: &str) -> Result<Self, String> {
         use base64::Engine;
@@ -592,7 +605,7 @@ impl Config {
                     webhook_url(&url).map_err(|e| invalid("REFUND_GATEWAY_DEMO_WEBHOOK_URL", e))?;
                 let secret = match std::env::var("REFUND_GATEWAY_DEMO_WEBHOOK_SECRET") {
                     Ok(s) => s.trim().to_string(),
-                    Err(_) => crate::tools::webhook_secret(),
+                    Err(_) => webhook_secret(),
                 };
                 WebhookSecret::parse(&secret)
                     .map_err(|e| invalid("REFUND_GATEWAY_DEMO_WEBHOOK_SECRET", e))?;

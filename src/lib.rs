@@ -38,7 +38,12 @@ use sandbox::Sandbox;
 use store::Store;
 
 /// The gateway's routes (and the sandbox's, in demo mode) with the middleware stack.
-pub fn app(state: AppState, sandbox: Option<&Sandbox>, request_timeout: Duration) -> Router {
+pub fn app(
+    state: AppState,
+    sandbox: Option<&Sandbox>,
+    request_timeout: Duration,
+    console: config::ConsoleSettings,
+) -> Router {
     let mut router = Router::new()
         .merge(api::refunds::routes())
         .merge(api::operator::routes())
@@ -48,7 +53,7 @@ pub fn app(state: AppState, sandbox: Option<&Sandbox>, request_timeout: Duration
         .merge(api::ipn::routes())
         .merge(api::health::routes())
         .merge(api::docs::routes())
-        .merge(console::routes())
+        .merge(console::routes(console::Console::new(console)))
         .with_state(state);
     if let Some(sb) = sandbox {
         router = router.merge(sb.router());
@@ -250,10 +255,10 @@ impl Application {
         let router = app(
             AppState {
                 gateway: gateway.clone(),
-                console: Arc::new(console::Console::new(config.console)),
             },
             sandbox.as_ref(),
             config.request_timeout,
+            config.console,
         );
         Ok(Self {
             listener,

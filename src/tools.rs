@@ -105,18 +105,7 @@ pub fn new_operator_key(name: &str) -> Result<String, String> {
     ))
 }
 
-/// A fresh Standard Webhooks signing secret: `whsec_` and the base64 of 32
-/// random bytes from the OS.
-pub fn webhook_secret() -> String {
-    use base64::Engine;
-    use rand::RngCore;
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(bytes)
-    )
-}
+pub use crate::config::webhook_secret;
 
 /// [`webhook_secret`] with the config lines that use it.
 pub fn new_webhook_secret() -> Result<String, String> {

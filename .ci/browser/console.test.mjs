@@ -158,7 +158,7 @@ try {
   await phone.addCookies(cookies);
   const small = await phone.newPage();
   small.on("request", (r) => { if (!r.url().startsWith(base)) external.push(r.url()); });
-  for (const [path, name] of [["/console", "overview"], ["/console/review", "review"], ["/console/refunds", "refunds"],
+  for (const [path, name] of [["/console/sign-in", "sign-in"], ["/console", "overview"], ["/console/review", "review"], ["/console/refunds", "refunds"],
     [`/console/refunds/${refund.id}`, "refund"], ["/console/webhooks", "webhooks"], ["/console/reconciliations", "reconciliations"],
     [`/console/reconciliations/${report.id}`, "reconciliation"]]) {
     await visit(small, path, name, 390);
@@ -173,7 +173,7 @@ try {
   await check(small.url().includes("/console/sign-in"), "the copied session cookie still works after sign-out");
 
   await check(external.length === 0, `the console fetched from outside the gateway: ${external.join(", ")}`);
-  console.log(`console test OK: sign-in, search, timeline, resolution with audit line, CSRF refusal, escaping, local times, sign-out; axe clean and screenshots of 8 pages at 1280 px and 7 at 390 px in ${shots}`);
+  console.log(`console test OK: sign-in, search, timeline, resolution with audit line, CSRF refusal, escaping, local times, sign-out; axe clean and screenshots of 8 pages at 1280 px and 8 at 390 px in ${shots}`);
 } catch (e) {
   await fail(String(e && e.stack || e));
 }

@@ -28,8 +28,6 @@ pub use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub gateway: Arc<Gateway>,
-    /// The operators' console (`/console`): its session rules and sign-in limiter.
-    pub console: Arc<crate::console::Console>,
 }
 
 /// The API client a request's Bearer key belongs to.

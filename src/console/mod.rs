@@ -31,6 +31,7 @@ use axum::extract::{ConnectInfo, FromRequestParts, Path, RawQuery, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use base64::Engine;
 use maud::Markup;
@@ -214,7 +215,7 @@ impl FromRequestParts<AppState> for Signed {
         };
         let id = digest_hex(raw);
         let now = state.gateway.clock.now();
-        let s = state.console.settings;
+        let s = console_of(parts).settings;
         let row = state
             .gateway
             .store
@@ -244,9 +245,18 @@ impl FromRequestParts<AppState> for Signed {
     }
 }
 
+/// The console's own state, set on its routes ([`routes`]).
+fn console_of(parts: &Parts) -> Arc<Console> {
+    parts
+        .extensions
+        .get::<Arc<Console>>()
+        .cloned()
+        .expect("the console's routes carry its state")
+}
+
 /// Whether cookies set on this answer must be `Secure`.
-fn secure(state: &AppState, headers: &HeaderMap) -> bool {
-    state.console.settings.secure_cookies
+fn secure(console: &Console, headers: &HeaderMap) -> bool {
+    console.settings.secure_cookies
         || headers
             .get("x-forwarded-proto")
             .and_then(|v| v.to_str().ok())
@@ -425,7 +435,7 @@ fn peer(parts_ext: &axum::http::Extensions) -> IpAddr {
 // ---- sign-in and sign-out ----------------------------------------------
 
 async fn sign_in_page(
-    State(state): State<AppState>,
+    Extension(console): Extension<Arc<Console>>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
@@ -439,11 +449,11 @@ async fn sign_in_page(
     let notice = q
         .contains_key("signed_out")
         .then_some("You are signed out.");
-    sign_in_form(&state, &headers, StatusCode::OK, next, notice, None)
+    sign_in_form(&console, &headers, StatusCode::OK, next, notice, None)
 }
 
 fn sign_in_form(
-    state: &AppState,
+    console: &Console,
     headers: &HeaderMap,
     status: StatusCode,
     next: &str,
@@ -454,13 +464,14 @@ fn sign_in_form(
     let mut resp = html(status, pages::sign_in(&token, next, notice, error));
     resp.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(SIGN_IN_COOKIE, &token, Some(3600), secure(state, headers)),
+        set_cookie(SIGN_IN_COOKIE, &token, Some(3600), secure(console, headers)),
     );
     resp
 }
 
 async fn sign_in(State(state): State<AppState>, req: axum::extract::Request) -> Response {
     let (parts, body) = req.into_parts();
+    let console = console_of(&parts);
     let headers = parts.headers;
     let ip = peer(&parts.extensions);
     let form = match read_form(&headers, body).await {
@@ -480,7 +491,7 @@ async fn sign_in(State(state): State<AppState>, req: axum::extract::Request) -> 
             return csrf_refused();
         }
     }
-    if let Err(wait) = state.console.limiter.check(ip) {
+    if let Err(wait) = console.limiter.check(ip) {
         tracing::warn!(%ip, "console sign-in refused: too many failed attempts");
         let e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -501,7 +512,7 @@ async fn sign_in(State(state): State<AppState>, req: axum::extract::Request) -> 
     let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
     let operator = crate::api::find_key(&state.gateway.operators, &digest, |o| &o.key_hashes);
     let Some(operator) = operator.filter(|_| !key.is_empty()) else {
-        state.console.limiter.failed(ip);
+        console.limiter.failed(ip);
         let pos =
             crate::api::find_key(&state.gateway.clients, &digest, |c| &c.key_hashes).is_some();
         // Never the key itself, nor any part of it.
@@ -512,7 +523,7 @@ async fn sign_in(State(state): State<AppState>, req: axum::extract::Request) -> 
             "That key is not an operator key of this gateway."
         };
         return sign_in_form(
-            &state,
+            &console,
             &headers,
             StatusCode::UNAUTHORIZED,
             &next,
@@ -520,9 +531,9 @@ async fn sign_in(State(state): State<AppState>, req: axum::extract::Request) -> 
             Some(msg),
         );
     };
-    state.console.limiter.succeeded(ip);
+    console.limiter.succeeded(ip);
     let now = state.gateway.clock.now();
-    let s = state.console.settings;
+    let s = console.settings;
     let store = state.gateway.store.console();
     if let Err(e) = store.prune_sessions(now - s.idle, now - s.absolute).await {
         tracing::warn!(error = %e, "console: pruning ended sessions failed");
@@ -539,7 +550,7 @@ async fn sign_in(State(state): State<AppState>, req: axum::extract::Request) -> 
         return error_page(None, &ApiError::from(e));
     }
     tracing::info!(operator = %operator.name, %ip, "console sign-in");
-    let secure = secure(&state, &headers);
+    let secure = secure(&console, &headers);
     let mut resp = see_other(&next);
     let h = resp.headers_mut();
     h.append(
@@ -555,6 +566,7 @@ async fn sign_in(State(state): State<AppState>, req: axum::extract::Request) -> 
 
 async fn sign_out(
     State(state): State<AppState>,
+    Extension(console): Extension<Arc<Console>>,
     signed: Signed,
     headers: HeaderMap,
     body: Body,
@@ -575,7 +587,7 @@ async fn sign_out(
     let mut resp = see_other("/console/sign-in?signed_out=1");
     resp.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(SESSION_COOKIE, "", Some(0), secure(&state, &headers)),
+        set_cookie(SESSION_COOKIE, "", Some(0), secure(&console, &headers)),
     );
     resp
 }
@@ -1059,8 +1071,8 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// The console's routes, with its headers on every answer.
-pub fn routes() -> axum::Router<AppState> {
+/// The console's routes, with its state and its headers on every answer.
+pub fn routes(console: Console) -> axum::Router<AppState> {
     use axum::routing::{get, post};
     axum::Router::new()
         .route("/console", get(overview))
@@ -1090,6 +1102,7 @@ pub fn routes() -> axum::Router<AppState> {
         .route("/console/assets/console.css", get(css))
         .route("/console/assets/console.js", get(js))
         .layer(axum::middleware::map_response(security_headers))
+        .layer(Extension(Arc::new(console)))
 }
 
 #[cfg(test)]
