@@ -220,7 +220,7 @@ impl FromRequestParts<AppState> for Signed {
             .gateway
             .store
             .console()
-            .touch_session(&id, now, now - s.idle, now - s.absolute)
+            .touch_session(&id, now, now - s.idle, now - s.absolute, now - s.idle / 10)
             .await
             .map_err(|e| error_page(None, &ApiError::from(e)))?;
         let Some(row) = row else {

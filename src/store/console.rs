@@ -30,15 +30,18 @@ pub struct SessionRow {
 #[async_trait]
 pub trait ConsoleStore: Send + Sync {
     async fn create_session(&self, s: &SessionRow) -> Result<()>;
-    /// The session, marked seen at `now`, if it was last seen at or after
-    /// `idle_since` and created at or after `created_since`; `None` (and
-    /// nothing written) otherwise.
+    /// The session, if it was last seen at or after `idle_since` and
+    /// created at or after `created_since` (`None`, and nothing written,
+    /// otherwise); marked seen at `now` when it was last marked before
+    /// `refresh_before` (so a busy console writes once in a while, not on
+    /// every page).
     async fn touch_session(
         &self,
         id_sha256: &str,
         now: Timestamp,
         idle_since: Timestamp,
         created_since: Timestamp,
+        refresh_before: Timestamp,
     ) -> Result<Option<SessionRow>>;
     /// Ends a session (sign-out); whether it existed.
     async fn end_session(&self, id_sha256: &str) -> Result<bool>;
@@ -104,19 +107,34 @@ where
         now: Timestamp,
         idle_since: Timestamp,
         created_since: Timestamp,
+        refresh_before: Timestamp,
     ) -> Result<Option<SessionRow>> {
-        let _gate = self.gate().await;
         let sql = self.d.times(&format!(
-            "UPDATE console_sessions SET last_seen_at = @ts($2) WHERE id_sha256 = $1 \
-             AND last_seen_at >= @ts($3) AND created_at >= @ts($4) RETURNING {SESSION_COLUMNS}"
+            "SELECT {SESSION_COLUMNS} FROM console_sessions WHERE id_sha256 = $1 \
+             AND last_seen_at >= @ts($2) AND created_at >= @ts($3)"
         ));
-        Ok(sqlx::query_as(&sql)
+        let row: Option<SessionRow> = sqlx::query_as(&sql)
             .bind(id_sha256)
-            .bind(now)
             .bind(idle_since)
             .bind(created_since)
             .fetch_optional(&self.pool)
-            .await?)
+            .await?;
+        let Some(mut row) = row else {
+            return Ok(None);
+        };
+        if row.last_seen_at < refresh_before {
+            let _gate = self.gate().await;
+            sqlx::query(&self.d.times(
+                "UPDATE console_sessions SET last_seen_at = @ts($2) WHERE id_sha256 = $1 \
+                 AND last_seen_at < @ts($2)",
+            ))
+            .bind(id_sha256)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+            row.last_seen_at = now;
+        }
+        Ok(Some(row))
     }
 
     async fn end_session(&self, id_sha256: &str) -> Result<bool> {

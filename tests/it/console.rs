@@ -208,7 +208,8 @@ async fn sessions_csrf_and_headers(db: Db) {
             &cookie,
             now,
             refund_gateway::types::Timestamp::EPOCH,
-            refund_gateway::types::Timestamp::EPOCH
+            refund_gateway::types::Timestamp::EPOCH,
+            now
         )
         .await
         .unwrap()
@@ -218,7 +219,8 @@ async fn sessions_csrf_and_headers(db: Db) {
             &hex::encode(Sha256::digest(cookie.as_bytes())),
             now,
             refund_gateway::types::Timestamp::EPOCH,
-            refund_gateway::types::Timestamp::EPOCH
+            refund_gateway::types::Timestamp::EPOCH,
+            now
         )
         .await
         .unwrap()
@@ -307,6 +309,26 @@ async fn sessions_expire_idle_and_absolute(db: Db) {
     let mut b = Browser::new(&app);
     assert_eq!(b.sign_in(OPS_KEY).await.status, 303);
     assert_eq!(b.get("/console").await.status, 200);
+    // Pages seen within a tenth of the idle time write nothing; later ones
+    // mark the session seen.
+    let id = hex::encode(Sha256::digest(b.cookies["rg_console"].as_bytes()));
+    let epoch = refund_gateway::types::Timestamp::EPOCH;
+    let seen = || async {
+        let now = app.gateway.clock.now();
+        let store = app.gateway.store.console();
+        let row = store
+            .touch_session(&id, now, epoch, epoch, epoch)
+            .await
+            .unwrap();
+        row.expect("the session").last_seen_at
+    };
+    let first = seen().await;
+    app.gateway.clock.advance(Duration::from_secs(1));
+    assert_eq!(b.get("/console").await.status, 200);
+    assert_eq!(seen().await, first, "no write a second later");
+    app.gateway.clock.advance(Duration::from_secs(10));
+    assert_eq!(b.get("/console").await.status, 200);
+    assert!(seen().await > first, "marked seen 11 s later");
     // Idle for longer than 60 s: gone.
     app.gateway.clock.advance(Duration::from_secs(61));
     assert_eq!(b.get("/console").await.status, 303);
