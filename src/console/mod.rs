@@ -342,6 +342,24 @@ async fn signed_form(
     }
 }
 
+/// A state-changing form from a signed-in operator, its CSRF token
+/// checked (the body extractor: it comes last among a handler's arguments).
+pub struct Posted {
+    pub signed: Signed,
+    pub form: FormData,
+}
+
+impl axum::extract::FromRequest<AppState> for Posted {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let signed = Signed::from_request_parts(&mut parts, state).await?;
+        let form = signed_form(&signed, &parts.headers, body).await?;
+        Ok(Posted { signed, form })
+    }
+}
+
 /// An error shown as a page (the API's message, for a person).
 fn error_page(signed: Option<&Signed>, e: &ApiError) -> Response {
     let page = pages::error(signed, e);
@@ -567,13 +585,9 @@ async fn sign_in(State(state): State<AppState>, req: axum::extract::Request) -> 
 async fn sign_out(
     State(state): State<AppState>,
     Extension(console): Extension<Arc<Console>>,
-    signed: Signed,
     headers: HeaderMap,
-    body: Body,
+    Posted { signed, .. }: Posted,
 ) -> Response {
-    if let Err(r) = signed_form(&signed, &headers, body).await {
-        return r;
-    }
     if let Err(e) = state
         .gateway
         .store
@@ -649,15 +663,9 @@ async fn review(
 
 async fn acknowledge_outside(
     State(state): State<AppState>,
-    signed: Signed,
     Path((account, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    Posted { signed, form }: Posted,
 ) -> Response {
-    let form = match signed_form(&signed, &headers, body).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
     let note = one_line(form.get("note").unwrap_or(""));
     let r = crate::api::operator::acknowledge_outside(
         State(state.clone()),
@@ -742,7 +750,7 @@ async fn refund_page(
     done: Option<&str>,
     error: Option<&ApiError>,
 ) -> Response {
-    match pages::refund_data(state, signed, id).await {
+    match pages::refund_data(state, id).await {
         Ok(data) => html(status, pages::refund(signed, &data, done, error)),
         Err(e) => error_page(Some(signed), &e),
     }
@@ -768,14 +776,9 @@ fn one_line(s: &str) -> String {
 
 async fn sync(
     State(state): State<AppState>,
-    signed: Signed,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    Posted { signed, .. }: Posted,
 ) -> Response {
-    if let Err(r) = signed_form(&signed, &headers, body).await {
-        return r;
-    }
     let r = crate::api::operator::sync(State(state.clone()), op(&signed), Path(id.clone())).await;
     after_refund_action(&state, &signed, &id, r.map(|_| ()), "synced").await
 }
@@ -801,15 +804,9 @@ async fn after_refund_action(
 
 async fn resolve(
     State(state): State<AppState>,
-    signed: Signed,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    Posted { signed, form }: Posted,
 ) -> Response {
-    let form = match signed_form(&signed, &headers, body).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
     let body = serde_json::json!({
         "status": form.get("status").unwrap_or(""),
         "note": one_line(form.get("note").unwrap_or("")),
@@ -827,15 +824,9 @@ async fn resolve(
 
 async fn redeliver(
     State(state): State<AppState>,
-    signed: Signed,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    Posted { signed, form }: Posted,
 ) -> Response {
-    let form = match signed_form(&signed, &headers, body).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
     let back = form
         .get("back")
         .and_then(safe_next)
@@ -881,14 +872,9 @@ async fn webhooks(
 
 async fn enable_endpoint(
     State(state): State<AppState>,
-    signed: Signed,
     Path((client, n)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    Posted { signed, .. }: Posted,
 ) -> Response {
-    if let Err(r) = signed_form(&signed, &headers, body).await {
-        return r;
-    }
     match crate::api::events::enable_endpoint(State(state.clone()), op(&signed), Path((client, n)))
         .await
     {
@@ -922,14 +908,8 @@ async fn reconciliations(
 
 async fn run_reconciliation(
     State(state): State<AppState>,
-    signed: Signed,
-    headers: HeaderMap,
-    body: Body,
+    Posted { signed, form }: Posted,
 ) -> Response {
-    let form = match signed_form(&signed, &headers, body).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
     let body = serde_json::json!({
         "account": form.get("account").unwrap_or(""),
         "date": form.get("date").unwrap_or("").trim(),

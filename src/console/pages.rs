@@ -4,8 +4,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
-use axum::Json;
 use maud::{html, Markup, DOCTYPE};
 
 use super::Signed;
@@ -589,29 +587,18 @@ pub struct RefundData {
     now: Timestamp,
 }
 
-pub async fn refund_data(
-    state: &AppState,
-    signed: &Signed,
-    id: &str,
-) -> Result<RefundData, ApiError> {
-    let Json(refund) = crate::api::operator::get_one(
-        State(state.clone()),
-        super::op(signed),
-        Path(id.to_string()),
-    )
-    .await?;
-    let Json(history) = crate::api::operator::events(
-        State(state.clone()),
-        super::op(signed),
-        Path(id.to_string()),
-    )
-    .await?;
+pub async fn refund_data(state: &AppState, id: &str) -> Result<RefundData, ApiError> {
+    // One read of the row, rendered as the operator API renders it.
+    let id = crate::api::parse::refund_id(id)?;
     let row = state
         .gateway
         .store
-        .get_refund_any_client(&refund.refund.id)
+        .get_refund_any_client(id.as_str())
         .await?
         .ok_or_else(|| ApiError::not_found("refund"))?;
+    let refund = OperatorRefundObject::of(state, &row);
+    let history =
+        crate::api::refunds::events_json(state.gateway.store.refund_events(&row.id).await?);
     let receipt = crate::refunds::receipt::text(
         &refund.refund,
         &state.gateway.store_name(&row),
