@@ -302,20 +302,33 @@ async fn read_form(headers: &HeaderMap, body: Body) -> Result<FormData, ApiError
         ));
     }
     let bytes = crate::api::read_body(body, FORM_LIMIT).await?;
-    Ok(FormData(
-        form_urlencoded::parse(&bytes)
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect(),
-    ))
+    // Each field once: a repeated one is ambiguous (which value counts?),
+    // and a repeated token is no token.
+    let mut fields = BTreeMap::new();
+    for (k, v) in form_urlencoded::parse(&bytes) {
+        if fields.insert(k.to_string(), v.into_owned()).is_some() {
+            if k == "csrf" {
+                return Err(csrf_error());
+            }
+            return Err(ApiError::validation(BTreeMap::from([(
+                k.into_owned(),
+                vec!["must be given once".to_string()],
+            )])));
+        }
+    }
+    Ok(FormData(fields))
 }
 
-fn csrf_refused() -> Response {
-    let e = ApiError::new(
+fn csrf_error() -> ApiError {
+    ApiError::new(
         StatusCode::FORBIDDEN,
         "csrf_token_invalid",
         "this form did not come from your console session (or the page is too old): nothing was changed. Go back, reload the page and send it again.",
-    );
-    error_page(None, &e)
+    )
+}
+
+fn csrf_refused() -> Response {
+    error_page(None, &csrf_error())
 }
 
 /// A state-changing form: the session's CSRF token must come with it.

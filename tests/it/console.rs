@@ -246,6 +246,15 @@ async fn sessions_csrf_and_headers(db: Db) {
     }
     let r = b.post(&format!("/console/refunds/{id}/sync"), &[]).await;
     assert_eq!(r.status, 403);
+    // A token given twice is no token, whichever of them is the session's.
+    let valid = b.csrf().await;
+    for form in [
+        [("csrf", "AAAA"), ("csrf", valid.as_str())],
+        [("csrf", valid.as_str()), ("csrf", "AAAA")],
+    ] {
+        let r = b.post(&format!("/console/refunds/{id}/sync"), &form).await;
+        assert_eq!(r.status, 403, "{}", r.text);
+    }
     let r = b.post("/console/sign-out", &[]).await;
     assert_eq!(r.status, 403, "sign-out needs its token too");
     assert_eq!(
