@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::parse::Text;
 use super::refunds::{events_json, RefundEvents};
 use super::{ApiError, AppState, OperatorAuthed};
-use crate::refunds::{RefundObject, Resolution};
+use crate::refunds::{Applied, RefundObject};
 use crate::store::Status;
 
 /// A refund as an operator sees it: the refund object, and whose it is.
@@ -253,9 +253,10 @@ pub async fn resolve(
     let note = req.note.0.trim();
     let id = super::parse::refund_id(&id)?;
     match state.gateway.resolve(&id, &op.name, target, note).await? {
-        Resolution::Done(row) => Ok(Json(state.gateway.render(row.as_ref()))),
-        Resolution::NotFound => Err(ApiError::not_found("refund")),
-        Resolution::Refused(e) => {
+        None => Err(ApiError::not_found("refund")),
+        Some(Applied::Changed(c)) => Ok(Json(state.gateway.render(c.after()))),
+        Some(Applied::Unchanged(row)) => Ok(Json(state.gateway.render(&row))),
+        Some(Applied::Refused(e)) => {
             tracing::warn!(refund_id = %id, operator = %op.name, reason = %e, "operator resolution refused");
             let mut err = ApiError::new(StatusCode::CONFLICT, "resolution_refused", e.to_string());
             if let Some(secs) = e.retry_after_secs() {

@@ -963,52 +963,41 @@ mod tests {
         use Outcome::*;
         use Status::{Failed as F, Pending as P, Succeeded as S};
         let sent = Submission::Sent;
+        let t = |o, amount, currency| Some(theirs(o, amount, currency));
         let cases: &[(Status, Option<BookedRefund>, ItemKind, bool, bool)] = &[
+            (S, t(Succeeded, 100, "USD"), ItemKind::Matched, false, false),
+            (F, t(Failed, 100, "USD"), ItemKind::Matched, false, false),
             (
                 S,
-                Some(theirs(Succeeded, 100, "USD")),
-                ItemKind::Matched,
-                false,
-                false,
-            ),
-            (
-                F,
-                Some(theirs(Failed, 100, "USD")),
-                ItemKind::Matched,
-                false,
-                false,
-            ),
-            (
-                S,
-                Some(theirs(Pending, 100, "USD")),
+                t(Pending, 100, "USD"),
                 ItemKind::StatusMismatch,
                 true,
                 false,
             ),
             (
                 S,
-                Some(theirs(Succeeded, 150, "USD")),
+                t(Succeeded, 150, "USD"),
                 ItemKind::AmountMismatch,
                 true,
                 false,
             ),
             (
                 S,
-                Some(theirs(Succeeded, 100, "EUR")),
+                t(Succeeded, 100, "EUR"),
                 ItemKind::CurrencyMismatch,
                 true,
                 false,
             ),
             (
                 S,
-                Some(theirs(Failed, 100, "USD")),
+                t(Failed, 100, "USD"),
                 ItemKind::StatusMismatch,
                 true,
                 false,
             ),
             (
                 F,
-                Some(theirs(Succeeded, 100, "USD")),
+                t(Succeeded, 100, "USD"),
                 ItemKind::StatusMismatch,
                 true,
                 false,
@@ -1016,26 +1005,14 @@ mod tests {
             // Failed here, still processing there: it may yet be paid.
             (
                 F,
-                Some(theirs(Pending, 100, "USD")),
+                t(Pending, 100, "USD"),
                 ItemKind::StatusMismatch,
                 true,
                 false,
             ),
             // Pending here, final there: a status query decides.
-            (
-                P,
-                Some(theirs(Succeeded, 100, "USD")),
-                ItemKind::Matched,
-                false,
-                true,
-            ),
-            (
-                P,
-                Some(theirs(Pending, 100, "USD")),
-                ItemKind::Matched,
-                false,
-                false,
-            ),
+            (P, t(Succeeded, 100, "USD"), ItemKind::Matched, false, true),
+            (P, t(Pending, 100, "USD"), ItemKind::Matched, false, false),
             (S, None, ItemKind::OnlyAtGateway, true, false),
             (P, None, ItemKind::OnlyAtGateway, false, false),
             (F, None, ItemKind::Matched, false, false),

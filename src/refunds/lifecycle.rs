@@ -46,12 +46,12 @@ use std::time::Duration;
 use super::object::RefundObject;
 use super::receipt;
 use crate::providers::ProviderAnswer;
-use crate::store::{Change, PendingReason, Status, Submission};
+use crate::store::{Change, EventState, PendingReason, Status, Submission};
 use crate::store::{Effects, EmailDraft, EventSource, RefundEvent, RefundRow};
 use crate::types::{DomainEvent, Outcome, Timestamp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Decision {
+enum Decision {
     /// Nothing to change (the outcome says nothing new, or repeats the final state).
     Stay,
     Move(Status),
@@ -61,7 +61,7 @@ pub enum Decision {
 
 /// How `outcome` moves a refund that is `current`. Final states never go back
 /// to pending; `unknown` and `not_found` never decide anything on their own.
-pub fn decide(current: Status, outcome: Outcome) -> Decision {
+fn decide(current: Status, outcome: Outcome) -> Decision {
     match (current, outcome) {
         (Status::Pending, Outcome::Succeeded) => Decision::Move(Status::Succeeded),
         (Status::Pending, Outcome::Failed) => Decision::Move(Status::Failed),
@@ -70,6 +70,19 @@ pub fn decide(current: Status, outcome: Outcome) -> Decision {
             Decision::Conflict
         }
         (Status::Succeeded | Status::Failed, _) => Decision::Stay,
+    }
+}
+
+/// What a webhook's evidence did, for its stored state: `applied` when it
+/// moved the refund, `conflict` when it contradicts a final status (the
+/// refund is flagged and the provider asked), `stale` when it said nothing
+/// new. `written_over` is the status the write found, `None` when nothing
+/// was written.
+pub fn webhook_state(written_over: Option<Status>, outcome: Outcome) -> EventState {
+    match written_over.map(|status| decide(status, outcome)) {
+        Some(Decision::Move(_)) => EventState::Applied,
+        Some(Decision::Conflict) => EventState::Conflict,
+        Some(Decision::Stay) | None => EventState::Stale,
     }
 }
 

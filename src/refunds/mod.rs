@@ -986,23 +986,23 @@ impl Gateway {
     /// An operator resolves a refund with a note; the provider is asked first
     /// and must confirm it (see [`lifecycle::transition`]). The
     /// resolution, the operator, the note and the provider's answer are
-    /// recorded in the refund's history.
+    /// recorded in the refund's history. `None`: no such refund.
     pub async fn resolve(
         &self,
         id: &str,
         actor: &str,
         target: Status,
         note: &str,
-    ) -> Result<Resolution, StoreError> {
+    ) -> Result<Option<Applied>, StoreError> {
         let Some(row) = self.store.get_refund_any_client(id).await? else {
-            return Ok(Resolution::NotFound);
+            return Ok(None);
         };
         let Some(handle) = self.accounts.get(&row.account) else {
-            return Ok(Resolution::Refused(
+            return Ok(Some(Applied::Refused(
                 lifecycle::ResolveRefusal::Contradicted(
                     "nothing: the refund's account is no longer configured".into(),
                 ),
-            ));
+            )));
         };
         let asked_at = self.clock.now();
         let reply = handle.client.refund_status(&status_query(&row)).await;
@@ -1013,13 +1013,7 @@ impl Gateway {
             note,
             asked_at,
         };
-        Ok(match self.apply(&row, t).await? {
-            Applied::Refused(e) => Resolution::Refused(e),
-            applied => match applied.into_row() {
-                Some(r) => Resolution::Done(Box::new(r)),
-                None => Resolution::NotFound,
-            },
-        })
+        Ok(Some(self.apply(&row, t).await?))
     }
 
     /// How long after its claim a sender may still call the provider.
@@ -1074,14 +1068,6 @@ pub async fn apply_with(
             .await?
             .ok_or_else(|| StoreError::Corrupt(format!("refund {} vanished", known.id)))?;
     }
-}
-
-/// The result of an operator's resolution.
-#[derive(Debug)]
-pub enum Resolution {
-    Done(Box<RefundRow>),
-    Refused(lifecycle::ResolveRefusal),
-    NotFound,
 }
 
 /// What a refund is made against, after the sale check.

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use std::time::Duration;
 
-use super::lifecycle::{decide, Backoff, Decision, Transition};
+use super::lifecycle::{webhook_state, Backoff, Transition};
 use super::{Applied, Gateway};
 use crate::providers::{WebhookError, WebhookEvent};
 use crate::store::{EventState, RefundRow, StoreError, WebhookRow};
@@ -280,21 +280,17 @@ impl Gateway {
             message: None,
         };
         // What the event did, decided against the row as the write found it.
-        let decision = match self
+        let written_over = match self
             .apply(refund, Transition::WebhookApplied(&answer))
             .await?
         {
-            Applied::Changed(c) => decide(c.current().status, outcome),
-            _ => Decision::Stay,
+            Applied::Changed(c) => Some(c.current().status),
+            _ => None,
         };
-        let state = match decision {
-            Decision::Conflict => {
-                crate::metrics::webhook(ev.provider.as_str(), "conflict");
-                EventState::Conflict
-            }
-            Decision::Move(_) => EventState::Applied,
-            Decision::Stay => EventState::Stale,
-        };
+        let state = webhook_state(written_over, outcome);
+        if state == EventState::Conflict {
+            crate::metrics::webhook(ev.provider.as_str(), "conflict");
+        }
         self.store
             .set_event_state(&ev.id, state, Some(&refund.id), None)
             .await?;

@@ -494,6 +494,41 @@ fn bad_request(message: &str) -> Response {
         .into_response()
 }
 
+/// A request for sales in bulk (load tests need thousands): `count` sales
+/// of `amount` (decimal) in `currency`, read and checked.
+struct BulkSales {
+    count: usize,
+    amount: Minor,
+    currency: Currency,
+}
+
+impl BulkSales {
+    /// Reads `{"count":1000,"amount":"1.00","currency":"USD"}`; otherwise
+    /// what is wrong, for a 400 (at most 100,000 sales).
+    fn read(body: &[u8]) -> Result<Self, &'static str> {
+        #[derive(Deserialize)]
+        struct Body {
+            count: usize,
+            amount: String,
+            currency: String,
+        }
+        let Ok(p) = serde_json::from_slice::<Body>(body) else {
+            return Err("body must be {\"count\":1000,\"amount\":\"1.00\",\"currency\":\"USD\"}");
+        };
+        let (Ok(currency), true) = (Currency::from_code(&p.currency), p.count <= 100_000) else {
+            return Err("unknown currency, or count over 100000");
+        };
+        let Ok(amount) = currency.parse_amount(&p.amount) else {
+            return Err("amount must be a positive decimal string in the currency's minor digits");
+        };
+        Ok(BulkSales {
+            count: p.count,
+            amount,
+            currency,
+        })
+    }
+}
+
 async fn stats(State(sb): State<Sandbox>) -> Json<SandboxStats> {
     Json(sb.stats())
 }

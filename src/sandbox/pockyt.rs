@@ -12,8 +12,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    bad_request, coin, magic, random_digits, sign, unavailable, IpnBody, Magic, RefundState,
-    Sandbox, SbRefund, SbSale,
+    bad_request, coin, magic, random_digits, sign, unavailable, BulkSales, IpnBody, Magic,
+    RefundState, Sandbox, SbRefund, SbSale,
 };
 use crate::money::Currency;
 
@@ -94,28 +94,13 @@ async fn create_payment(State(sb): State<Sandbox>, body: Bytes) -> Response {
     (StatusCode::CREATED, Json(out)).into_response()
 }
 
-#[derive(Deserialize)]
-struct BulkPayments {
-    count: usize,
-    amount: String,
-    currency: String,
-}
-
 /// Creates `count` successful sales at once (load tests need thousands).
 async fn create_payments_bulk(State(sb): State<Sandbox>, body: Bytes) -> Response {
-    let Ok(p) = serde_json::from_slice::<BulkPayments>(&body) else {
-        return bad_request(
-            "body must be {\"count\":1000,\"amount\":\"1.00\",\"currency\":\"USD\"}",
-        );
+    let p = match BulkSales::read(&body) {
+        Ok(p) => p,
+        Err(wrong) => return bad_request(wrong),
     };
-    let (Ok(currency), true) = (Currency::from_code(&p.currency), p.count <= 100_000) else {
-        return bad_request("unknown currency, or count over 100000");
-    };
-    let Ok(amount) = currency.parse_amount(&p.amount) else {
-        return bad_request(
-            "amount must be a positive decimal string in the currency's minor digits",
-        );
-    };
+    let (amount, currency) = (p.amount, p.currency);
     let usd = Currency::from_code("USD").expect("USD");
     let mut out = Vec::with_capacity(p.count);
     let mut b = sb.lock();

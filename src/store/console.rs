@@ -3,14 +3,11 @@
 //! implementation generic over sqlx's pool, like [`super::reconciliations`].
 //! SQLite's writes take its write gate.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use sqlx::{Database, Executor, IntoArguments, Pool};
-use tokio::sync::{Mutex, MutexGuard};
 
 use super::events::Affected;
-use super::{Dialect, Result};
+use super::{Result, SqlOn};
 use crate::types::Timestamp;
 
 /// A signed-in browser.
@@ -56,24 +53,8 @@ pub trait ConsoleStore: Send + Sync {
 const SESSION_COLUMNS: &str = "id_sha256, operator, csrf_token, @ms(created_at) AS created_at, \
     @ms(last_seen_at) AS last_seen_at";
 
-/// [`ConsoleStore`] on one database.
-pub(super) struct ConsoleOn<DB: Database> {
-    pub pool: Pool<DB>,
-    pub d: Dialect,
-    pub gate: Option<Arc<Mutex<()>>>,
-}
-
-impl<DB: Database> ConsoleOn<DB> {
-    async fn gate(&self) -> Option<MutexGuard<'_, ()>> {
-        match &self.gate {
-            Some(g) => Some(g.lock().await),
-            None => None,
-        }
-    }
-}
-
 #[async_trait]
-impl<DB> ConsoleStore for ConsoleOn<DB>
+impl<DB> ConsoleStore for SqlOn<DB>
 where
     DB: Database,
     DB::QueryResult: Affected,

@@ -3,17 +3,14 @@
 //! [`Dialect::times`]), run by one implementation generic over sqlx's pool.
 //! The backends call it; SQLite's under its write gate.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
-use sqlx::{Database, Executor, IntoArguments, Pool, QueryBuilder};
-use tokio::sync::{Mutex, MutexGuard};
+use sqlx::{Database, Executor, IntoArguments, QueryBuilder};
 
 use super::model::{
     Change, DeliveryAttempt, DeliveryNext, DeliveryRow, DeliveryState, DisabledEndpoint,
     NewDelivery, PosEventRow,
 };
-use super::{Dialect, Result};
+use super::{Dialect, Result, SqlOn};
 use crate::types::{DomainEvent, Timestamp};
 
 /// A new event id: `evt_` and a ULID.
@@ -171,39 +168,8 @@ pub trait EventStore: Send + Sync {
     async fn prune(&self, before: Timestamp) -> Result<u64>;
 }
 
-/// [`EventStore`] on one database: its pool, its SQL dialect, and (SQLite)
-/// the write gate its writes take.
-pub(super) struct EventsOn<DB: Database> {
-    pub pool: Pool<DB>,
-    pub d: Dialect,
-    /// Serializes the sequencer (Postgres: an advisory lock).
-    pub sequencer_lock: &'static str,
-    pub gate: Option<Arc<Mutex<()>>>,
-}
-
-impl<DB: Database> EventsOn<DB> {
-    async fn gate(&self) -> Option<MutexGuard<'_, ()>> {
-        match &self.gate {
-            Some(g) => Some(g.lock().await),
-            None => None,
-        }
-    }
-
-    fn sql(&self, s: &str) -> String {
-        self.d.times(s)
-    }
-
-    fn text_param(&self) -> &'static str {
-        if self.d.nullable_int.is_empty() {
-            ""
-        } else {
-            "::text"
-        }
-    }
-}
-
 #[async_trait]
-impl<DB> EventStore for EventsOn<DB>
+impl<DB> EventStore for SqlOn<DB>
 where
     DB: Database,
     DB::QueryResult: Affected,
@@ -238,8 +204,10 @@ where
         let _gate = self.gate().await;
         let mut tx = self.pool.begin().await?;
         let conn: &mut DB::Connection = &mut tx;
-        if !self.sequencer_lock.is_empty() {
-            sqlx::query(self.sequencer_lock).execute(&mut *conn).await?;
+        if !self.d.sequencer_lock.is_empty() {
+            sqlx::query(self.d.sequencer_lock)
+                .execute(&mut *conn)
+                .await?;
         }
         let n = sqlx::query(
             "UPDATE pos_events SET seq = (SELECT COALESCE(MAX(seq), 0) FROM pos_events) + t.rn \

@@ -538,6 +538,9 @@ pub(crate) struct Dialect {
     skip_locked: &'static str,
     /// Whether a `WITH` may hold writes (Postgres): two writes, one statement.
     writes_in_cte: bool,
+    /// Serializes the events' sequencer across processes (Postgres: an
+    /// advisory lock, the key the gateway's own); SQLite's writer lock does.
+    sequencer_lock: &'static str,
 }
 
 pub(crate) const POSTGRES: Dialect = Dialect {
@@ -547,6 +550,7 @@ pub(crate) const POSTGRES: Dialect = Dialect {
     write_ts: "rg_ts",
     skip_locked: " FOR UPDATE SKIP LOCKED",
     writes_in_cte: true,
+    sequencer_lock: "SELECT pg_advisory_xact_lock(7270020)",
 };
 pub(crate) const SQLITE: Dialect = Dialect {
     greatest: "MAX",
@@ -555,7 +559,41 @@ pub(crate) const SQLITE: Dialect = Dialect {
     write_ts: "",
     skip_locked: "",
     writes_in_cte: false,
+    sequencer_lock: "",
 };
+
+/// One database as the generic stores use it ([`EventStore`],
+/// [`ReconciliationStore`], [`ConsoleStore`]): its pool, its SQL dialect,
+/// and (SQLite) the write gate every write takes.
+pub(super) struct SqlOn<DB: sqlx::Database> {
+    pub pool: sqlx::Pool<DB>,
+    pub d: Dialect,
+    pub gate: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl<DB: sqlx::Database> SqlOn<DB> {
+    /// The write gate, held for the write (SQLite); nothing on Postgres.
+    async fn gate(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.gate {
+            Some(g) => Some(g.lock().await),
+            None => None,
+        }
+    }
+
+    fn sql(&self, s: &str) -> String {
+        self.d.times(s)
+    }
+
+    /// How a text parameter compared with a column is typed (Postgres must
+    /// be told when the same parameter is also used elsewhere).
+    fn text_param(&self) -> &'static str {
+        if self.d.nullable_int.is_empty() {
+            ""
+        } else {
+            "::text"
+        }
+    }
+}
 
 impl Dialect {
     /// `sql` with `@ms(x)` read as Unix ms and `@ts(x)` written as a time,

@@ -26,9 +26,8 @@ use super::{
 
 pub(super) struct PgStore {
     pool: PgPool,
-    events: super::events::EventsOn<Postgres>,
-    reconciliations: super::reconciliations::ReconciliationsOn<Postgres>,
-    console: super::console::ConsoleOn<Postgres>,
+    /// The events, reconciliations and console stores on this database.
+    sql: super::SqlOn<Postgres>,
 }
 
 const SELECT_REFUND: &str = "SELECT id, client, account, provider, livemode, status, amount_minor, currency, \
@@ -92,20 +91,7 @@ impl PgStore {
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         Ok(PgStore {
-            events: super::events::EventsOn {
-                pool: pool.clone(),
-                d: super::POSTGRES,
-                // One sequencer at a time across processes (the key is
-                // arbitrary, the gateway's own).
-                sequencer_lock: "SELECT pg_advisory_xact_lock(7270020)",
-                gate: None,
-            },
-            reconciliations: super::reconciliations::ReconciliationsOn {
-                pool: pool.clone(),
-                d: super::POSTGRES,
-                gate: None,
-            },
-            console: super::console::ConsoleOn {
+            sql: super::SqlOn {
                 pool: pool.clone(),
                 d: super::POSTGRES,
                 gate: None,
@@ -275,15 +261,15 @@ impl PgStore {
 #[async_trait]
 impl StoreBackend for PgStore {
     fn events(&self) -> &dyn super::events::EventStore {
-        &self.events
+        &self.sql
     }
 
     fn reconciliations(&self) -> &dyn super::ReconciliationStore {
-        &self.reconciliations
+        &self.sql
     }
 
     fn console(&self) -> &dyn super::ConsoleStore {
-        &self.console
+        &self.sql
     }
 
     fn backend(&self) -> Backend {

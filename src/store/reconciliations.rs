@@ -3,14 +3,11 @@
 //! [`Dialect::times`]), one implementation generic over sqlx's pool, like
 //! [`super::events`]. SQLite's writes take its write gate.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use sqlx::{Database, Executor, IntoArguments, Pool};
-use tokio::sync::{Mutex, MutexGuard};
 
 use super::events::Affected;
-use super::{Dialect, Result};
+use super::{Result, SqlOn};
 use crate::types::Timestamp;
 
 /// A stored report's head (its line items are read apart, in pages).
@@ -181,36 +178,8 @@ const OUTSIDE_COLUMNS: &str = "account, provider_refund_id, provider, transactio
     provider_reference, amount_minor, currency, provider_status, found_in, \
     @ms(found_at) AS found_at, review_reason";
 
-/// [`ReconciliationStore`] on one database.
-pub(super) struct ReconciliationsOn<DB: Database> {
-    pub pool: Pool<DB>,
-    pub d: Dialect,
-    pub gate: Option<Arc<Mutex<()>>>,
-}
-
-impl<DB: Database> ReconciliationsOn<DB> {
-    async fn gate(&self) -> Option<MutexGuard<'_, ()>> {
-        match &self.gate {
-            Some(g) => Some(g.lock().await),
-            None => None,
-        }
-    }
-
-    fn sql(&self, s: &str) -> String {
-        self.d.times(s)
-    }
-
-    fn text_param(&self) -> &'static str {
-        if self.d.nullable_int.is_empty() {
-            ""
-        } else {
-            "::text"
-        }
-    }
-}
-
 #[async_trait]
-impl<DB> ReconciliationStore for ReconciliationsOn<DB>
+impl<DB> ReconciliationStore for SqlOn<DB>
 where
     DB: Database,
     DB::QueryResult: Affected,

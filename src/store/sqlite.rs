@@ -26,9 +26,8 @@ pub(super) struct SqliteStore {
     pool: SqlitePool,
     gate: Arc<Mutex<()>>,
     batch: Batcher,
-    events: super::events::EventsOn<Sqlite>,
-    reconciliations: super::reconciliations::ReconciliationsOn<Sqlite>,
-    console: super::console::ConsoleOn<Sqlite>,
+    /// The events, reconciliations and console stores on this database.
+    sql: super::SqlOn<Sqlite>,
 }
 
 const SELECT_REFUND: &str = "SELECT id, client, account, provider, livemode, status, amount_minor, currency, \
@@ -76,18 +75,7 @@ impl SqliteStore {
         let gate = Arc::new(Mutex::new(()));
         Ok(SqliteStore {
             batch: Batcher::spawn(pool.clone(), gate.clone()),
-            events: super::events::EventsOn {
-                pool: pool.clone(),
-                d: super::SQLITE,
-                sequencer_lock: "",
-                gate: Some(gate.clone()),
-            },
-            reconciliations: super::reconciliations::ReconciliationsOn {
-                pool: pool.clone(),
-                d: super::SQLITE,
-                gate: Some(gate.clone()),
-            },
-            console: super::console::ConsoleOn {
+            sql: super::SqlOn {
                 pool: pool.clone(),
                 d: super::SQLITE,
                 gate: Some(gate.clone()),
@@ -205,15 +193,15 @@ async fn insert_history(
 #[async_trait]
 impl StoreBackend for SqliteStore {
     fn events(&self) -> &dyn super::events::EventStore {
-        &self.events
+        &self.sql
     }
 
     fn reconciliations(&self) -> &dyn super::ReconciliationStore {
-        &self.reconciliations
+        &self.sql
     }
 
     fn console(&self) -> &dyn super::ConsoleStore {
-        &self.console
+        &self.sql
     }
 
     fn backend(&self) -> Backend {
