@@ -851,28 +851,39 @@ async fn every_endpoint_shows_one_refund_alike(db: Db) {
 async fn an_acknowledged_sale_survives_a_clean_stop() {
     let db = fresh_db(Db::Sqlite).await;
     let http = reqwest::Client::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
+    // Each process binds a port of its own choosing and says which on its
+    // first line (a port picked here and dropped could be taken meanwhile).
     let start = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_refund-gateway"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--database-url",
-                &db,
-            ])
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_refund-gateway"))
+            .args(["--listen", "127.0.0.1:0", "--database-url", &db])
             .env_remove("REFUND_GATEWAY_CONFIG")
             .env_remove("REFUND_GATEWAY_SANDBOX_URL")
             .env("REFUND_GATEWAY_DEMO_API_KEY", KEY)
             .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .unwrap()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut lines = std::io::BufReader::new(out).lines();
+            if let Some(Ok(first)) = lines.next() {
+                let _ = tx.send(first);
+            }
+            // Keep reading so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let first = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the gateway prints its address");
+        let base = first
+            .strip_prefix("refund-gateway on ")
+            .unwrap_or_else(|| panic!("first line names the address: {first}"))
+            .trim()
+            .to_string();
+        (child, base)
     };
     let up = |http: reqwest::Client, base: String| async move {
         eventually(Duration::from_secs(30), || async {
@@ -885,7 +896,7 @@ async fn an_acknowledged_sale_survives_a_clean_stop() {
         })
         .await
     };
-    let mut child = start();
+    let (mut child, base) = start();
     assert!(up(http.clone(), base.clone()).await, "the gateway starts");
     let sale = sale_at(
         &http,
@@ -901,7 +912,7 @@ async fn an_acknowledged_sale_survives_a_clean_stop() {
     }
     let status = child.wait().unwrap();
     assert!(status.success(), "a clean stop: {status:?}");
-    let mut child = start();
+    let (mut child, base) = start();
     assert!(up(http.clone(), base.clone()).await, "the gateway restarts");
     let r = http
         .post(format!("{base}/v1/refunds"))
