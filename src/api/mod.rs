@@ -146,21 +146,21 @@ pub async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// The `Content-Type` of a request or an answer, `""` when absent or not text.
+pub fn content_type(headers: &axum::http::HeaderMap) -> &str {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
 /// Gives a problem+json body to error responses produced below the handlers
 /// (timeouts, body limits) that would otherwise be empty or plain text.
 pub async fn problem_for_bare_errors(resp: Response) -> Response {
     let status = resp.status();
-    let is_json = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("json"));
+    let is_json = content_type(resp.headers()).contains("json");
     // The console's pages are HTML for a person, errors included.
-    let is_html = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/html"));
+    let is_html = content_type(resp.headers()).starts_with("text/html");
     if !(status.is_client_error() || status.is_server_error()) || is_json || is_html {
         return resp;
     }
@@ -196,11 +196,7 @@ pub async fn problem_for_bare_errors(resp: Response) -> Response {
 /// type), in UTF-8 (another charset, or a `Content-Encoding`, would be read
 /// as something it is not): 415 otherwise.
 pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mut parts = content_type.split(';').map(str::trim);
+    let mut parts = content_type(headers).split(';').map(str::trim);
     let mime = parts.next().unwrap_or("").to_ascii_lowercase();
     let json =
         mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"));

@@ -284,10 +284,7 @@ impl FormData {
 }
 
 async fn read_form(headers: &HeaderMap, body: Body) -> Result<FormData, ApiError> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let ct = crate::api::content_type(headers);
     if !ct
         .split(';')
         .next()
@@ -425,11 +422,7 @@ pub async fn pages_only(req: axum::extract::Request, next: axum::middleware::Nex
         return resp;
     }
     let status = resp.status();
-    let problem = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/problem+json"));
+    let problem = crate::api::content_type(resp.headers()).starts_with("application/problem+json");
     if !(problem && (status.is_client_error() || status.is_server_error())) {
         return security_headers(resp).await;
     }

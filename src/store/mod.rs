@@ -584,8 +584,8 @@ impl<DB: sqlx::Database> SqlOn<DB> {
         self.d.times(s)
     }
 
-    /// How a text parameter compared with a column is typed (Postgres must
-    /// be told when the same parameter is also used elsewhere).
+    /// The cast for a text parameter in `$n IS NULL OR …` (Postgres cannot
+    /// infer the type of a parameter it only tests for NULL).
     fn text_param(&self) -> &'static str {
         if self.d.nullable_int.is_empty() {
             ""
